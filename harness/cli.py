@@ -1,0 +1,123 @@
+"""``harness validate|run|report``: the command line around specs, sweeps and reports.
+
+Exit codes: 0 all variants FINISHED (or skipped as already finished); 1 some variant failed;
+2 a problem with the spec, data or tracking store, found before anything trained; 130 Ctrl-C.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+EXIT_FAILED_VARIANTS = 1
+EXIT_BAD_INPUT = 2
+EXIT_INTERRUPTED = 130
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="harness", description="Ablation sweeps for character-level language models.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    def add_spec(p: argparse.ArgumentParser, overrides: bool = True) -> None:
+        p.add_argument("spec", type=Path, help="experiment spec, e.g. experiments/seed.yaml")
+        if overrides:
+            p.add_argument("overrides", nargs="*", metavar="key=value",
+                           help="applied to every variant, winning over the grid (e.g. train.steps=200)")
+        p.add_argument("--data-dir", type=Path, default=None,
+                       help="folder that already holds the dataset files (default: $HARNESS_DATA_DIR, else download)")
+
+    validate = sub.add_parser("validate", help="check a spec and list its variants; trains nothing")
+    add_spec(validate)
+
+    run = sub.add_parser("run", help="train every variant, log to MLflow, write results/<name>/runs.csv")
+    add_spec(run)
+    run.add_argument("--results-dir", type=Path, default=Path("results"))
+    run.add_argument("--jobs", type=int, default=1, help="variants trained at once in worker processes")
+    run.add_argument("--executor", choices=("local", "ray"), default="local")
+    run.add_argument("--ray-address", default=None, help="Ray cluster address (default: start a local Ray)")
+    run.add_argument("--force", action="store_true", help="rerun variants that already FINISHED")
+    run.add_argument("--checkpoint-dir", type=Path, default=Path(".harness") / "checkpoints")
+    run.add_argument("--dry-run", action="store_true", help="same as validate")
+    run.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+    report = sub.add_parser("report", help="rebuild results/<name>/ from MLflow alone")
+    add_spec(report, overrides=False)
+    report.add_argument("--results-dir", type=Path, default=Path("results"))
+    return parser
+
+
+def _print_variants(spec, variants) -> None:
+    print(f"{spec.path}: experiment {spec.name!r}, {len(variants)} variant(s)")
+    for variant in variants:
+        cfg = variant.config
+        print(f"  {variant.id:<60} steps={cfg.train.steps} hash={cfg.config_hash()}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    # Imports after parsing, so that --help is instant.
+    from harness.data import DataError, resolve_data_dir
+    from harness.report import ReportError
+    from harness.spec import SpecError, expand, load_spec, parse_overrides
+    from harness.tracking import TrackingError
+
+    try:
+        spec = load_spec(args.spec)
+        data_dir = resolve_data_dir(args.data_dir)
+        if args.command == "report":
+            return _report(spec, args.results_dir)
+        variants = expand(spec, parse_overrides(args.overrides))
+        if args.command == "validate" or args.dry_run:
+            from harness.sweep import preflight
+
+            preflight(variants, data_dir)
+            _print_variants(spec, variants)
+            return 0
+        return _run(spec, variants, args, data_dir)
+    except (SpecError, DataError, TrackingError, ReportError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+
+
+def _report(spec, results_dir: Path) -> int:
+    from harness.report import format_table, write_runs_csv
+    from harness.tracking import tracking_uri
+
+    table, path = write_runs_csv(tracking_uri(), spec, results_dir)
+    print(format_table(table, spec))
+    print(f"wrote {path}")
+    return 0
+
+
+def _run(spec, variants, args, data_dir) -> int:
+    from harness.sweep import run_sweep
+
+    if args.jobs < 1:
+        print("error: --jobs must be >= 1", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    _print_variants(spec, variants)
+    outcome = run_sweep(spec, variants, data_dir=data_dir, jobs=args.jobs, executor=args.executor,
+                        ray_address=args.ray_address, force=args.force, checkpoint_dir=args.checkpoint_dir,
+                        show_progress=not args.no_progress)
+    finished = [r.variant_id for r in outcome.results if r.status == "FINISHED"]
+    print(f"finished {len(finished)}, skipped {len(outcome.skipped)}, failed {len(outcome.failed)} "
+          f"(parent run {outcome.parent_run_id})")
+    try:
+        _report(spec, args.results_dir)
+    except Exception as exc:  # the runs are safe in MLflow; a report problem must not hide that
+        print(f"warning: could not write the report: {exc}", file=sys.stderr)
+    for result in outcome.failed:
+        print(f"{result.status} {result.variant_id}: {result.error}", file=sys.stderr)
+    if outcome.interrupted:
+        print(f"interrupted: {len(finished)} variant(s) finished before Ctrl-C: {', '.join(finished) or 'none'}", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    return EXIT_FAILED_VARIANTS if outcome.failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
