@@ -20,11 +20,12 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="harness", description="Ablation sweeps for character-level language models.")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    def add_spec(p: argparse.ArgumentParser, overrides: bool = True) -> None:
+    def add_spec(p: argparse.ArgumentParser) -> None:
         p.add_argument("spec", type=Path, help="experiment spec, e.g. experiments/seed.yaml")
-        if overrides:
-            p.add_argument("overrides", nargs="*", metavar="key=value",
-                           help="applied to every variant, winning over the grid (e.g. train.steps=200)")
+        p.add_argument("overrides", nargs="*", metavar="key=value",
+                       help="applied to every variant, winning over the grid (e.g. train.steps=200)")
+        p.add_argument("--seeds", type=int, nargs="+", default=None, metavar="N",
+                       help="repeat every variant per seed (replaces the spec's seeds)")
         p.add_argument("--data-dir", type=Path, default=None,
                        help="folder that already holds the dataset files (default: $HARNESS_DATA_DIR, else download)")
 
@@ -42,8 +43,9 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--dry-run", action="store_true", help="same as validate")
     run.add_argument("--no-progress", action="store_true", help="no progress bars")
 
-    report = sub.add_parser("report", help="rebuild results/<name>/ from MLflow alone")
-    add_spec(report, overrides=False)
+    report = sub.add_parser("report", help="rebuild results/<name>/ from MLflow alone "
+                            "(overrides and seeds default to those of the last sweep)")
+    add_spec(report)
     report.add_argument("--results-dir", type=Path, default=Path("results"))
     return parser
 
@@ -60,22 +62,24 @@ def main(argv: list[str] | None = None) -> int:
     # Imports after parsing, so that --help is instant.
     from harness.data import DataError, resolve_data_dir
     from harness.report import ReportError
-    from harness.spec import SpecError, expand, load_spec, parse_overrides
+    from harness.spec import SpecError, expand, load_spec, parse_overrides, with_seeds
     from harness.tracking import TrackingError
 
     try:
         spec = load_spec(args.spec)
         data_dir = resolve_data_dir(args.data_dir)
+        overrides = parse_overrides(args.overrides)
         if args.command == "report":
-            return _report(spec, args.results_dir)
-        variants = expand(spec, parse_overrides(args.overrides))
+            return _report(spec, overrides, args.seeds, args.results_dir)
+        spec = with_seeds(spec, args.seeds)
+        variants = expand(spec, overrides)
         if args.command == "validate" or args.dry_run:
             from harness.sweep import preflight
 
             preflight(variants, data_dir)
             _print_variants(spec, variants)
             return 0
-        return _run(spec, variants, args, data_dir)
+        return _run(spec, variants, overrides, args, data_dir)
     except (SpecError, DataError, TrackingError, ReportError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
@@ -84,17 +88,24 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_INTERRUPTED
 
 
-def _report(spec, results_dir: Path) -> int:
-    from harness.report import format_table, write_runs_csv
+def _report(spec, overrides: dict, seeds: list[int] | None, results_dir: Path) -> int:
+    """Rebuild the tables of a sweep; without overrides or seeds, those of the last sweep are used."""
+    from harness.report import experiment_runs, format_table, last_sweep_arguments, write_runs_csv
+    from harness.spec import expand, with_seeds
     from harness.tracking import tracking_uri
 
-    table, path = write_runs_csv(tracking_uri(), spec, results_dir)
-    print(format_table(table, spec))
+    uri = tracking_uri()
+    runs = experiment_runs(uri, spec)
+    if not overrides and seeds is None:
+        overrides, seeds = last_sweep_arguments(runs)
+    variants = expand(with_seeds(spec, seeds), overrides)
+    table, path = write_runs_csv(uri, spec, variants, results_dir, runs)
+    print(format_table(table))
     print(f"wrote {path}")
     return 0
 
 
-def _run(spec, variants, args, data_dir) -> int:
+def _run(spec, variants, overrides: dict, args, data_dir) -> int:
     from harness.sweep import run_sweep
 
     if args.jobs < 1:
@@ -102,13 +113,14 @@ def _run(spec, variants, args, data_dir) -> int:
         return EXIT_BAD_INPUT
     _print_variants(spec, variants)
     outcome = run_sweep(spec, variants, data_dir=data_dir, jobs=args.jobs, executor=args.executor,
-                        ray_address=args.ray_address, force=args.force, checkpoint_dir=args.checkpoint_dir,
+                        ray_address=args.ray_address, force=args.force, overrides=overrides,
+                        checkpoint_dir=args.checkpoint_dir,
                         show_progress=not args.no_progress)
     finished = [r.variant_id for r in outcome.results if r.status == "FINISHED"]
     print(f"finished {len(finished)}, skipped {len(outcome.skipped)}, failed {len(outcome.failed)} "
           f"(parent run {outcome.parent_run_id})")
     try:
-        _report(spec, args.results_dir)
+        _report(spec, overrides, spec.seeds or None, args.results_dir)
     except Exception as exc:  # the runs are safe in MLflow; a report problem must not hide that
         print(f"warning: could not write the report: {exc}", file=sys.stderr)
     for result in outcome.failed:

@@ -274,6 +274,17 @@ def load_spec(path: str | Path) -> Spec:
     return Spec(path, name, description, base, grid, zip_groups, exclude, seeds)
 
 
+def with_seeds(spec: Spec, seeds: list[int] | None) -> Spec:
+    """The spec with its ``seeds`` replaced (the CLI's ``--seeds``); None keeps the file's."""
+    if seeds is None:
+        return spec
+    if SEED_KEY in spec.grid or any(SEED_KEY in g for g in spec.zip_groups):
+        raise SpecError(f"{spec.path}: --seeds conflicts with the spec's own axis over {SEED_KEY}")
+    if len(set(seeds)) != len(seeds):
+        raise SpecError(f"--seeds: repeated seed in {seeds}")
+    return replace(spec, seeds=list(seeds))
+
+
 def parse_overrides(items: list[str]) -> dict[str, Any]:
     """``['train.steps=200']`` -> ``{'train.steps': 200}``; values are YAML scalars."""
     out = {}
@@ -339,6 +350,3 @@ def expand(spec: Spec, overrides: dict[str, Any] | None = None) -> list[Variant]
     return list(variants.values())
 
 
-def with_train_overrides(variant: Variant, **changes) -> Variant:
-    """A copy of ``variant`` with train fields changed (used by the sweep to divide threads)."""
-    return replace(variant, config=replace(variant.config, train=replace(variant.config.train, **changes)))

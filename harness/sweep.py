@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import multiprocessing
 import os
 import shlex
@@ -11,9 +12,11 @@ from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from mlflow.entities import Param
 from mlflow.tracking import MlflowClient
 
 from harness.data import DataError, UnknownCharacterError, load_corpus
+from harness.report import SWEEP_TAG
 from harness.spec import Spec, SpecError, Variant
 from harness.tracking import (
     PARENT_TAG,
@@ -121,6 +124,7 @@ def run_sweep(
     executor: str = "local",
     ray_address: str | None = None,
     force: bool = False,
+    overrides: dict | None = None,
     checkpoint_dir: Path = DEFAULT_CHECKPOINT_DIR,
     show_progress: bool = True,
     log=print,
@@ -138,10 +142,15 @@ def run_sweep(
         log(f"skip {vid}: already FINISHED in run {run_id} (--force reruns it)")
 
     parent = retrying(lambda: client.create_run(experiment_id, run_name=f"{spec.name} sweep", tags={
-        "spec": str(spec.path), "command": shlex.join(sys.argv), "git_commit": git_commit(),
+        SWEEP_TAG: "true", "spec": str(spec.path), "command": shlex.join(sys.argv), "git_commit": git_commit(),
         "variants": str(len(variants)), "skipped": str(len(skip)),
     }))
     parent_id = parent.info.run_id
+    # What `harness report SPEC` needs to rebuild exactly this sweep's table later.
+    retrying(lambda: client.log_batch(parent_id, params=[
+        Param("overrides", json.dumps(overrides or {}, sort_keys=True)),
+        Param("seeds", json.dumps(spec.seeds or None)),
+    ]))
     retrying(lambda: client.log_artifact(parent_id, str(spec.path)))
     outcome = SweepOutcome(parent_id, skipped=skip)
     overall = tqdm(total=len(todo), desc=f"{spec.name}", position=0, disable=not show_progress, unit="variant", dynamic_ncols=True)
