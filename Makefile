@@ -34,6 +34,9 @@ report: ## rebuild results/<name>/ for SPEC from the local MLflow store
 ui: ## the MLflow UI on the local store (http://127.0.0.1:$(PORT))
 	$(PYTHON) -m mlflow ui --backend-store-uri sqlite:///mlflow.db --host 127.0.0.1 --port $(PORT)
 
+server: ## a real MLflow tracking server on 127.0.0.1:$(PORT) (SQLite + ./mlartifacts); MLFLOW_TRACKING_URI=http://127.0.0.1:$(PORT)
+	$(PYTHON) -m mlflow server --backend-store-uri sqlite:///mlflow-server.db --artifacts-destination ./mlartifacts --host 127.0.0.1 --port $(PORT)
+
 clean: ## remove caches and checkpoints (keeps mlflow.db and results/)
 	rm -rf .pytest_cache .harness build *.egg-info
 	find . -name __pycache__ -type d -prune -exec rm -rf {} +

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shlex
 import sys
 from pathlib import Path
 
@@ -58,7 +59,9 @@ def _print_variants(spec, variants) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
     args = _parser().parse_args(argv)
+    args.command_line = shlex.join(["harness", *argv])
     # Imports after parsing, so that --help is instant.
     from harness.data import DataError, resolve_data_dir
     from harness.report import ReportError
@@ -89,8 +92,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _report(spec, overrides: dict, seeds: list[int] | None, results_dir: Path) -> int:
-    """Rebuild the tables of a sweep; without overrides or seeds, those of the last sweep are used."""
-    from harness.report import experiment_runs, format_table, last_sweep_arguments, write_runs_csv
+    """Rebuild results/<name>/ (CSVs, plots, report.md) from MLflow; without overrides or seeds, the last sweep's."""
+    from harness.report import experiment_runs, format_table, last_sweep_arguments, write_report
     from harness.spec import expand, with_seeds
     from harness.tracking import tracking_uri
 
@@ -99,9 +102,11 @@ def _report(spec, overrides: dict, seeds: list[int] | None, results_dir: Path) -
     if not overrides and seeds is None:
         overrides, seeds = last_sweep_arguments(runs)
     variants = expand(with_seeds(spec, seeds), overrides)
-    table, path = write_runs_csv(uri, spec, variants, results_dir, runs)
-    print(format_table(table))
-    print(f"wrote {path}")
+    report = write_report(uri, spec, variants, results_dir, runs, overrides=overrides, seeds=seeds)
+    print(format_table(report.runs))
+    for warning in report.warnings:
+        print(f"warning: {warning}", file=sys.stderr)
+    print(f"wrote {report.directory}/: {', '.join(path.name for path in report.files)}")
     return 0
 
 
@@ -114,6 +119,7 @@ def _run(spec, variants, overrides: dict, args, data_dir) -> int:
     _print_variants(spec, variants)
     outcome = run_sweep(spec, variants, data_dir=data_dir, jobs=args.jobs, executor=args.executor,
                         ray_address=args.ray_address, force=args.force, overrides=overrides,
+                        command=args.command_line,
                         checkpoint_dir=args.checkpoint_dir,
                         show_progress=not args.no_progress)
     finished = [r.variant_id for r in outcome.results if r.status == "FINISHED"]

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import json
 import multiprocessing
+import multiprocessing.connection
 import os
 import shlex
+import signal
 import sys
+import threading
 import time
-from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -125,6 +127,7 @@ def run_sweep(
     ray_address: str | None = None,
     force: bool = False,
     overrides: dict | None = None,
+    command: str | None = None,
     checkpoint_dir: Path = DEFAULT_CHECKPOINT_DIR,
     show_progress: bool = True,
     log=print,
@@ -140,9 +143,13 @@ def run_sweep(
     skip, todo = plan_resume(client, experiment_id, variants, force, checkpoint_dir)
     for vid, run_id in skip.items():
         log(f"skip {vid}: already FINISHED in run {run_id} (--force reruns it)")
+    if executor == "ray" and todo:  # before the parent run: a missing or unreachable Ray exits 2, nothing recorded
+        from harness.ray_executor import connect
+
+        connect(ray_address)
 
     parent = retrying(lambda: client.create_run(experiment_id, run_name=f"{spec.name} sweep", tags={
-        SWEEP_TAG: "true", "spec": str(spec.path), "command": shlex.join(sys.argv), "git_commit": git_commit(),
+        SWEEP_TAG: "true", "spec": str(spec.path), "command": command or shlex.join(sys.argv), "git_commit": git_commit(),
         "variants": str(len(variants)), "skipped": str(len(skip)),
     }))
     parent_id = parent.info.run_id
@@ -165,28 +172,21 @@ def run_sweep(
                 overall.update()
         elif jobs <= 1:
             for variant, resume in todo:
-                outcome.results.append(run_variant(variant, resume_run_id=resume, **common))
+                try:
+                    result = run_variant(variant, resume_run_id=resume, **common)
+                except Exception as exc:  # the run could not even be opened; the next variants still train
+                    result = VariantResult(variant.id, resume or "", "FAILED", {}, f"could not start: {type(exc).__name__}: {exc}")
+                outcome.results.append(result)
                 overall.update()
         else:
             threads = max(1, (os.cpu_count() or 1) // jobs)
             todo.sort(key=lambda item: -costs[item[0].id])  # longest first: the pool ends together
-            context = multiprocessing.get_context("spawn")
-            with ProcessPoolExecutor(max_workers=jobs, mp_context=context) as pool:
-                pending = {
-                    pool.submit(run_variant, variant, resume_run_id=resume, threads=threads,
-                                progress_position=1 + i % jobs, **common): variant
-                    for i, (variant, resume) in enumerate(todo)
-                }
-                try:
-                    while pending:
-                        done, _ = wait(pending, return_when=FIRST_COMPLETED)
-                        for future in done:
-                            variant = pending.pop(future)
-                            outcome.results.append(_result_of(future, variant))
-                            overall.update()
-                except KeyboardInterrupt:
-                    pool.shutdown(wait=False, cancel_futures=True)
-                    raise
+
+            def on_result(result: VariantResult) -> None:
+                outcome.results.append(result)
+                overall.update()
+
+            run_in_processes(todo, jobs, on_result, threads=threads, **common)
     except KeyboardInterrupt:
         outcome.interrupted = True
     finally:
@@ -196,9 +196,116 @@ def run_sweep(
     return outcome
 
 
-def _result_of(future, variant: Variant) -> VariantResult:
-    """A worker that crashed outright (not a training error, which run_variant records) still reports."""
+def close_lost_run(client: MlflowClient, experiment_id: str, parent_run_id: str, variant: Variant,
+                   resume: str | None, status: str, reason: str) -> str:
+    """Close the run of a worker that died without closing it (kill -9, out of memory); returns its id or ''."""
     try:
-        return future.result()
+        run_ids = [r.info.run_id for r in retrying(lambda: client.search_runs(
+            [experiment_id], filter_string=f"tags.config_hash = '{variant.config.config_hash()}' and "
+            f"tags.`{PARENT_TAG}` = '{parent_run_id}' and attributes.status = 'RUNNING'"))]
+        if resume and retrying(lambda: client.get_run(resume)).info.status == "RUNNING":
+            run_ids.insert(0, resume)  # a resumed run keeps the parent tag of the sweep that began it
+        for run_id in run_ids:
+            retrying(lambda: client.set_tag(run_id, "error", reason))
+            retrying(lambda: client.set_terminated(run_id, status=status))
+        return run_ids[0] if run_ids else (resume or "")
+    except Exception:  # the store is failing too; the rerun's plan_resume closes it later
+        return resume or ""
+
+
+# -- worker processes (--jobs N) -------------------------------------------------------------------
+# One spawned process per variant rather than a ProcessPoolExecutor: a worker that dies (out of memory,
+# a crash in native code) then takes down only its own variant, where a broken pool fails them all.
+
+
+def _worker_main(conn, variant: Variant, kwargs: dict) -> None:
+    """A worker process: train one variant and send its VariantResult back through ``conn``."""
+
+    def on_interrupt(signum, frame):
+        signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not cut the run's closing short
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGINT, on_interrupt)
+    parent = os.getppid()
+
+    def watch_parent():  # the sweep was killed (kill -9): stop as after Ctrl-C, closing the run KILLED
+        while os.getppid() == parent:
+            time.sleep(1.0)
+        os.kill(os.getpid(), signal.SIGINT)
+
+    threading.Thread(target=watch_parent, daemon=True).start()
+    try:
+        result = run_variant(variant, **kwargs)
+    except KeyboardInterrupt:
+        result = VariantResult(variant.id, "", "KILLED", {}, "interrupted (Ctrl-C)")
     except Exception as exc:
-        return VariantResult(variant.id, "", "FAILED", {}, f"worker crashed: {type(exc).__name__}: {exc}")
+        result = VariantResult(variant.id, kwargs.get("resume_run_id") or "", "FAILED", {}, f"could not start: {type(exc).__name__}: {exc}")
+    try:
+        conn.send(result)
+        conn.close()
+    except OSError:  # the sweep is gone (kill -9); the run is closed all the same
+        pass
+
+
+def run_in_processes(todo, jobs: int, on_result, *, threads: int, experiment_id: str, parent_run_id: str, uri: str,
+                     grace_s: float = 60.0, **common) -> None:
+    """Train ``jobs`` variants at a time in spawned processes, calling ``on_result`` as each one ends.
+
+    On Ctrl-C the running workers close their runs KILLED (they get SIGINT too, or from here), nothing
+    new starts, and KeyboardInterrupt is re-raised once they have stopped.
+    """
+    context = multiprocessing.get_context("spawn")
+    queue = list(todo)
+    running: dict = {}  # receiving end of a worker's pipe -> (process, variant, resume run id, progress bar row)
+    client = MlflowClient(uri)
+
+    def collect(conn, interrupted: bool) -> None:
+        process, variant, resume, _ = running.pop(conn)
+        try:
+            result = conn.recv()
+        except (EOFError, OSError):
+            result = None
+        conn.close()
+        process.join()
+        if result is None and interrupted:  # stopped by Ctrl-C before it reported (or before it began)
+            run_id = close_lost_run(client, experiment_id, parent_run_id, variant, resume, "KILLED", "interrupted (Ctrl-C)")
+            result = VariantResult(variant.id, run_id, "KILLED", {}, "interrupted (Ctrl-C)") if run_id else None
+        elif result is None:
+            reason = (f"worker process died (exit code {process.exitcode}) before reporting: "
+                      "killed by the OS (out of memory?) or a crash in native code")
+            run_id = close_lost_run(client, experiment_id, parent_run_id, variant, resume, "FAILED", reason)
+            result = VariantResult(variant.id, run_id, "FAILED", {}, reason)
+        if result is not None:
+            on_result(result)
+
+    try:
+        while queue or running:
+            while queue and len(running) < jobs:
+                variant, resume = queue.pop(0)
+                receive, send = context.Pipe(duplex=False)
+                row = min(set(range(1, jobs + 1)) - {r[3] for r in running.values()})  # a free progress bar row
+                kwargs = dict(resume_run_id=resume, threads=threads, progress_position=row,
+                              experiment_id=experiment_id, parent_run_id=parent_run_id, uri=uri, **common)
+                process = context.Process(target=_worker_main, args=(send, variant, kwargs), name=f"harness {variant.id}")
+                process.start()
+                send.close()  # only the worker's end stays open, so a dead worker reads as EOF
+                running[receive] = (process, variant, resume, row)
+            for conn in multiprocessing.connection.wait(list(running)):
+                collect(conn, interrupted=False)
+    except KeyboardInterrupt:
+        deadline = time.monotonic() + grace_s
+        for process, *_ in running.values():
+            if process.is_alive():  # Ctrl-C in a terminal reached them already; kill -INT of this process did not
+                try:
+                    os.kill(process.pid, signal.SIGINT)
+                except OSError:
+                    pass
+        try:
+            while running and time.monotonic() < deadline:
+                for conn in multiprocessing.connection.wait(list(running), timeout=max(0.0, deadline - time.monotonic())):
+                    collect(conn, interrupted=True)
+        finally:  # past the grace period, or a second Ctrl-C: stop them now
+            for conn in list(running):
+                running[conn][0].terminate()
+                collect(conn, interrupted=True)
+        raise

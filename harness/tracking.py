@@ -66,6 +66,14 @@ def retrying(call: Callable[[], Any], attempts: int = 8) -> Any:
             time.sleep(0.05 * 2**attempt)
 
 
+def default_artifact_location(uri: str, name: str) -> str | None:
+    """Artifacts of a SQLite store live beside the database file, not wherever the command ran."""
+    if not uri.startswith("sqlite:///"):
+        return None
+    database = Path(uri[len("sqlite:///"):])
+    return (database.parent / "mlartifacts" / name).resolve().as_uri()
+
+
 def experiment_id_for(client: MlflowClient, name: str) -> str:
     experiment = client.get_experiment_by_name(name)
     if experiment is not None:
@@ -73,7 +81,7 @@ def experiment_id_for(client: MlflowClient, name: str) -> str:
             client.restore_experiment(experiment.experiment_id)
         return experiment.experiment_id
     try:
-        return client.create_experiment(name)
+        return client.create_experiment(name, artifact_location=default_artifact_location(client.tracking_uri, name))
     except Exception:  # another process created it first
         return client.get_experiment_by_name(name).experiment_id
 
@@ -81,9 +89,10 @@ def experiment_id_for(client: MlflowClient, name: str) -> str:
 @functools.lru_cache(maxsize=1)
 def git_commit() -> str:
     """The commit the code ran from, with ``-dirty`` when the tree had uncommitted changes."""
+    here = Path(__file__).resolve().parent  # the harness's own checkout, wherever the command runs from
     try:
-        commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5, check=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True, text=True, timeout=5).stdout.strip()
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True, timeout=5, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=here, capture_output=True, text=True, timeout=5).stdout.strip()
         return commit + ("-dirty" if dirty else "")
     except (OSError, subprocess.SubprocessError):
         return "unknown"
@@ -103,8 +112,11 @@ class BufferedMetrics:
         self.pending: list[Metric] = []
         self.last_flush = time.monotonic()
         self.logged = 0
+        self.stored_through: dict[str, int] = {}  # key -> last step already in the store (set on resume)
 
     def log(self, key: str, value: float, step: int) -> None:
+        if step <= self.stored_through.get(key, -1):
+            return
         self.pending.append(Metric(key, float(value), int(time.time() * 1000), int(step)))
         if self.auto_flush and (len(self.pending) >= METRICS_PER_BATCH or time.monotonic() - self.last_flush > FLUSH_SECONDS):
             self.flush()
@@ -166,20 +178,29 @@ def run_variant(
     }
     if parent_run_id:
         tags[PARENT_TAG] = parent_run_id
+    ckpt = checkpoint_path(checkpoint_dir, variant) if checkpoint_dir and config.train.checkpoint_interval else None
+    # Resume only from the run's own checkpoint: restarting at step 0 inside a run that already holds
+    # metrics would log its steps twice, so without one the old run is closed and a new one started.
+    saved = _load_checkpoint(ckpt, resume_run_id) if resume_run_id else None
+    if resume_run_id and saved is None:
+        for action in (lambda: client.set_tag(resume_run_id, "error", "no checkpoint of this run to resume from; superseded by a new run"),
+                       lambda: client.set_terminated(resume_run_id, status="KILLED")):
+            retrying(action)
+        resume_run_id = None
     if resume_run_id:
         run_id = resume_run_id
         retrying(lambda: client.update_run(run_id, status="RUNNING"))
     else:
         run = retrying(lambda: client.create_run(experiment_id, run_name=variant.id, tags=tags))
         run_id = run.info.run_id
-        params = [Param(k, _param_value(v)) for k, v in config.flat().items()]
-        retrying(lambda: client.log_batch(run_id, params=params))
-        retrying(lambda: client.log_text(run_id, config.to_yaml(), "config.yaml"))
 
-    ckpt = checkpoint_path(checkpoint_dir, variant) if checkpoint_dir and config.train.checkpoint_interval else None
     metrics = BufferedMetrics(client, run_id, auto_flush=ckpt is None)
     bar = None
-    try:
+    try:  # from here on, whatever happens (Ctrl-C during setup included) closes the run
+        if not resume_run_id:
+            params = [Param(k, _param_value(v)) for k, v in config.flat().items()]
+            retrying(lambda: client.log_batch(run_id, params=params))
+            retrying(lambda: client.log_text(run_id, config.to_yaml(), "config.yaml"))
         if threads:
             torch.set_num_threads(threads)
         elif config.train.threads:
@@ -191,12 +212,13 @@ def run_variant(
         trainer = Trainer(model, corpus, config.train, device)
         retrying(lambda: client.log_batch(run_id, tags=[RunTag("device", str(device)), RunTag("vocab_size", str(corpus.tokenizer.vocab_size))]))
         resumed_from = 0
-        if ckpt is not None and resume_run_id and ckpt.exists():
-            saved = torch.load(ckpt, map_location=device, weights_only=False)
-            if saved.get("run_id") == run_id:
-                trainer.load_state_dict(saved)
-                resumed_from = trainer.state.step
-                retrying(lambda: client.set_tag(run_id, "resumed_from_step", str(resumed_from)))
+        if saved is not None:
+            trainer.load_state_dict(saved)
+            resumed_from = trainer.state.step
+            # A kill between a checkpoint's flush and its save leaves points past the checkpoint in the
+            # store; the resumed run recomputes them, and must not log them twice.
+            metrics.stored_through = _stored_through(client, run_id)
+            retrying(lambda: client.set_tag(run_id, "resumed_from_step", str(resumed_from)))
         if resumed_from == 0:
             before = trainer.sample(corpus.tokenizer, config.sample.prompt, config.sample.max_new_tokens)
             retrying(lambda: client.log_text(run_id, before, "samples/before.txt"))
@@ -236,6 +258,23 @@ def run_variant(
     finally:
         if bar is not None:
             bar.close()
+
+
+def _stored_through(client: MlflowClient, run_id: str) -> dict[str, int]:
+    """The last step of each metric already stored for ``run_id``."""
+    keys = retrying(lambda: client.get_run(run_id)).data.metrics
+    return {key: max((m.step for m in retrying(lambda: client.get_metric_history(run_id, key))), default=-1) for key in keys}
+
+
+def _load_checkpoint(ckpt: Path | None, run_id: str) -> dict | None:
+    """The checkpoint saved by run ``run_id``, or None (none, unreadable, or another run's)."""
+    if ckpt is None or not ckpt.exists():
+        return None
+    try:
+        saved = torch.load(ckpt, map_location="cpu", weights_only=False)  # load_state_dict moves it to the device
+    except Exception:
+        return None
+    return saved if isinstance(saved, dict) and saved.get("run_id") == run_id else None
 
 
 def _close(client: MlflowClient, metrics: BufferedMetrics, run_id: str, status: str, reason: str, details: str | None) -> None:

@@ -8,6 +8,7 @@ B x T positions equals a loss over a (distinct token x vocab) logits table weigh
 
 from __future__ import annotations
 
+import contextlib
 import math
 import time
 from dataclasses import dataclass
@@ -239,9 +240,9 @@ class Trainer:
         if self.dense_pairs:  # the same windows as (current, next) pair ids, for a bincount per batch
             ids = (self.train_data[:-1] * self.vocab + self.train_data[1:]).to(torch.int32)
             self.pair_windows = ids.as_strided((self.n_windows, T), (1, 1))
-        self.logits_fn = torch.compile(model.logits_for_tokens, dynamic=True) if config.compile else None
-        if self.logits_fn is not None:
-            model.logits_for_tokens = self.logits_fn
+        if config.compile:  # both entry points of the fast path, and forward for the direct one
+            model.logits_for_tokens = torch.compile(model.logits_for_tokens, dynamic=True)
+            model.logits_table = torch.compile(model.logits_table)
 
     # -- schedule -------------------------------------------------------------------------------
     @property
@@ -255,8 +256,9 @@ class Trainer:
 
     # -- pieces ---------------------------------------------------------------------------------
     def _autocast(self):
-        enabled = self.config.precision == "bf16"
-        return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=enabled)
+        if self.config.precision == "bf16":
+            return torch.autocast(self.device.type, dtype=torch.bfloat16)
+        return contextlib.nullcontext()  # fp32: not even a disabled autocast on the hot path
 
     def sample_starts(self) -> torch.Tensor:
         """Window starts as ``get_batch`` draws them: same generator, same batches."""
@@ -264,13 +266,13 @@ class Trainer:
 
     def step_loss(self, starts: torch.Tensor) -> torch.Tensor:
         """The minibatch loss of the windows at ``starts``: fast path or the write-up's direct one."""
-        if self.dense_pairs and self.config.precision == "fp32":
-            pairs = self.pair_windows.index_select(0, starts).view(-1)
-            counts = torch.bincount(pairs, minlength=self.vocab**2).view(self.vocab, self.vocab).to(torch.float32)
-            return table_pair_loss(self.model.logits_table(), counts, pairs.numel())
-        chunk = self.windows.index_select(0, starts)
-        x, y = chunk[:, :-1], chunk[:, 1:]
         with self._autocast():
+            if self.dense_pairs:
+                pairs = self.pair_windows.index_select(0, starts).view(-1)
+                counts = torch.bincount(pairs, minlength=self.vocab**2).view(self.vocab, self.vocab).to(torch.float32)
+                return table_pair_loss(self.model.logits_table(), counts, pairs.numel())
+            chunk = self.windows.index_select(0, starts)
+            x, y = chunk[:, :-1], chunk[:, 1:]
             if self.config.fast_path and self.model.position_wise:
                 return batch_loss_fast(self.model, x, y, self.vocab, self.subset_rows)
             _, loss = self.model(x, y)

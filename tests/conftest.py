@@ -1,0 +1,52 @@
+"""Shared fixtures: real data, a throwaway MLflow store, and a spec shrunk to a few steps."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from harness.data import resolve_data_dir
+from harness.spec import expand, load_spec
+
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+EXPERIMENTS = PROJECT_ROOT / "experiments"
+SHARED_DATA = PROJECT_ROOT.parent / "shared" / "data"
+
+# Few steps on the CPU: enough to see a loss move, fast enough for every variant of a grid.
+SHRINK = {"train.steps": 40, "train.eval_interval": 10, "train.device": "cpu", "sample.max_new_tokens": 20}
+
+
+@pytest.fixture(scope="session")
+def data_dir() -> Path | None:
+    """``HARNESS_DATA_DIR``, else ``../shared/data`` beside the project, else the download cache."""
+    if os.environ.get("HARNESS_DATA_DIR"):
+        return resolve_data_dir()
+    return SHARED_DATA if SHARED_DATA.is_dir() else None
+
+
+@pytest.fixture
+def mlflow_store(tmp_path, monkeypatch) -> str:
+    """A real SQLite MLflow store under tmp_path; the test runs from tmp_path."""
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    monkeypatch.chdir(tmp_path)
+    return uri
+
+
+@pytest.fixture
+def shrink():
+    """``shrink(spec_path, **more)`` -> the spec's variants at a few CPU steps."""
+
+    def _shrink(spec_path, **more):
+        overrides = {**SHRINK, **{k.replace("__", "."): v for k, v in more.items()}}
+        return expand(load_spec(spec_path), overrides)
+
+    return _shrink
+
+
+def shrink_args(**more) -> list[str]:
+    """The SHRINK overrides as command-line ``key=value`` words."""
+    values = {**SHRINK, **more}
+    return [f"{k}={v}" for k, v in values.items()]

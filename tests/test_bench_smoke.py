@@ -1,0 +1,80 @@
+"""benchmarks/step_speed.py runs end to end at a few steps and writes the CSVs it promises."""
+
+import importlib.util
+import math
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from harness.data import DataConfig, DataError, load_corpus
+
+BENCH = Path(__file__).resolve().parents[1] / "benchmarks" / "step_speed.py"
+STEP_COLUMNS = [
+    "corpus", "model", "batch_size", "steps", "ref_steps_per_s", "harness_steps_per_s", "speedup",
+    "max_loss_diff", "final_loss_diff", "max_loss_diff_fp64", "device", "threads", "torch_version",
+]
+NUMBERS = ["ref_steps_per_s", "harness_steps_per_s", "speedup", "max_loss_diff", "final_loss_diff", "max_loss_diff_fp64"]
+
+
+@pytest.fixture(scope="module")
+def bench():
+    spec = importlib.util.spec_from_file_location("step_speed", BENCH)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up while the file executes
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture
+def shakespeare_dir(data_dir):
+    """conftest's ``data_dir``, once it is known to hold the corpus (skip where it cannot be had)."""
+    try:
+        load_corpus(DataConfig(dataset="tinyshakespeare"), data_dir)
+    except DataError as exc:
+        pytest.skip(f"tinyshakespeare not available (set HARNESS_DATA_DIR): {exc}")
+    return data_dir
+
+
+def run_bench(bench, data_dir, tmp_path, *extra):
+    argv = ["--steps", "4", "--warmup", "1", "--fp64-steps", "3", "--rows", "tinyshakespeare,bigram,32",
+            "--out", str(tmp_path / "step_speed.csv"), *extra]
+    if data_dir is not None:
+        argv += ["--data-dir", str(data_dir)]
+    return bench.main(argv)
+
+
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_step_speed_csv(bench, shakespeare_dir, tmp_path, precision):
+    run_bench(bench, shakespeare_dir, tmp_path, "--skip-logging", "--precision", precision)
+    table = pd.read_csv(tmp_path / "step_speed.csv")
+    assert not (tmp_path / "logging_overhead.csv").exists()
+    assert set(STEP_COLUMNS) <= set(table.columns)
+    assert len(table) == 1
+    row = table.iloc[0]
+    assert (row.corpus, row.model, row.batch_size, row.steps) == ("tinyshakespeare", "bigram", 32, 4)
+    assert all(math.isfinite(row[c]) for c in NUMBERS)
+    assert row.ref_steps_per_s > 0 and row.harness_steps_per_s > 0
+    # Same weights, same windows: the losses may differ only by rounding.
+    assert row.max_loss_diff < 1e-4 and row.max_loss_diff_fp64 < 1e-9
+    if precision == "bf16":
+        assert row.final_loss_diff_vs_fp32 < 1e-2
+
+
+@pytest.mark.slow  # a fresh MLflow SQLite store and 200 single log_metric calls: ~10 s
+def test_logging_overhead_csv(bench, shakespeare_dir, tmp_path):
+    run_bench(bench, shakespeare_dir, tmp_path, "--log-steps", "20", "--log-repeats", "1", "--fp64-steps", "0")
+    overhead = pd.read_csv(tmp_path / "logging_overhead.csv")
+    row = overhead.iloc[0]
+    for column in ("wall_s_tracking_off", "wall_s_tracking_on", "overhead_pct", "log_metric_ms_per_call", "log_batch_ms_per_point"):
+        assert math.isfinite(row[column]), column
+    assert row.metric_points > 20  # every batch loss plus the evaluations
+    assert math.isnan(pd.read_csv(tmp_path / "step_speed.csv").iloc[0].max_loss_diff_fp64)  # --fp64-steps 0 skips it
+
+
+def test_rows_filter(bench):
+    assert [r.name for r in bench.select_rows(["korean-chatbot,ffn"])] == ["korean-chatbot/ffn/B32", "korean-chatbot/ffn/B128"]
+    assert len(bench.select_rows(None)) == 8
+    with pytest.raises(SystemExit):
+        bench.select_rows(["korean,ffn"])

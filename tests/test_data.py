@@ -1,0 +1,101 @@
+"""Corpora, tokenizer and batches on the real files."""
+
+from __future__ import annotations
+
+import hashlib
+import shutil
+
+import pytest
+import torch
+
+from harness.data import (
+    CATALOG,
+    EXTRA_CHARS,
+    CharTokenizer,
+    DataConfig,
+    DataError,
+    UnknownCharacterError,
+    get_batch,
+    load_corpus,
+    locate_catalog_file,
+    read_text,
+)
+
+
+@pytest.mark.parametrize("name", ["tinyshakespeare", "korean-chatbot"])
+def test_catalog_files_verify_and_round_trip(data_dir, name):
+    path = locate_catalog_file(name, data_dir)
+    assert hashlib.sha256(path.read_bytes()).hexdigest() == CATALOG[name].sha256
+    text = read_text(DataConfig(name), data_dir)
+    tokenizer = CharTokenizer.from_text(text)
+    assert tokenizer.decode(tokenizer.encode(text)) == text
+    assert set(EXTRA_CHARS) <= set(tokenizer.chars)
+    assert list(tokenizer.chars) == sorted(tokenizer.chars)
+
+
+def test_shakespeare_vocabulary_matches_the_lecture(data_dir):
+    corpus = load_corpus(DataConfig("tinyshakespeare"), data_dir)
+    # 65 corpus characters; the write-up's digits and punctuation add the ones Shakespeare lacks.
+    assert corpus.tokenizer.vocab_size == len(set(read_text(DataConfig("tinyshakespeare"), data_dir)) | set(EXTRA_CHARS))
+    assert len(corpus.train) + len(corpus.val) == 1115394
+    assert len(corpus.train) == int(0.9 * 1115394)  # split by position, 90/10
+
+
+def test_korean_text_is_q_then_a_per_row(data_dir):
+    text = read_text(DataConfig("korean-chatbot"), data_dir)
+    lines = text.split("\n")
+    assert lines[0] == "12시 땡!" and lines[1] == "하루가 또 가네요."
+    assert len(lines) == 2 * 11823
+    assert 1200 < CharTokenizer.from_text(text).vocab_size < 1300
+
+
+def test_cp949_file_round_trips_and_utf8_misread_is_named(tmp_path):
+    text = "안녕하세요, 세계!\n한국어 텍스트 123.\n"
+    path = tmp_path / "ko.txt"
+    path.write_bytes(text.encode("cp949"))
+    config = DataConfig(path=str(path), encoding="cp949").resolved()
+    corpus = load_corpus(config, None)
+    assert corpus.tokenizer.decode(torch.cat([corpus.train, corpus.val]).tolist()) == text
+    with pytest.raises(DataError, match=r"not valid utf-8.*data.encoding.*cp949"):
+        read_text(DataConfig(path=str(path)).resolved(), None)
+
+
+def test_prompt_character_outside_vocabulary_is_named():
+    tokenizer = CharTokenizer.from_text("abc")
+    with pytest.raises(UnknownCharacterError, match=r"'한' \(U\+D55C\)"):
+        tokenizer.encode("a한")
+
+
+def test_missing_and_corrupt_files_say_where_to_put_them(tmp_path, data_dir):
+    with pytest.raises(DataError, match=r"ChatbotData.csv not found.*Download https://raw.githubusercontent.com/songys"):
+        locate_catalog_file("korean-chatbot", tmp_path)
+    corrupt = tmp_path / "tinyshakespeare.txt"
+    shutil.copy(locate_catalog_file("tinyshakespeare", data_dir), corrupt)
+    with open(corrupt, "a") as f:
+        f.write("x")
+    with pytest.raises(DataError, match=r"has sha256 .* expected 86c4e6aa"):
+        locate_catalog_file("tinyshakespeare", tmp_path)
+    with pytest.raises(DataError, match="data.path: file not found"):
+        read_text(DataConfig(path=str(tmp_path / "none.txt")).resolved(), None)
+
+
+def test_download_failure_says_where_to_put_the_file(tmp_path, monkeypatch):
+    import harness.data as data
+
+    def refuse(*args, **kwargs):
+        raise OSError("network unreachable")
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    monkeypatch.setattr(data.urllib.request, "urlopen", refuse)
+    with pytest.raises(DataError, match=r"could not download .*network unreachable.*--data-dir"):
+        locate_catalog_file("tinyshakespeare", None)
+
+
+@pytest.mark.parametrize("name", ["tinyshakespeare", "korean-chatbot"])
+def test_batches_equal_the_write_up_list_comprehension(data_dir, name):
+    data = load_corpus(DataConfig(name), data_dir).train
+    block_size, batch_size = 128, 32
+    x, y = get_batch(data, batch_size, block_size, torch.Generator().manual_seed(3))
+    ix = torch.randint(len(data) - block_size, (batch_size,), generator=torch.Generator().manual_seed(3))
+    assert torch.equal(x, torch.stack([data[i : i + block_size] for i in ix]))
+    assert torch.equal(y, torch.stack([data[i + 1 : i + block_size + 1] for i in ix]))

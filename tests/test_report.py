@@ -1,0 +1,285 @@
+"""The report: statistics on hand-made tables, then a real tiny sweep (SQLite MLflow, real data) end to end."""
+
+from __future__ import annotations
+
+import math
+import re
+import shutil
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from mlflow.tracking import MlflowClient
+
+from harness import analysis
+from harness.cli import main
+from harness.report import factor_table, md_text, pre_block, runs_table
+from harness.spec import expand, load_spec
+
+SMOKE = Path(__file__).resolve().parents[1] / "experiments" / "smoke.yaml"
+# 40 steps is the fewest with a finite loss_noise (its window needs the last 4 steps); one torch thread
+# because a second one only spins when the machine is busy; short windows because the loss is position-wise.
+TINY = ["train.steps=40", "train.eval_interval=10", "train.device=cpu", "train.threads=1",
+        "train.context_length=16", "sample.max_new_tokens=30"]
+HANGUL = re.compile("[\uac00-\ud7a3]")
+
+
+# -- statistics on hand-made tables -------------------------------------------------------------------------
+
+def test_t_quantile_matches_known_values():
+    assert analysis.t_quantile_975(1) == pytest.approx(12.706205, abs=1e-6)
+    assert analysis.t_quantile_975(10) == pytest.approx(2.228139, abs=1e-6)
+    assert analysis.t_quantile_975(31) == pytest.approx(2.039513, abs=1e-6)  # first value past the table
+    assert analysis.t_quantile_975(100) == pytest.approx(1.983972, abs=1e-6)
+    assert analysis.t_quantile_975(10**6) == pytest.approx(1.959966, abs=1e-6)
+    assert math.isnan(analysis.t_quantile_975(0))
+
+
+def test_t_quantile_agrees_with_scipy_when_installed():
+    stats = pytest.importorskip("scipy.stats")
+    for df in [*range(1, 60), 100, 500, 5000]:
+        assert analysis.t_quantile_975(df) == pytest.approx(stats.t.ppf(0.975, df), abs=1e-6)
+
+
+def test_mean_ci_known_interval():
+    interval = analysis.mean_ci([1.0, 2.0, 3.0])
+    half = 4.302652730 * 1.0 / math.sqrt(3)  # t_{0.975,2} * std / sqrt(n)
+    assert (interval.n, interval.mean, interval.std) == (3, 2.0, 1.0)
+    assert interval.low == pytest.approx(2.0 - half) and interval.high == pytest.approx(2.0 + half)
+    assert interval.direction == "overlap"
+    assert analysis.mean_ci([5.0, 5.0]).low == analysis.mean_ci([5.0, 5.0]).high == 5.0  # no spread, no width
+
+
+def test_mean_ci_single_and_empty_and_nan():
+    one = analysis.mean_ci([4.0])
+    assert one.n == 1 and one.mean == 4.0 and math.isnan(one.std) and math.isnan(one.low)
+    assert "no interval is possible" in one.describe("seeds")
+    assert analysis.mean_ci([]).n == 0
+    assert analysis.mean_ci([1.0, float("nan"), 3.0]).n == 2
+
+
+def _grid_table() -> pd.DataFrame:
+    """model in (bigram, ffn) x batch in (32, 128) x seed in (1, 2): val = 3 + 1.0*ffn - 0.1*(batch 128) + noise."""
+    rows = []
+    noise = {1: 0.01, 2: -0.01}
+    for model in ("bigram", "ffn"):
+        for batch in (32, 128):
+            for seed in (1, 2):
+                val = 3.0 + (1.0 if model == "ffn" else 0.0) - (0.1 if batch == 128 else 0.0) + noise[seed]
+                rows.append({"variant": f"{model},{batch},{seed}", "setting": f"kind={model},batch_size={batch}",
+                             "status": "FINISHED", "model.kind": model, "train.batch_size": batch, "train.seed": seed,
+                             "final_train_loss": val - 0.05, "final_val_loss": val, "excess_loss": val - 2.5,
+                             "loss_noise": 0.05 if batch == 32 else 0.02 + noise[seed] / 10, "bigram_floor": 2.45})
+    return pd.DataFrame(rows)
+
+
+FACTORS = ["model.kind", "train.batch_size"]
+
+
+def test_summarize_folds_seeds():
+    summary = analysis.summarize(_grid_table(), FACTORS)
+    assert len(summary) == 4 and (summary["n"] == 2).all()
+    first = summary.iloc[0]
+    assert first["setting"] == "kind=bigram,batch_size=32"
+    assert first["final_val_loss_mean"] == pytest.approx(3.0)
+    half = 12.706204736 * math.sqrt(2 * 0.01**2) / math.sqrt(2)
+    assert first["final_val_loss_ci_high"] == pytest.approx(3.0 + half)
+
+
+def test_summarize_leaves_out_failed_runs():
+    table = _grid_table()
+    table.loc[0, "status"] = "FAILED"
+    summary = analysis.summarize(table, FACTORS)
+    assert summary.loc[0, "runs"] == 2 and summary.loc[0, "n"] == 1
+    assert math.isnan(summary.loc[0, "final_val_loss_ci_low"])
+
+
+def test_effects_pairs_on_other_axes_and_seed_and_sorts_by_size():
+    effects = analysis.effects(_grid_table(), FACTORS, seed="train.seed")
+    val = effects[effects["metric"] == "final_val_loss"].reset_index(drop=True)
+    assert list(val["axis"]) == ["model.kind", "train.batch_size"]  # |+1.0| before |-0.1|
+    assert val.loc[0, "n_pairs"] == 4 and val.loc[0, "mean_difference"] == pytest.approx(1.0)
+    assert val.loc[1, "mean_difference"] == pytest.approx(-0.1)
+    # Paired on the seed, the noise cancels: the interval has no width.
+    assert val.loc[0, "ci_low"] == pytest.approx(1.0) and val.loc[0, "ci_high"] == pytest.approx(1.0)
+    assert list(effects["metric"].unique()) == ["final_val_loss", "loss_noise"]
+
+
+def test_effects_drop_pairs_of_failed_runs():
+    table = _grid_table()
+    table.loc[table["variant"] == "ffn,128,2", "status"] = "FAILED"
+    effects = analysis.effects(table, FACTORS, seed="train.seed")
+    model = effects[(effects["metric"] == "final_val_loss") & (effects["axis"] == "model.kind")].iloc[0]
+    assert model["n_pairs"] == 3
+
+
+def test_findings_give_numbers_intervals_and_n():
+    table = _grid_table().assign(**{"data.dataset": "tinyshakespeare"})
+    summary = analysis.summarize(table, FACTORS)
+    answers = analysis.findings(table, summary, FACTORS, "train.seed")
+    text = "\n".join(s for sentences in answers.values() for s in sentences)
+    assert "FFN minus the bigram is +1.0000" in text and "n=4 pairs" in text and "the FFN is worse" in text
+    assert "oscillates less" in text
+    assert "n=2 seeds" in text and "Closest to the floor: kind=bigram,batch_size=128" in text
+
+
+def test_findings_with_one_run_say_no_interval():
+    table = _grid_table()
+    table = table[(table["train.seed"] == 1) & (table["train.batch_size"] == 32)]
+    summary = analysis.summarize(table, ["model.kind"])
+    answers = analysis.findings(table, summary, ["model.kind"], None)
+    ffn, batch, floor = answers.values()
+    assert "n=1, so no interval is possible" in ffn[0] and "the single pair says the FFN is worse" in ffn[0]
+    assert "not answerable" in batch[0]
+    assert all("n=1, so no interval is possible" in s for s in floor[:-1])
+
+
+def test_samples_are_escaped_and_keep_blank_lines():
+    block = pre_block("a <b> & c\n\n| *x* 안녕")
+    assert block == "<pre>a &lt;b&gt; &amp; c\n<span></span>\n| *x* 안녕</pre>"
+    assert "\n\n" not in block  # a blank line would end the HTML block in markdown
+    assert md_text("kind=a|b *c* _x batch_size") == "kind=a\\|b \\*c\\* \\_x batch_size"
+
+
+def test_zip_group_is_one_factor_and_list_values_group(tmp_path):
+    spec_path = tmp_path / "zipped.yaml"
+    spec_path.write_text(
+        "name: zipped\n"
+        "base: {data: {dataset: tinyshakespeare}, model: {kind: ffn}, train: {steps: 40, device: cpu}}\n"
+        "grid: {model.hidden_sizes: [[8], [16, 8]]}\n"
+        "zip: {train.batch_size: [32, 128], train.lr: [0.001, 0.002]}\n"
+        "seeds: [1, 2]\n", encoding="utf-8")
+    spec = load_spec(spec_path)
+    variants = expand(spec)
+    table, factors, seed = factor_table(runs_table(pd.DataFrame(), variants), spec, variants)
+    assert factors == ["model.hidden_sizes", "train.batch_size+train.lr"] and seed == "train.seed"
+    assert levels_of(table, "model.hidden_sizes") == ["8", "16x8"]
+    assert levels_of(table, "train.batch_size+train.lr") == ["32/0.001", "128/0.002"]
+    table = table.assign(status="FINISHED", final_val_loss=[1.0 + 0.5 * (i // 2 % 2) for i in range(len(table))])
+    effects = analysis.effects(table, factors, seed, metrics=["final_val_loss"])
+    zipped = effects[effects["axis"] == "train.batch_size+train.lr"].iloc[0]
+    assert zipped["n_pairs"] == 4 and zipped["mean_difference"] == pytest.approx(0.5)
+    assert len(analysis.summarize(table, factors)) == 4
+
+
+def levels_of(table, factor):
+    return analysis.levels(table, factor)
+
+
+# -- a real tiny sweep --------------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def sweep(tmp_path_factory, data_dir):
+    """16 variants (2 models x 2 batch sizes x 2 corpora x 2 seeds) at 40 steps, then its report."""
+    root = tmp_path_factory.mktemp("report")
+    uri = f"sqlite:///{root / 'mlflow.db'}"
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("MLFLOW_TRACKING_URI", uri)
+        patch.chdir(root)
+        data = ["--data-dir", str(data_dir)] if data_dir else []
+        code = main(["run", str(SMOKE), *TINY, "--seeds", "1", "2", *data, "--results-dir", "results", "--no-progress"])
+        assert code == 0
+        yield root / "results" / "smoke", MlflowClient(uri)
+
+
+def _runs(client: MlflowClient):
+    experiment = client.get_experiment_by_name("smoke")
+    runs = client.search_runs([experiment.experiment_id])
+    parent = next(r for r in runs if r.data.tags.get("harness.sweep") == "true")
+    children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
+    return parent, children
+
+
+def test_summary_has_n_and_finite_intervals(sweep):
+    out, _ = sweep
+    summary = pd.read_csv(out / "summary.csv")
+    assert len(summary) == 8 and (summary["n"] == 2).all()
+    for metric in analysis.SUMMARY_METRICS:
+        for stat in ("mean", "std", "ci_low", "ci_high"):
+            assert summary[f"{metric}_{stat}"].map(math.isfinite).all(), f"{metric}_{stat}"
+        assert (summary[f"{metric}_ci_low"] <= summary[f"{metric}_ci_high"]).all()
+
+
+def test_effects_pair_every_other_axis_and_seed(sweep):
+    out, _ = sweep
+    effects = pd.read_csv(out / "effects.csv")
+    val = effects[effects["metric"] == "final_val_loss"]
+    assert set(val["axis"]) == {"model.kind", "train.batch_size", "data.dataset"}
+    model = val[val["axis"] == "model.kind"].iloc[0]
+    assert (model["level"], model["baseline"]) == ("ffn", "bigram")
+    assert (val["n_pairs"] == 8).all()  # 2 corpora x 2 batch sizes x 2 seeds per axis
+    sizes = val["mean_difference"].abs().tolist()
+    assert sizes == sorted(sizes, reverse=True)
+    assert "loss_noise" in set(effects["metric"]) and "loss_noise" in pd.read_csv(out / "runs.csv")
+
+
+def test_figures_written_and_logged_to_sweep_and_variant_runs(sweep):
+    out, client = sweep
+    names = {"curves_model_kind.png", "curves_train_batch_size.png", "curves_data_dataset.png", "final_val_loss.png"}
+    for name in names:
+        data = (out / name).read_bytes()
+        assert data.startswith(b"\x89PNG") and len(data) > 10_000
+    parent, children = _runs(client)
+    assert len(children) == 16
+    logged = {Path(a.path).name for a in client.list_artifacts(parent.info.run_id, "report")}
+    assert names | {"report.md", "summary.csv", "effects.csv"} <= logged
+    assert names <= {Path(a.path).name for a in client.list_artifacts(children[0].info.run_id, "report")}
+
+
+def test_report_md_has_provenance_tables_answers_and_korean_samples(sweep):
+    out, _ = sweep
+    text = (out / "report.md").read_text(encoding="utf-8")
+    assert "harness report" in text and "git commit" in text
+    assert "FFN minus the bigram" in text and "On korean-chatbot" in text and "n=4 pairs" in text
+    assert "loss_noise changes by" in text and "n=8 pairs" in text
+    assert "nats above its bigram floor" in text and "n=2 seeds" in text
+    assert "| setting" in text and "| metric" in text
+    assert "![final_val_loss](final_val_loss.png)" in text
+    samples = text[text.index("## Samples"):]
+    assert samples.count("<pre>") == 32 and HANGUL.search(samples)
+    assert "(not logged)" not in samples
+
+
+def test_report_rebuilds_the_same_csvs_from_mlflow_alone(sweep):
+    out, _ = sweep
+    before = {name: pd.read_csv(out / name) for name in ("runs.csv", "summary.csv", "effects.csv")}
+    shutil.rmtree(out.parent)
+    assert main(["report", str(SMOKE), "--results-dir", "results"]) == 0  # overrides and seeds of the last sweep
+    for name, frame in before.items():
+        pd.testing.assert_frame_equal(pd.read_csv(out / name), frame, obj=name)
+    assert (out / "report.md").exists() and (out / "final_val_loss.png").stat().st_size > 0
+
+
+def test_report_survives_failed_and_missing_variants(sweep):
+    out, client = sweep
+    _, children = _runs(client)
+    failed = next(c for c in children if c.data.tags["variant"].startswith("kind=ffn,batch_size=128,dataset=korean"))
+    client.update_run(failed.info.run_id, status="FAILED")
+    try:
+        # Seeds 1 2 3: seed 3 never ran, so 8 variants are MISSING and one more is FAILED.
+        assert main(["report", str(SMOKE), *TINY, "--seeds", "1", "2", "3", "--results-dir", "partial"]) == 0
+    finally:
+        client.update_run(failed.info.run_id, status="FINISHED")
+    partial = Path("partial") / "smoke"
+    runs = pd.read_csv(partial / "runs.csv")
+    assert (runs["status"] == "MISSING").sum() == 8 and (runs["status"] == "FAILED").sum() == 1
+    summary = pd.read_csv(partial / "summary.csv")
+    assert set(summary["n"]) == {1, 2}
+    effects = pd.read_csv(partial / "effects.csv")
+    model = effects[(effects["metric"] == "final_val_loss") & (effects["axis"] == "model.kind")].iloc[0]
+    assert model["n_pairs"] == 7
+    text = (partial / "report.md").read_text(encoding="utf-8")
+    assert "Not finished: 9 variant(s)" in text and "MISSING" in text
+    # No sweep ran these variants, so the sweep's own report in MLflow stays as it was.
+    parent, _ = _runs(client)
+    logged = Path(client.download_artifacts(parent.info.run_id, "report/report.md", "downloaded"))
+    assert "Not finished" not in logged.read_text(encoding="utf-8")
+
+
+def test_report_with_one_seed_says_no_interval(sweep):
+    assert main(["report", str(SMOKE), *TINY, "--seeds", "1", "--results-dir", "one-seed"]) == 0
+    out = Path("one-seed") / "smoke"
+    summary = pd.read_csv(out / "summary.csv")
+    assert (summary["n"] == 1).all() and summary["final_val_loss_ci_low"].isna().all()
+    text = (out / "report.md").read_text(encoding="utf-8")
+    assert "no interval is possible" in text and "One run per variant" in text

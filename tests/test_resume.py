@@ -1,0 +1,246 @@
+"""Resume: finished variants are skipped, and a sweep stopped by Ctrl-C or kill -9 picks up where it was.
+
+The checkpoint promise is checked twice: at the unit level (Trainer state round trip) and with a real
+process killed by SIGKILL mid-run, whose variant must resume in the same MLflow run and end at the same
+loss as an uninterrupted run.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from mlflow.tracking import MlflowClient
+
+from harness.data import load_corpus
+from harness.models import build_model
+from harness.spec import expand, load_spec
+from harness.sweep import plan_resume, run_sweep
+from harness.tracking import checkpoint_path, experiment_id_for, run_variant
+from harness.train import MAX_CURVE_POINTS, Trainer
+
+# Tiny Shakespeare bigram: thousands of steps a second, so a kill lands mid-run with time to spare.
+KILL_SPEC = """
+    name: {name}
+    base:
+      data: {{dataset: tinyshakespeare}}
+      model: {{kind: bigram}}
+      train: {{steps: {steps}, eval_interval: 100, checkpoint_interval: {every}, device: cpu, threads: 1}}
+      sample: {{max_new_tokens: 5}}
+    grid:
+      train.batch_size: [16, 32]
+"""
+
+
+class Points:
+    """A metric sink that keeps what it is given."""
+
+    def __init__(self):
+        self.points = []
+
+    def log(self, key, value, step):
+        self.points.append((key, value, step))
+
+
+def _write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "spec.yaml"
+    path.write_text(textwrap.dedent(text), encoding="utf-8")
+    return path
+
+
+def _trainer(variant, data_dir) -> Trainer:
+    config = variant.config
+    corpus = load_corpus(config.data, data_dir)
+    torch.manual_seed(config.train.seed)
+    return Trainer(build_model(config.model, corpus.tokenizer.vocab_size), corpus, config.train, torch.device("cpu"))
+
+
+@pytest.mark.parametrize("kind", ["bigram", "ffn"])
+def test_trainer_resumed_from_a_checkpoint_matches_an_uninterrupted_run(tmp_path, data_dir, kind):
+    spec = _write(tmp_path, f"""
+        name: unit
+        base:
+          data: {{dataset: tinyshakespeare}}
+          model: {{kind: {kind}, hidden_sizes: [32]}}
+          train: {{steps: 60, eval_interval: 10, checkpoint_interval: 20, device: cpu}}
+    """)
+    variant = expand(load_spec(spec))[0]
+    straight = _trainer(variant, data_dir)
+    saved = []
+
+    def keep_first(t: Trainer) -> None:  # through bytes, as a checkpoint file would be
+        if not saved:
+            buffer = io.BytesIO()
+            torch.save(t.state_dict(), buffer)
+            saved.append(buffer.getvalue())
+
+    expected = straight.run(Points(), on_checkpoint=keep_first)
+
+    resumed = _trainer(variant, data_dir)  # a fresh process would build the model again from the seed
+    resumed.load_state_dict(torch.load(io.BytesIO(saved[0]), weights_only=False))
+    assert resumed.state.step == 20
+    sink = Points()
+    got = resumed.run(sink)
+    assert got["final_train_loss"] == pytest.approx(expected["final_train_loss"], abs=1e-6)
+    assert got["final_val_loss"] == pytest.approx(expected["final_val_loss"], abs=1e-6)
+    assert torch.allclose(resumed.state.step_losses, straight.state.step_losses, atol=1e-6)
+    assert min(step for _, _, step in sink.points) > 20, "a resumed run logs only the steps after its checkpoint"
+
+
+def test_finished_variants_are_skipped_and_force_reruns_them(tmp_path, mlflow_store, data_dir):
+    spec = load_spec(_write(tmp_path, KILL_SPEC.format(name="skip", steps=20, every=0)))
+    variants = expand(spec)
+    logged = []
+    sweep = dict(data_dir=data_dir, checkpoint_dir=tmp_path / "ckpt", show_progress=False, log=logged.append)
+    first = run_sweep(spec, variants, **sweep)
+    assert [r.status for r in first.results] == ["FINISHED", "FINISHED"]
+
+    again = run_sweep(spec, variants, **sweep)
+    assert again.results == [] and set(again.skipped) == {v.id for v in variants}
+    assert set(again.skipped.values()) == {r.run_id for r in first.results}
+    assert sum("already FINISHED" in line and "--force" in line for line in logged) == 2
+
+    forced = run_sweep(spec, variants, force=True, **sweep)
+    assert [r.status for r in forced.results] == ["FINISHED", "FINISHED"]
+    assert not {r.run_id for r in forced.results} & {r.run_id for r in first.results}
+
+
+def test_resume_without_its_checkpoint_starts_a_new_run(tmp_path, mlflow_store, data_dir):
+    """A checkpoint that is gone (or another run's) must not restart step 0 inside a run holding metrics."""
+    spec = load_spec(_write(tmp_path, KILL_SPEC.format(name="lost-ckpt", steps=20, every=10)))
+    variant = expand(spec)[0]
+    client = MlflowClient(mlflow_store)
+    experiment_id = experiment_id_for(client, spec.name)
+    stale = client.create_run(experiment_id, tags={"config_hash": variant.config.config_hash()}).info.run_id
+    result = run_variant(variant, experiment_id=experiment_id, data_dir=data_dir, resume_run_id=stale,
+                         checkpoint_dir=tmp_path / "ckpt", show_progress=False)
+    assert result.status == "FINISHED" and result.run_id != stale
+    assert client.get_run(stale).info.status == "KILLED"
+    assert "resumed_from_step" not in client.get_run(result.run_id).data.tags
+
+
+def _env(tmp_path: Path, data_dir) -> dict:
+    env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}"}
+    if data_dir:
+        env["HARNESS_DATA_DIR"] = str(data_dir)
+    return env
+
+
+def _command(spec: Path, tmp_path: Path, *extra: str) -> list[str]:
+    return [sys.executable, "-m", "harness", "run", str(spec), "--no-progress", "--checkpoint-dir", str(tmp_path / "ckpt"),
+            "--results-dir", str(tmp_path / "results"), *extra]
+
+
+def _wait_for(predicate, proc: subprocess.Popen, what: str, timeout: float = 240) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if proc.poll() is not None:
+            out = proc.stdout.read() if proc.stdout else ""
+            pytest.fail(f"the sweep ended (exit {proc.returncode}) before {what}:\n{out}")
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.01)
+
+
+def _variant_runs(uri: str, name: str) -> dict[str, list]:
+    client = MlflowClient(uri)
+    experiment = client.get_experiment_by_name(name)
+    runs: dict[str, list] = {}
+    for run in client.search_runs([experiment.experiment_id], filter_string="tags.config_hash != ''"):
+        runs.setdefault(run.data.tags["variant"], []).append(run)
+    return runs
+
+
+def test_kill_9_mid_run_then_rerun_resumes_in_the_same_run_and_matches(tmp_path, data_dir):
+    steps, every = 6000, 1000
+    spec = _write(tmp_path, KILL_SPEC.format(name="kill9", steps=steps, every=every))
+    first, second = expand(load_spec(spec))
+    env = _env(tmp_path, data_dir)
+    uri = env["MLFLOW_TRACKING_URI"]
+    ckpt = checkpoint_path(tmp_path / "ckpt", first)
+
+    proc = subprocess.Popen(_command(spec, tmp_path), cwd=tmp_path, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    try:
+        _wait_for(ckpt.exists, proc, "the first checkpoint")
+        os.killpg(proc.pid, signal.SIGKILL)  # no handler runs: the run stays RUNNING, the points after it are lost
+        proc.wait(timeout=30)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    proc.stdout.close()
+    killed = _variant_runs(uri, "kill9")
+    assert [r.info.status for r in killed[first.id]] == ["RUNNING"]
+    assert second.id not in killed, "the kill landed during the first variant"
+    killed_id = killed[first.id][0].info.run_id
+    saved_step = torch.load(ckpt, weights_only=False)["step"]
+    assert 0 < saved_step < steps
+
+    rerun = subprocess.run(_command(spec, tmp_path), cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    assert rerun.returncode == 0, rerun.stdout + rerun.stderr
+    runs = _variant_runs(uri, "kill9")
+    for variant in (first, second):
+        assert [r.info.status for r in runs[variant.id]] == ["FINISHED"], "one run per variant, FINISHED"
+    resumed = runs[first.id][0]
+    assert resumed.info.run_id == killed_id
+    assert int(resumed.data.tags["resumed_from_step"]) == saved_step
+    assert not ckpt.exists(), "a finished variant removes its checkpoint"
+
+    client = MlflowClient(uri)
+    stride = math.ceil(steps / MAX_CURVE_POINTS)  # train.py keeps at most ~2000 batch_loss points
+    batch_steps = [s for s in range(1, steps + 1) if s % stride == 0 or s == steps]
+    for key, expected in (("train_loss", list(range(0, steps + 1, 100))), ("batch_loss", batch_steps)):
+        history = sorted(m.step for m in client.get_metric_history(killed_id, key))
+        assert history == expected, f"{key}: every step once, none twice"
+
+    # The same variant straight through, in another store: the resumed run must end at the same loss.
+    other = f"sqlite:///{tmp_path / 'straight.db'}"
+    straight = run_variant(first, experiment_id=experiment_id_for(MlflowClient(other), "straight"), uri=other,
+                           data_dir=data_dir, threads=1, show_progress=False)
+    assert straight.status == "FINISHED"
+    assert resumed.data.metrics["final_train_loss"] == pytest.approx(straight.metrics["final_train_loss"], abs=1e-4)
+    assert resumed.data.metrics["final_val_loss"] == pytest.approx(straight.metrics["final_val_loss"], abs=1e-4)
+
+
+@pytest.mark.parametrize("jobs", [1, 2])
+def test_ctrl_c_closes_running_variants_killed_and_exits_130(tmp_path, data_dir, jobs):
+    spec = _write(tmp_path, KILL_SPEC.format(name="ctrl-c", steps=2_000_000, every=200))
+    variants = expand(load_spec(spec))
+    env = _env(tmp_path, data_dir)
+    running = variants[:jobs]
+    proc = subprocess.Popen(_command(spec, tmp_path, "--jobs", str(jobs)), cwd=tmp_path, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    try:
+        _wait_for(lambda: all(checkpoint_path(tmp_path / "ckpt", v).exists() for v in running), proc, "training")
+        os.killpg(proc.pid, signal.SIGINT)  # what Ctrl-C in a terminal does: the whole foreground group
+        out, _ = proc.communicate(timeout=180)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    assert proc.returncode == 130, out
+    assert "interrupted: 0 variant(s) finished before Ctrl-C" in out
+    assert "Traceback" not in out
+    runs = _variant_runs(env["MLFLOW_TRACKING_URI"], "ctrl-c")
+    assert {vid: [r.info.status for r in rs] for vid, rs in runs.items()} == {v.id: ["KILLED"] for v in running}
+    for v in running:
+        assert "interrupted" in runs[v.id][0].data.tags["error"]
+        assert checkpoint_path(tmp_path / "ckpt", v).exists(), "kept, so that the rerun resumes from it"
+    client = MlflowClient(env["MLFLOW_TRACKING_URI"])
+    experiment_id = client.get_experiment_by_name("ctrl-c").experiment_id
+    parents = client.search_runs([experiment_id], "tags.`harness.sweep` = 'true'")
+    assert [p.info.status for p in parents] == ["KILLED"]
+
+    # The same command again would resume each KILLED run from its checkpoint and start the rest afresh.
+    skip, todo = plan_resume(client, experiment_id, variants, False, tmp_path / "ckpt")
+    assert not skip
+    assert {v.id: resume for v, resume in todo} == {
+        v.id: (runs[v.id][0].info.run_id if v in running else None) for v in variants}
