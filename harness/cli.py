@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import os
 import shlex
+import signal
 import sys
 from pathlib import Path
 
@@ -110,8 +111,15 @@ def _report(spec, overrides: dict, seeds: list[int] | None, results_dir: Path) -
     return 0
 
 
+def _stop_like_ctrl_c(signum, frame):
+    raise KeyboardInterrupt
+
+
 def _run(spec, variants, overrides: dict, args, data_dir) -> int:
     from harness.sweep import run_sweep
+
+    # Schedulers (Slurm, Kubernetes, systemd) stop jobs with SIGTERM: close the running variant KILLED as on Ctrl-C.
+    signal.signal(signal.SIGTERM, _stop_like_ctrl_c)
 
     if args.jobs < 1:
         print("error: --jobs must be >= 1", file=sys.stderr)

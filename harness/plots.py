@@ -123,7 +123,14 @@ def final_val_loss_bars(summary: pd.DataFrame, table: pd.DataFrame, factors: lis
                       label=None if floor_labelled else "bigram floor (train split)")
             floor_labelled = True
     ax.set_xticks(range(len(summary)), [ascii_label(s).replace(",", "\n") for s in summary[label]], fontsize=7)
-    ax.set_ylabel("final val loss (nats)")
+    # Zoom onto the values and floors: differences of a few hundredths are the point, not the height from 0.
+    values = list(table.loc[table["status"] == "FINISHED", "final_val_loss"].dropna())
+    values += [v for v in summary.get("bigram_floor", pd.Series(dtype=float)).dropna()]
+    if values:
+        low, high = min(values), max(values)
+        margin = max(0.05 * (high - low), 0.02)
+        ax.set_ylim(low - 3 * margin, high + 2 * margin)
+    ax.set_ylabel("final val loss (nats; axis does not start at 0)")
     ax.set_title("final val loss per variant: mean, 95% CI over seeds (dots: single runs)", fontsize=10)
     handles = [Line2D([], [], color=f"C{k % 10}", lw=6, alpha=0.75, label=ascii_label(f"{short_name(colour_by)}={v}"))
                for k, v in enumerate(colour_levels)] if colour_by else []

@@ -88,7 +88,10 @@ def _train(variant: Variant, kwargs: dict, cwd: str) -> VariantResult:
                 "ray_node_id": ray.get_runtime_context().get_node_id()}
         client = MlflowClient(kwargs["uri"])
         for key, value in node.items():
-            retrying(lambda: client.set_tag(result.run_id, key, value))
+            try:
+                retrying(lambda: client.set_tag(result.run_id, key, value))
+            except Exception:  # a nice-to-have; the run itself is closed already
+                pass
     return result
 
 

@@ -99,7 +99,7 @@ def test_malformed_spec_from_the_shell_has_no_traceback(tmp_path):
     spec = tmp_path / "spec.yaml"
     spec.write_text(OK_BASE.replace("steps: 10", "steps: 10, bach_size: 32"), encoding="utf-8")
     proc = subprocess.run([sys.executable, "-m", "harness", "validate", str(spec)], capture_output=True, text=True,
-                          cwd=tmp_path, timeout=120)
+                          cwd=tmp_path, timeout=600)
     assert proc.returncode == 2
     assert "did you mean 'batch_size'" in proc.stderr and "Traceback" not in proc.stderr
 
@@ -121,7 +121,7 @@ def test_diverging_variant_fails_with_reason_and_the_others_finish(tmp_path, mlf
         name: nan-run
         base:
           data: {dataset: tinyshakespeare}
-          train: {steps: 40, eval_interval: 10, device: cpu}
+          train: {steps: 20, eval_interval: 10, device: cpu}
           sample: {max_new_tokens: 5}
         grid:
           train.lr: [1.0e-3, 1.0e6, 2.0e-3]
@@ -156,14 +156,12 @@ def test_exception_in_one_variant_does_not_stop_the_others(tmp_path, mlflow_stor
           sample: {max_new_tokens: 5}
         grid:
           model.kind: [ffn, bigram]
-          train.batch_size: [16, 32]
     """)
     spec = load_spec(spec_path)
     outcome = run_sweep(spec, expand(spec), data_dir=data_dir, checkpoint_dir=tmp_path / "ckpt", show_progress=False,
                         log=lambda *a: None)
     status = {r.variant_id: r.status for r in outcome.results}
-    assert status == {"kind=ffn,batch_size=16": "FAILED", "kind=ffn,batch_size=32": "FAILED",
-                      "kind=bigram,batch_size=16": "FINISHED", "kind=bigram,batch_size=32": "FINISHED"}
+    assert status == {"kind=ffn": "FAILED", "kind=bigram": "FINISHED"}
     client = MlflowClient(mlflow_store)
     for result in outcome.failed:
         run = client.get_run(result.run_id)
@@ -189,6 +187,7 @@ def _workers(pid: int) -> list[int]:
     return sorted(found)
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not os.path.isdir("/proc"), reason="finds worker processes through /proc")
 def test_worker_killed_by_the_os_fails_only_its_variant(tmp_path, data_dir):
     """kill -9 of one --jobs worker (as the OOM killer would): its run ends FAILED with why; the other finishes."""
@@ -210,7 +209,7 @@ def test_worker_killed_by_the_os_fails_only_its_variant(tmp_path, data_dir):
                             cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                             start_new_session=True)
     try:
-        deadline = time.monotonic() + 180
+        deadline = time.monotonic() + 600
         while not (ckpt.is_dir() and len(list(ckpt.glob("*.pt"))) == 2):  # both workers are training
             assert proc.poll() is None and time.monotonic() < deadline, "no checkpoints appeared"
             time.sleep(0.02)

@@ -37,6 +37,7 @@ def expected_points(train) -> dict[str, list[int]]:
     return points
 
 
+@pytest.mark.slow
 def test_four_workers_into_sqlite_lose_no_run_and_no_point(tmp_path, data_dir):
     overrides = {"train.steps": 200, "train.eval_interval": 5, "sample.max_new_tokens": 10}
     spec = EXPERIMENTS / "smoke.yaml"
@@ -79,7 +80,7 @@ WRITER = textwrap.dedent("""
     client = MlflowClient(uri)
     run_id = retrying(lambda: client.create_run(experiment_id, run_name=f"writer-{worker}")).info.run_id
     metrics = BufferedMetrics(client, run_id)
-    for step in range(1000):
+    for step in range(600):
         metrics.log("x", step * 0.5, step)
         metrics.log("y", -step, step)
         if step % 4 == 3:  # many small transactions: as much lock contention as 4 processes can make
@@ -90,8 +91,9 @@ WRITER = textwrap.dedent("""
 """)
 
 
+@pytest.mark.slow
 def test_four_raw_writers_with_small_batches_lose_nothing(tmp_path):
-    """The retry on 'database is locked' under 4 x 250 concurrent small commits."""
+    """The retry on 'database is locked' under 4 x 150 concurrent small commits."""
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     client = MlflowClient(uri)
     experiment_id = client.create_experiment("writers")
@@ -106,7 +108,7 @@ def test_four_raw_writers_with_small_batches_lose_nothing(tmp_path):
         assert client.get_run(run_id).info.status == "FINISHED"
         for key in ("x", "y"):
             steps = [m.step for m in client.get_metric_history(run_id, key)]
-            assert sorted(steps) == list(range(1000)), f"{run_id} {key}"
+            assert sorted(steps) == list(range(600)), f"{run_id} {key}"
 
 
 def test_retrying_waits_out_a_locked_database_and_raises_anything_else(monkeypatch):

@@ -29,7 +29,6 @@ SPEC = """
       train: {{steps: {steps}, eval_interval: 10, checkpoint_interval: {every}, device: cpu}}
       sample: {{max_new_tokens: 5}}
     grid:
-      model.kind: [bigram, ffn]
       train.batch_size: [16, 32]
 """
 
@@ -70,7 +69,7 @@ def test_ray_missing_or_unreachable_exits_2_before_any_run(problem, tmp_path, ml
     code = main(["run", str(spec), "--executor", "ray", *address, "--no-progress", "--results-dir", str(tmp_path / "r"), *data])
     err = capsys.readouterr().err
     assert code == 2 and expected in err and "Traceback" not in err, err
-    assert time.monotonic() - started < 30
+    assert time.monotonic() - started < 120, "seconds, where ray.init would retry a dead address for many minutes"
     assert _no_runs(mlflow_store), "no parent run for a sweep that never started"
 
 
@@ -109,28 +108,28 @@ def test_every_variant_runs_as_a_ray_task_into_one_store(ray_cluster, tmp_path, 
     runs = _runs(env["MLFLOW_TRACKING_URI"], "on-ray")
     children = [r for r in runs if "config_hash" in r.data.tags]
     parent = next(r for r in runs if r.data.tags.get("harness.sweep") == "true")
-    assert len(children) == 4 and all(r.info.status == "FINISHED" for r in runs)
+    assert len(children) == 2 and all(r.info.status == "FINISHED" for r in runs)
     for run in children:
         assert run.data.tags["executor"] == "ray" and run.data.tags["ray_node_id"]
         assert run.data.tags["mlflow.parentRunId"] == parent.info.run_id
         assert "final_train_loss" in run.data.metrics
-    assert "finished 4, skipped 0, failed 0" in proc.stdout
+    assert "finished 2, skipped 0, failed 0" in proc.stdout
 
     again = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
-    assert again.returncode == 0 and "finished 0, skipped 4" in again.stdout, "resume works the same on Ray"
+    assert again.returncode == 0 and "finished 0, skipped 2" in again.stdout, "resume works the same on Ray"
 
 
 @pytest.mark.slow
 def test_ctrl_c_cancels_ray_tasks_and_their_runs_end_killed(ray_cluster, tmp_path, data_dir):
     spec = tmp_path / "spec.yaml"
     spec.write_text(textwrap.dedent(SPEC.format(name="ray-ctrl-c", steps=2_000_000, every=100)), encoding="utf-8")
-    bigrams = [v for v in expand(load_spec(spec)) if v.config.model.kind == "bigram"]
+    variants = expand(load_spec(spec))
     command, env = _sweep(tmp_path, spec, ray_cluster, data_dir)
     proc = subprocess.Popen(command, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                             start_new_session=True)
     try:
-        deadline = time.monotonic() + 300
-        while not any(checkpoint_path(tmp_path / "ckpt", v).exists() for v in bigrams):  # a task is training
+        deadline = time.monotonic() + 600
+        while not any(checkpoint_path(tmp_path / "ckpt", v).exists() for v in variants):  # a task is training
             assert proc.poll() is None and time.monotonic() < deadline, proc.stdout.read() if proc.poll() is not None else "timeout"
             time.sleep(0.05)
         os.killpg(proc.pid, signal.SIGINT)  # reaches the driver only: the tasks run in the cluster's workers

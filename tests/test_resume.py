@@ -140,7 +140,7 @@ def _command(spec: Path, tmp_path: Path, *extra: str) -> list[str]:
             "--results-dir", str(tmp_path / "results"), *extra]
 
 
-def _wait_for(predicate, proc: subprocess.Popen, what: str, timeout: float = 240) -> None:
+def _wait_for(predicate, proc: subprocess.Popen, what: str, timeout: float = 600) -> None:
     deadline = time.monotonic() + timeout
     while not predicate():
         if proc.poll() is not None:
@@ -159,6 +159,7 @@ def _variant_runs(uri: str, name: str) -> dict[str, list]:
     return runs
 
 
+@pytest.mark.slow
 def test_kill_9_mid_run_then_rerun_resumes_in_the_same_run_and_matches(tmp_path, data_dir):
     steps, every = 6000, 1000
     spec = _write(tmp_path, KILL_SPEC.format(name="kill9", steps=steps, every=every))
@@ -210,6 +211,7 @@ def test_kill_9_mid_run_then_rerun_resumes_in_the_same_run_and_matches(tmp_path,
     assert resumed.data.metrics["final_val_loss"] == pytest.approx(straight.metrics["final_val_loss"], abs=1e-4)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("jobs", [1, 2])
 def test_ctrl_c_closes_running_variants_killed_and_exits_130(tmp_path, data_dir, jobs):
     spec = _write(tmp_path, KILL_SPEC.format(name="ctrl-c", steps=2_000_000, every=200))

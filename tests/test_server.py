@@ -112,7 +112,7 @@ def test_unreachable_tracking_server_fails_in_seconds_before_training(tmp_path, 
     elapsed = time.monotonic() - started
     err = capsys.readouterr().err
     assert code == 2
-    assert elapsed < 10, f"took {elapsed:.1f}s"
+    assert elapsed < 30, f"took {elapsed:.1f}s"
     assert uri in err and "not reachable" in err and "make server" in err
     assert "Traceback" not in err
     assert not (tmp_path / "r").exists() and not (tmp_path / ".harness").exists() and not (tmp_path / "mlruns").exists()
