@@ -61,7 +61,13 @@ def _print_variants(spec, variants) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    args = _parser().parse_args(argv)
+    parser = _parser()
+    args, extra = parser.parse_known_args(argv)
+    # argparse stops filling the key=value positional at the first option; take later ones too.
+    stray = [word for word in extra if word.startswith("-") or "=" not in word]
+    if stray:
+        parser.error(f"unrecognized arguments: {' '.join(stray)}")
+    args.overrides = [*getattr(args, "overrides", []), *extra]
     args.command_line = shlex.join(["harness", *argv])
     # Imports after parsing, so that --help is instant.
     from harness.data import DataError, resolve_data_dir
@@ -120,6 +126,9 @@ def _run(spec, variants, overrides: dict, args, data_dir) -> int:
 
     # Schedulers (Slurm, Kubernetes, systemd) stop jobs with SIGTERM: close the running variant KILLED as on Ctrl-C.
     signal.signal(signal.SIGTERM, _stop_like_ctrl_c)
+    # A shell starts background jobs with SIGINT ignored, and Python then never raises KeyboardInterrupt;
+    # a sweep must still stop cleanly on Ctrl-C / kill -INT, so take SIGINT back explicitly.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
     if args.jobs < 1:
         print("error: --jobs must be >= 1", file=sys.stderr)

@@ -41,7 +41,10 @@ def connect(ray_address: str | None = None) -> None:
     if ray_address:
         _check_reachable(ray_address)
     try:
-        ray.init(address=ray_address, include_dashboard=False)
+        if ray_address:
+            ray.init(address=ray_address, include_dashboard=False)
+        else:  # a local instance for this sweep: keep all of its traffic on loopback
+            ray.init(include_dashboard=False, _node_ip_address="127.0.0.1")
     except Exception as exc:  # Ray raises plain Exception/ConnectionError for a dead address or a slow start
         where = f"connect to the Ray cluster at {ray_address}" if ray_address else "start a local Ray instance"
         raise ExecutorError(f"--executor ray: could not {where}: {exc}") from exc

@@ -221,11 +221,13 @@ def close_lost_run(client: MlflowClient, experiment_id: str, parent_run_id: str,
 def _worker_main(conn, variant: Variant, kwargs: dict) -> None:
     """A worker process: train one variant and send its VariantResult back through ``conn``."""
 
-    def on_interrupt(signum, frame):
+    def on_interrupt(signum, frame):  # Ctrl-C, or SIGTERM from a scheduler: close the run KILLED
         signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not cut the run's closing short
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)  # but the sweep's terminate() still ends a stuck worker
         raise KeyboardInterrupt
 
     signal.signal(signal.SIGINT, on_interrupt)
+    signal.signal(signal.SIGTERM, on_interrupt)
     parent = os.getppid()
 
     def watch_parent():  # the sweep was killed (kill -9): stop as after Ctrl-C, closing the run KILLED

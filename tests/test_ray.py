@@ -57,7 +57,8 @@ def test_ray_missing_or_unreachable_exits_2_before_any_run(problem, tmp_path, ml
         monkeypatch.setitem(sys.modules, "ray", None)  # import ray -> ImportError
         address, expected = [], "pip install 'nanoko-harness[ray]'"
     else:
-        pytest.importorskip("ray")
+        ray = pytest.importorskip("ray")
+        monkeypatch.setattr(ray, "init", lambda *a, **k: pytest.fail("ray.init retries a dead address for many minutes"))
         with socket.socket() as s:  # a loopback port where nothing listens
             s.bind(("127.0.0.1", 0))
             port = s.getsockname()[1]
@@ -65,11 +66,9 @@ def test_ray_missing_or_unreachable_exits_2_before_any_run(problem, tmp_path, ml
     spec = tmp_path / "spec.yaml"
     spec.write_text(textwrap.dedent(SPEC.format(name="no-ray", steps=10, every=0)), encoding="utf-8")
     data = ["--data-dir", str(data_dir)] if data_dir else []
-    started = time.monotonic()
     code = main(["run", str(spec), "--executor", "ray", *address, "--no-progress", "--results-dir", str(tmp_path / "r"), *data])
     err = capsys.readouterr().err
     assert code == 2 and expected in err and "Traceback" not in err, err
-    assert time.monotonic() - started < 120, "seconds, where ray.init would retry a dead address for many minutes"
     assert _no_runs(mlflow_store), "no parent run for a sweep that never started"
 
 
@@ -77,7 +76,8 @@ def test_ray_missing_or_unreachable_exits_2_before_any_run(problem, tmp_path, ml
 def ray_cluster():
     """A local Ray instance for this module (2 CPUs, no dashboard); yields its address."""
     ray = pytest.importorskip("ray")
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    # Loopback only: Ray would otherwise bind to and dial the machine's network address.
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, _node_ip_address="127.0.0.1")
     try:
         yield ray.get_runtime_context().gcs_address
     finally:
@@ -122,7 +122,7 @@ def test_every_variant_runs_as_a_ray_task_into_one_store(ray_cluster, tmp_path, 
 @pytest.mark.slow
 def test_ctrl_c_cancels_ray_tasks_and_their_runs_end_killed(ray_cluster, tmp_path, data_dir):
     spec = tmp_path / "spec.yaml"
-    spec.write_text(textwrap.dedent(SPEC.format(name="ray-ctrl-c", steps=2_000_000, every=100)), encoding="utf-8")
+    spec.write_text(textwrap.dedent(SPEC.format(name="ray-ctrl-c", steps=200_000, every=500)), encoding="utf-8")
     variants = expand(load_spec(spec))
     command, env = _sweep(tmp_path, spec, ray_cluster, data_dir)
     proc = subprocess.Popen(command, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
@@ -133,7 +133,7 @@ def test_ctrl_c_cancels_ray_tasks_and_their_runs_end_killed(ray_cluster, tmp_pat
             assert proc.poll() is None and time.monotonic() < deadline, proc.stdout.read() if proc.poll() is not None else "timeout"
             time.sleep(0.05)
         os.killpg(proc.pid, signal.SIGINT)  # reaches the driver only: the tasks run in the cluster's workers
-        out, _ = proc.communicate(timeout=240)
+        out, _ = proc.communicate(timeout=600)
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
