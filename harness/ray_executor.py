@@ -32,6 +32,10 @@ class ExecutorError(SpecError):
 def connect(ray_address: str | None = None) -> None:
     """Start a local Ray instance (no address) or join a cluster, unless this process already did."""
     global _connected_here
+    if not ray_address and "ray" not in sys.modules:
+        # Read by Ray at import: on Linux it would bind a local instance to the machine's network address
+        # (resolving even _node_ip_address="127.0.0.1" back to it); a one-machine sweep needs loopback only.
+        os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
     try:
         import ray
     except ImportError as exc:

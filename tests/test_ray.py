@@ -22,6 +22,10 @@ from harness.ray_executor import absolute_uri, wants_gpu
 from harness.spec import expand, load_spec
 from harness.tracking import checkpoint_path
 
+# Before Ray is imported: keep the test's Ray instance (and the sweeps that join it) on 127.0.0.1. On Linux
+# Ray otherwise binds to this machine's network address, and resolves even _node_ip_address="127.0.0.1" to it.
+os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+
 SPEC = """
     name: {name}
     base:
@@ -111,6 +115,7 @@ def test_every_variant_runs_as_a_ray_task_into_one_store(ray_cluster, tmp_path, 
     assert len(children) == 2 and all(r.info.status == "FINISHED" for r in runs)
     for run in children:
         assert run.data.tags["executor"] == "ray" and run.data.tags["ray_node_id"]
+        assert run.data.tags["ray_node_ip"] == "127.0.0.1", "the test's Ray stays on loopback"
         assert run.data.tags["mlflow.parentRunId"] == parent.info.run_id
         assert "final_train_loss" in run.data.metrics
     assert "finished 2, skipped 0, failed 0" in proc.stdout
