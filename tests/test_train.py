@@ -54,7 +54,6 @@ def make_trainer(data_dir, dataset, kind, dtype=torch.float32, **train):
 def test_one_step_loss_and_every_gradient_equal_the_direct_computation(data_dir, dataset, kind):
     trainer = make_trainer(data_dir, dataset, kind)
     model, vocab = trainer.model, trainer.vocab
-    x, y = trainer.windows.index_select(0, trainer.sample_starts())[:, :-1], None
     chunk = trainer.windows.index_select(0, trainer.sample_starts())
     x, y = chunk[:, :-1], chunk[:, 1:]
     _, direct = model(x, y)
