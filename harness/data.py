@@ -15,11 +15,13 @@ import shutil
 import string
 import tempfile
 import urllib.request
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
 import torch
+
+from harness.config import ADDED_V2
 
 # The write-up adds these to the corpus characters so that prompts with digits and punctuation encode.
 EXTRA_CHARS = string.digits + string.punctuation + " \n"
@@ -35,6 +37,7 @@ class CatalogEntry:
     url: str
     sha256: str
     layout: str  # "text": the file is the corpus; "chatbot-csv": each row's Q then A, one per line
+    default_split: str = "position"
 
 
 CATALOG = {
@@ -49,8 +52,13 @@ CATALOG = {
         "https://raw.githubusercontent.com/songys/Chatbot_data/master/ChatbotData.csv",
         "287eb129695b577321c80ad397bb3c2279164d4ca577874d129fd3db5b30afe2",
         "chatbot-csv",
+        # The CSV is sorted by topic label: its last 10% of rows are all label 2, so a split by position
+        # would validate on one topic only. Whole (Q, A) rows are shuffled with a fixed seed instead.
+        "shuffled-rows",
     ),
 }
+SPLIT_CHOICES = ("position", "shuffled-rows")
+SPLIT_SEED = 0  # fixed: every variant and every train.seed sees the same split
 FILE_DATASET = "file"
 DATASET_CHOICES = (*CATALOG, FILE_DATASET)
 
@@ -60,15 +68,18 @@ class DataConfig:
     """``dataset`` is a catalog name, or ``file`` with ``path`` (any local text file in ``encoding``)."""
 
     dataset: str | None = None
-    path: str | None = None
+    path: str | None = None  # identity is the file's content (sha256), not its path
     encoding: str = "utf-8"
     train_fraction: float = 0.9
+    split: str | None = field(default=None, metadata=ADDED_V2)  # position | shuffled-rows; None = the corpus's default
 
     def resolved(self) -> "DataConfig":
-        """``path`` alone means ``dataset: file``."""
-        if self.dataset is None and self.path is not None:
-            return DataConfig(FILE_DATASET, self.path, self.encoding, self.train_fraction)
-        return self
+        """``path`` alone means ``dataset: file``; no ``split`` means the corpus's default."""
+        dataset = FILE_DATASET if self.dataset is None and self.path is not None else self.dataset
+        split = self.split
+        if split is None:
+            split = CATALOG[dataset].default_split if dataset in CATALOG else "position"
+        return replace(self, dataset=dataset, split=split)
 
     def problems(self) -> list[tuple[str, str]]:
         found = []
@@ -85,6 +96,8 @@ class DataConfig:
             "".encode(self.encoding)
         except LookupError:
             found.append(("encoding", f"unknown encoding {self.encoding!r} (e.g. utf-8, cp949)"))
+        if self.split is not None and self.split not in SPLIT_CHOICES:
+            found.append(("split", f"unknown split {self.split!r}; choices: {', '.join(SPLIT_CHOICES)}"))
         if not 0.0 < self.train_fraction < 1.0:
             found.append(("train_fraction", f"must be between 0 and 1, got {self.train_fraction}"))
         return found
@@ -147,26 +160,54 @@ def _download(name: str, entry: CatalogEntry, path: Path) -> None:
     shutil.move(tmp.name, path)
 
 
-def read_text(config: DataConfig, data_dir: Path | None) -> str:
-    """The corpus as one string."""
+def _file_path(config: DataConfig, data_dir: Path | None) -> Path:
+    """The local file behind a dataset (verified against its sha256 for catalog corpora)."""
     if config.dataset == FILE_DATASET:
         path = Path(config.path).expanduser()
         if not path.is_file():
             raise DataError(f"data.path: file not found: {path}")
-        try:
-            return path.read_text(encoding=config.encoding)
-        except UnicodeDecodeError as exc:
-            hint = " (Korean files from Windows are often cp949)" if config.encoding.lower() != "cp949" else ""
-            raise DataError(
-                f"data.path: {path} is not valid {config.encoding} at byte {exc.start}; "
-                f"set data.encoding to the file's encoding{hint}"
-            ) from exc
-    path = locate_catalog_file(config.dataset, data_dir)
-    raw = path.read_text(encoding="utf-8")
-    if CATALOG[config.dataset].layout == "chatbot-csv":
-        rows = csv.DictReader(io.StringIO(raw))
-        return "\n".join(line for row in rows for line in (row["Q"], row["A"]))
-    return raw
+        return path
+    return locate_catalog_file(config.dataset, data_dir)
+
+
+def content_sha256(config: DataConfig, data_dir: Path | None) -> str:
+    """What a run's identity records of its data: the sha256 of the file's bytes, not its name or path."""
+    if config.dataset in CATALOG:
+        locate_catalog_file(config.dataset, data_dir)  # present and verified
+        return CATALOG[config.dataset].sha256
+    return _sha256_cached(_file_path(config, data_dir))
+
+
+def _sha256_cached(path: Path) -> str:
+    stat = path.stat()
+    return _sha256_by_stat(str(path.resolve()), stat.st_size, stat.st_mtime_ns)
+
+
+@functools.lru_cache(maxsize=64)
+def _sha256_by_stat(path: str, size: int, mtime_ns: int) -> str:
+    return sha256_of(Path(path))
+
+
+def read_rows(config: DataConfig, data_dir: Path | None) -> list[str]:
+    """The corpus as rows: a chatbot row is its Q then its A (two lines); a text file's rows are its lines."""
+    path = _file_path(config, data_dir)
+    encoding = config.encoding if config.dataset == FILE_DATASET else "utf-8"
+    try:
+        raw = path.read_text(encoding=encoding)
+    except UnicodeDecodeError as exc:
+        hint = " (Korean files from Windows are often cp949)" if encoding.lower() != "cp949" else ""
+        raise DataError(
+            f"data.path: {path} is not valid {encoding} at byte {exc.start}; "
+            f"set data.encoding to the file's encoding{hint}"
+        ) from exc
+    if config.dataset in CATALOG and CATALOG[config.dataset].layout == "chatbot-csv":
+        return [f"{row['Q']}\n{row['A']}" for row in csv.DictReader(io.StringIO(raw))]
+    return raw.split("\n")
+
+
+def read_text(config: DataConfig, data_dir: Path | None) -> str:
+    """The corpus as one string, rows in file order."""
+    return "\n".join(read_rows(config, data_dir))
 
 
 class UnknownCharacterError(ValueError):
@@ -216,11 +257,23 @@ class Corpus:
 
 @functools.lru_cache(maxsize=8)
 def load_corpus(config: DataConfig, data_dir: Path | None) -> Corpus:
-    """Tokenize and split by position (first ``train_fraction`` trains, the rest validates)."""
-    text = read_text(config, data_dir)
+    """Tokenize and split: the first ``train_fraction`` trains, the rest validates.
+
+    ``split: position`` cuts the text where the fraction falls (the lecture's split);
+    ``shuffled-rows`` first shuffles whole rows with a fixed seed, then cuts between rows.
+    """
+    config = config.resolved()
+    rows = read_rows(config, data_dir)
+    text = "\n".join(rows)
     if not text:
         raise DataError(f"dataset {config.dataset!r} is empty")
     tokenizer = CharTokenizer.from_text(text)
+    if config.split == "shuffled-rows":
+        order = np.random.default_rng(SPLIT_SEED).permutation(len(rows))
+        n_train_rows = int(config.train_fraction * len(rows))
+        train_text = "\n".join(rows[i] for i in order[:n_train_rows])
+        val_text = "\n".join(rows[i] for i in order[n_train_rows:])
+        return Corpus(tokenizer, tokenizer.encode_tensor(train_text), tokenizer.encode_tensor(val_text))
     ids = tokenizer.encode_tensor(text)
     n_train = int(config.train_fraction * len(ids))
     return Corpus(tokenizer, ids[:n_train], ids[n_train:])

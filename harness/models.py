@@ -7,21 +7,43 @@ A model that looks further back sets it to False and gets the plain per-position
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+
+from harness.config import applies_to
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-MODEL_KINDS = ("bigram", "ffn")
+MODEL_KINDS = ("bigram", "ffn", "gpt")
+LAYER_NORM_CHOICES = ("none", "pre")
+INIT_CHOICES = ("pytorch", "nanogpt")
+ATTENTION_SCALE_CHOICES = ("head_size", "n_embd")
 
 
 @dataclass(frozen=True)
 class ModelConfig:
-    """``kind`` picks the model; ``hidden_sizes`` are the FFN's hidden widths (the write-up's 256, 128)."""
+    """``kind`` picks the model; the other keys belong to one kind each (see ``applies_to``).
+
+    ffn: ``hidden_sizes`` (the write-up's 256, 128). gpt: sizes, then one switch per step of the
+    lecture's ladder, so that the ladder is a list of settings rather than code changes.
+    """
 
     kind: str = "bigram"
-    hidden_sizes: tuple[int, ...] = (256, 128)
+    hidden_sizes: tuple[int, ...] = field(default=(256, 128), metadata=applies_to("ffn"))
+    n_layer: int = field(default=4, metadata=applies_to("gpt", since=2))
+    n_head: int = field(default=4, metadata=applies_to("gpt", since=2))
+    n_embd: int = field(default=128, metadata=applies_to("gpt", since=2))
+    dropout: float = field(default=0.0, metadata=applies_to("gpt", since=2))
+    bias: bool = field(default=True, metadata=applies_to("gpt", since=2))
+    position_embedding: bool = field(default=True, metadata=applies_to("gpt", since=2))
+    attention: bool = field(default=True, metadata=applies_to("gpt", since=2))
+    attention_scale: str = field(default="head_size", metadata=applies_to("gpt", since=2))  # lecture: n_embd
+    feed_forward: bool = field(default=True, metadata=applies_to("gpt", since=2))
+    ffn_multiplier: int = field(default=4, metadata=applies_to("gpt", since=2))
+    residual: bool = field(default=True, metadata=applies_to("gpt", since=2))
+    layer_norm: str = field(default="pre", metadata=applies_to("gpt", since=2))
+    init: str = field(default="nanogpt", metadata=applies_to("gpt", since=2))
 
     def problems(self) -> list[tuple[str, str]]:
         found = []

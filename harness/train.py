@@ -11,44 +11,55 @@ from __future__ import annotations
 import contextlib
 import math
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable, Protocol
 
 import torch
 import torch.nn.functional as F
 
+from harness.config import ADDED_V2, EXECUTION
 from harness.data import Corpus, get_batch
 from harness.models import CharLanguageModel
 
 DEVICE_CHOICES = ("auto", "cpu", "cuda", "mps")
 PRECISION_CHOICES = ("fp32", "bf16")
 MAX_CURVE_POINTS = 2000
+MIN_EVALUATIONS = 50
 SUBSET_ROWS_MIN_VOCAB = 256
 
 
 @dataclass(frozen=True)
 class TrainConfig:
-    """The write-up's loop: AdamW at ``lr`` for ``steps`` steps on random windows."""
+    """The write-up's loop: AdamW at ``lr`` for ``steps`` steps on random windows.
+
+    Keys marked EXECUTION change how a run executes or is observed, not its math, and are not part of
+    its identity. ``eval_interval: null`` picks a cadence from ``steps`` (at least ~50 evaluations,
+    at most ~2,000 points per curve).
+    """
 
     steps: int = 5000
     batch_size: int = 32
     context_length: int = 128
     lr: float = 1e-3
     weight_decay: float = 0.01
-    eval_interval: int = 500
-    eval_iters: int = 50  # sampled batches per estimate, only for models that are not position-wise
+    betas: tuple[float, ...] = field(default=(0.9, 0.999), metadata=ADDED_V2)
+    lr_schedule: str = field(default="constant", metadata=ADDED_V2)  # constant | cosine
+    warmup_steps: int = field(default=0, metadata=ADDED_V2)  # linear warmup from 0, either schedule
+    min_lr: float = field(default=0.0, metadata=ADDED_V2)  # where cosine ends
+    grad_clip: float = field(default=0.0, metadata=ADDED_V2)  # max global grad norm; 0 = off
     seed: int = 1337
-    device: str = "auto"
-    fast_path: bool = True
     precision: str = "fp32"
-    compile: bool = False
-    threads: int = 0  # torch CPU threads; 0 leaves torch's default (the sweep divides cores among jobs)
-    checkpoint_interval: int = 0  # steps between checkpoints; 0 = none
+    eval_interval: int | None = field(default=None, metadata=EXECUTION)
+    device: str = field(default="auto", metadata=EXECUTION)
+    fast_path: bool = field(default=True, metadata=EXECUTION)
+    compile: bool = field(default=False, metadata=EXECUTION)
+    threads: int = field(default=0, metadata=EXECUTION)  # torch CPU threads; 0 = torch's default
+    checkpoint_interval: int = field(default=0, metadata=EXECUTION)  # steps between checkpoints; 0 = none
 
     def problems(self) -> list[tuple[str, str]]:
         found = []
-        for key in ("steps", "batch_size", "context_length", "eval_interval", "eval_iters"):
-            if getattr(self, key) < 1:
+        for key in ("steps", "batch_size", "context_length", "eval_interval"):
+            if getattr(self, key) is not None and getattr(self, key) < 1:
                 found.append((key, f"must be >= 1, got {getattr(self, key)}"))
         if not self.lr > 0:
             found.append(("lr", f"must be > 0, got {self.lr}"))
@@ -67,10 +78,10 @@ class TrainConfig:
 
 @dataclass(frozen=True)
 class SampleConfig:
-    """What to generate before and after training."""
+    """What to generate before and after training (observation only: never part of a run's identity)."""
 
-    prompt: str = " "
-    max_new_tokens: int = 200
+    prompt: str = field(default=" ", metadata=EXECUTION)
+    max_new_tokens: int = field(default=200, metadata=EXECUTION)
 
     def problems(self) -> list[tuple[str, str]]:
         found = []
@@ -247,8 +258,9 @@ class Trainer:
     # -- schedule -------------------------------------------------------------------------------
     @property
     def eval_every(self) -> int:
-        """``eval_interval``, widened so that no curve exceeds ~MAX_CURVE_POINTS points."""
-        return max(self.config.eval_interval, math.ceil(self.config.steps / MAX_CURVE_POINTS))
+        """``eval_interval`` (default: ~MIN_EVALUATIONS per run), widened so that no curve exceeds ~MAX_CURVE_POINTS."""
+        chosen = self.config.eval_interval or max(1, self.config.steps // MIN_EVALUATIONS)
+        return max(chosen, math.ceil(self.config.steps / MAX_CURVE_POINTS))
 
     @property
     def batch_loss_stride(self) -> int:
@@ -294,7 +306,7 @@ class Trainer:
                 for key, data in (("train_loss", self.train_data), ("val_loss", self.val_data)):
                     losses = [
                         self.model(*get_batch(data, self.config.batch_size, self.config.context_length, eval_gen))[1]
-                        for _ in range(self.config.eval_iters)
+                        for _ in range(50)
                     ]
                     out[key] = float(torch.stack(losses).float().mean())
                 return out
