@@ -173,7 +173,7 @@ def harness_loop(trainer: Trainer, steps: int, warmup: int):
 
 def new_model(row: Row, corpus: Corpus, device: torch.device):
     torch.manual_seed(SEED)  # both loops start from these weights
-    return build_model(ModelConfig(kind=row.model), corpus.tokenizer.vocab_size).to(device)
+    return build_model(ModelConfig(kind=row.model), corpus.tokenizer.vocab_size, CONTEXT_LENGTH).to(device)
 
 
 def new_trainer(row: Row, corpus: Corpus, device: torch.device, steps: int, precision="fp32", compile=False) -> Trainer:

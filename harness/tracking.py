@@ -208,7 +208,7 @@ def run_variant(
         device = pick_device(config.train.device)
         corpus = load_corpus(config.data, data_dir)
         torch.manual_seed(config.train.seed)
-        model = build_model(config.model, corpus.tokenizer.vocab_size)
+        model = build_model(config.model, corpus.tokenizer.vocab_size, config.train.context_length)
         trainer = Trainer(model, corpus, config.train, device)
         retrying(lambda: client.log_batch(run_id, tags=[RunTag("device", str(device)), RunTag("vocab_size", str(corpus.tokenizer.vocab_size))]))
         resumed_from = 0

@@ -142,10 +142,10 @@ def test_exception_in_one_variant_does_not_stop_the_others(tmp_path, mlflow_stor
     """A bug that raises inside one variant (here: building the FFN) fails that run alone, with its traceback."""
     real_build = tracking.build_model
 
-    def build(config, vocab):
+    def build(config, vocab, context_length):
         if config.kind == "ffn":
             raise RuntimeError("simulated bug in the ffn model")
-        return real_build(config, vocab)
+        return real_build(config, vocab, context_length)
 
     monkeypatch.setattr(tracking, "build_model", build)
     spec_path = _spec(tmp_path, """

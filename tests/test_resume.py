@@ -61,7 +61,7 @@ def _trainer(variant, data_dir) -> Trainer:
     config = variant.config
     corpus = load_corpus(config.data, data_dir)
     torch.manual_seed(config.train.seed)
-    return Trainer(build_model(config.model, corpus.tokenizer.vocab_size), corpus, config.train, torch.device("cpu"))
+    return Trainer(build_model(config.model, corpus.tokenizer.vocab_size, config.train.context_length), corpus, config.train, torch.device("cpu"))
 
 
 @pytest.mark.parametrize("kind", ["bigram", "ffn"])

@@ -43,8 +43,9 @@ def make_trainer(data_dir, dataset, kind, dtype=torch.float32, **train):
     torch.set_default_dtype(dtype)
     try:
         torch.manual_seed(0)
-        model = build_model(ModelConfig(kind), corpus.tokenizer.vocab_size)
-        return Trainer(model, corpus, TrainConfig(**{"batch_size": 32, "eval_interval": 50, **train}), torch.device("cpu"))
+        config = TrainConfig(**{"batch_size": 32, "eval_interval": 50, **train})
+        model = build_model(ModelConfig(kind), corpus.tokenizer.vocab_size, config.context_length)
+        return Trainer(model, corpus, config, torch.device("cpu"))
     finally:
         torch.set_default_dtype(previous)
 
@@ -120,7 +121,7 @@ def test_bigram_reaches_its_floor_when_trained_long_enough():
     chars = sorted(set(text))
     ids = torch.tensor([chars.index(c) for c in text])
     floor = bigram_floor(pair_counts(ids, len(chars)))
-    model = build_model(ModelConfig("bigram"), len(chars))
+    model = build_model(ModelConfig("bigram"), len(chars), context_length=8)
     optimizer = torch.optim.Adam(model.parameters(), lr=0.1)
     counts = pair_counts(ids, len(chars))
     for _ in range(3000):  # deterministic transitions need large logits: slow to converge exactly
