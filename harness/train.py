@@ -1,31 +1,52 @@
 """One training loop for every variant, so that comparisons stay fair.
 
-The fast path: a bigram or FFN output at a position depends only on the token there, so the loss over
-B x T positions equals a loss over a (distinct token x vocab) logits table weighted by how often each
-(current, next) pair occurs in the batch. The same holds for the whole split, which makes the logged
-``train_loss``/``val_loss`` exact (no sampled estimate) and gives the bigram floor H(next | current).
+How a batch and a split are scored is one strategy object, picked from the model's ``position_wise``:
+
+- ``PairTableLoss`` (bigram, FFN: the output at a position depends only on the token there). The loss over
+  B x T positions equals a loss over a (distinct token x vocab) logits table weighted by how often each
+  (current, next) pair occurs in the batch. The same holds for a whole split, which makes the logged
+  ``train_loss``/``val_loss`` exact (no sampled estimate).
+- ``PerPositionLoss`` (models that read context): ``cross_entropy`` over every position of the B x T
+  windows, and evaluation on a fixed set of windows (``tile_windows``) that is the same for every variant,
+  evaluation and seed.
+
+Every model gets the bigram floor H(next | current) of the train split: the lowest loss a model that sees
+only the current token can reach. Models that read context are expected to go below it.
 """
 
 from __future__ import annotations
 
 import contextlib
 import math
+import os
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Callable, Protocol
 
 import torch
 import torch.nn.functional as F
 
 from harness.config import ADDED_V2, EXECUTION
-from harness.data import Corpus, get_batch
+from harness.data import Corpus
 from harness.models import CharLanguageModel
 
 DEVICE_CHOICES = ("auto", "cpu", "cuda", "mps")
 PRECISION_CHOICES = ("fp32", "bf16")
+LR_SCHEDULE_CHOICES = ("constant", "cosine")
 MAX_CURVE_POINTS = 2000
 MIN_EVALUATIONS = 50
 SUBSET_ROWS_MIN_VOCAB = 256
+# loss_noise: a centred moving average of LOSS_NOISE_WINDOW steps over the last 10% of the steps, which
+# must hold LOSS_NOISE_MIN_WINDOWS windows; shorter runs get NaN (too few residuals to mean anything).
+LOSS_NOISE_WINDOW = 51
+LOSS_NOISE_MIN_WINDOWS = 3
+LOSS_NOISE_MIN_STEPS = 10 * LOSS_NOISE_MIN_WINDOWS * LOSS_NOISE_WINDOW  # 1,530
+# Evaluation of context models: the train windows are drawn with this seed (never train.seed), and windows
+# are scored in batches of about this many tokens (a batch size independent of train.batch_size).
+EVAL_SEED = 0
+EVAL_BATCH_TOKENS = 1 << 14
+IGNORE_INDEX = -100  # F.cross_entropy's default: targets that are not scored
 
 
 @dataclass(frozen=True)
@@ -65,6 +86,20 @@ class TrainConfig:
             found.append(("lr", f"must be > 0, got {self.lr}"))
         if self.weight_decay < 0:
             found.append(("weight_decay", f"must be >= 0, got {self.weight_decay}"))
+        if not _two_betas(self.betas):
+            found.append(("betas", f"must be two numbers in [0, 1), got {_as_list(self.betas)}"))
+        if self.lr_schedule not in LR_SCHEDULE_CHOICES:
+            found.append(("lr_schedule", f"unknown schedule {self.lr_schedule!r}; choices: {', '.join(LR_SCHEDULE_CHOICES)}"))
+        if self.warmup_steps < 0:
+            found.append(("warmup_steps", f"must be >= 0, got {self.warmup_steps}"))
+        elif self.warmup_steps and self.steps >= 1 and self.warmup_steps >= self.steps:
+            found.append(("warmup_steps", f"must be < steps ({self.steps}), got {self.warmup_steps}"))
+        if self.min_lr < 0:
+            found.append(("min_lr", f"must be >= 0, got {self.min_lr}"))
+        elif self.lr > 0 and self.min_lr > self.lr:
+            found.append(("min_lr", f"must be <= lr ({self.lr}), got {self.min_lr}"))
+        if self.grad_clip < 0:
+            found.append(("grad_clip", f"must be >= 0 (0 = off), got {self.grad_clip}"))
         base_device = self.device.split(":")[0]
         if base_device not in DEVICE_CHOICES:
             found.append(("device", f"unknown device {self.device!r}; choices: {', '.join(DEVICE_CHOICES)} (or cuda:N)"))
@@ -74,6 +109,33 @@ class TrainConfig:
             key = "threads" if self.threads < 0 else "checkpoint_interval"
             found.append((key, f"must be >= 0, got {getattr(self, key)}"))
         return found
+
+    @property
+    def scheduled(self) -> bool:
+        """Whether the lr changes during the run (otherwise the optimizer keeps ``lr`` and no curve is logged)."""
+        return self.lr_schedule != "constant" or self.warmup_steps > 0
+
+
+def _as_list(value) -> list | object:
+    return list(value) if isinstance(value, (list, tuple)) else value
+
+
+def _two_betas(betas) -> bool:
+    if not isinstance(betas, (list, tuple)) or len(betas) != 2:
+        return False
+    return all(isinstance(b, (int, float)) and not isinstance(b, bool) and 0 <= b < 1 for b in betas)
+
+
+def learning_rate(config: TrainConfig, step: int) -> float:
+    """The lr of (0-based) ``step``: a linear warmup from 0 over ``warmup_steps``, then ``lr`` (constant)
+    or a half cosine from ``lr`` down to ``min_lr``, which it reaches at the last step (nanoGPT's shape)."""
+    if step < config.warmup_steps:
+        return config.lr * (step + 1) / (config.warmup_steps + 1)
+    if config.lr_schedule == "constant":
+        return config.lr
+    span = config.steps - 1 - config.warmup_steps
+    progress = min(1.0, (step - config.warmup_steps) / span) if span > 0 else 1.0
+    return config.min_lr + 0.5 * (1.0 + math.cos(math.pi * progress)) * (config.lr - config.min_lr)
 
 
 @dataclass(frozen=True)
@@ -197,20 +259,230 @@ def exact_loss(model: CharLanguageModel, counts: torch.Tensor) -> float:
     return float(-(counts * logp).sum() / counts.sum())
 
 
-def loss_noise(step_losses: torch.Tensor, window: int = 51) -> float:
+def loss_noise(step_losses: torch.Tensor, window: int = LOSS_NOISE_WINDOW) -> float:
     """Std of per-step minibatch loss around its centred moving average, over the last 10% of steps.
 
-    The write-up judged batch-size oscillation from a plot; this makes it a number.
+    The write-up judged batch-size oscillation from a plot; this makes it a number. NaN when the last 10%
+    holds fewer than ``LOSS_NOISE_MIN_WINDOWS`` windows (runs shorter than ``LOSS_NOISE_MIN_STEPS`` at the
+    default window): a std of a handful of residuals says nothing.
     """
-    tail = step_losses[-max(len(step_losses) // 10, 3):].double()
-    window = min(window, len(tail) if len(tail) % 2 else len(tail) - 1)
-    if window < 3:
+    tail = step_losses[len(step_losses) - len(step_losses) // 10 :].double()
+    if len(tail) < LOSS_NOISE_MIN_WINDOWS * window:
         return float("nan")
     kernel = torch.ones(1, 1, window, dtype=tail.dtype) / window
     smooth = F.conv1d(tail.view(1, 1, -1), kernel).view(-1)
     half = window // 2
     residual = tail[half : len(tail) - half] - smooth
-    return float(residual.std()) if len(residual) > 1 else float("nan")
+    return float(residual.std())
+
+
+# -- evaluation windows of context models ----------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class EvalWindows:
+    """Windows of one split: inputs ``data[s : s + length]``, targets one token later, and in each window
+    only the targets from offset ``first`` on are scored (the others are context)."""
+
+    starts: torch.Tensor  # (n,) long
+    first: torch.Tensor  # (n,) long, in [0, length)
+    length: int
+
+    @property
+    def tokens(self) -> int:
+        """How many targets the windows score."""
+        return int((self.length - self.first).sum())
+
+
+def tile_windows(n_tokens: int, context_length: int) -> EvalWindows:
+    """Every target of a split scored exactly once, each with at least half a window of context.
+
+    Windows of ``T = context_length`` tokens start every ``ceil(T/2)`` tokens, and the last one is aligned
+    to the end of the split. Each window scores the targets that the windows before it did not: the
+    second half of a window (the last ``ceil(T/2)`` targets, each with >= T/2 tokens of context), more in
+    the last one. The first window scores all its targets: the split's first tokens have no more context
+    to give. A split shorter than ``T + 1`` tokens is one shorter window.
+    """
+    n_targets = n_tokens - 1
+    length = min(context_length, n_targets)
+    if length < 1:
+        raise ValueError(f"a split of {n_tokens} token(s) has nothing to score")
+    last = n_targets - length
+    starts = torch.tensor([*range(0, last, math.ceil(length / 2)), last], dtype=torch.long)
+    # window s predicts the tokens at s+1 .. s+length; the window before it scored up to (previous s) + length
+    first = torch.cat([starts.new_zeros(1), starts[:-1] + length - starts[1:]])
+    return EvalWindows(starts, first, length)
+
+
+def sample_windows(n_tokens: int, context_length: int, n_scored: int, seed: int = EVAL_SEED) -> EvalWindows:
+    """A fixed subset of ``tile_windows`` of a split scoring ``n_scored`` targets (train's match to val).
+
+    The windows are interior tiles (each scores its second half) drawn with ``seed``, in order of start;
+    the last one drawn scores only as many of its last targets as complete ``n_scored``. A split with too
+    few tiles gives all of its tiles.
+    """
+    tiles = tile_windows(n_tokens, context_length)
+    per_tile = math.ceil(tiles.length / 2)
+    interior = torch.arange(1, len(tiles.starts) - 1)
+    needed = math.ceil(n_scored / per_tile)
+    if needed > len(interior):
+        return tiles
+    picked = interior[torch.randperm(len(interior), generator=torch.Generator().manual_seed(seed))[:needed]]
+    picked, _ = picked.sort()
+    first = torch.full((needed,), tiles.length - per_tile, dtype=torch.long)
+    first[-1] = tiles.length - (n_scored - per_tile * (needed - 1))
+    return EvalWindows(tiles.starts[picked], first, tiles.length)
+
+
+def windows_loss(model: CharLanguageModel, data: torch.Tensor, windows: EvalWindows, batch_tokens: int = EVAL_BATCH_TOKENS) -> float:
+    """Mean next-token loss over the scored targets of ``windows``, in fixed batches (no_grad is the caller's)."""
+    length = windows.length
+    view = data.as_strided((len(data) - length, length + 1), (1, 1))
+    starts, first = windows.starts.to(data.device), windows.first.to(data.device)
+    offsets = torch.arange(length, device=data.device)
+    rows = max(1, batch_tokens // length)
+    total = torch.zeros((), dtype=torch.float64, device=data.device)
+    for i in range(0, len(starts), rows):
+        chunk = view.index_select(0, starts[i : i + rows])
+        x, y = chunk[:, :-1], chunk[:, 1:]
+        logits, _ = model(x)
+        if logits.shape[:2] != x.shape:
+            raise RuntimeError(
+                f"{type(model).__name__}.forward(idx) returned logits of shape {tuple(logits.shape)} for input "
+                f"{tuple(x.shape)}: evaluation needs logits at every position"
+            )
+        y = y.masked_fill(offsets < first[i : i + rows, None], IGNORE_INDEX)
+        loss = F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), y.reshape(-1), ignore_index=IGNORE_INDEX, reduction="sum")
+        total += loss.double()
+    return float(total) / windows.tokens
+
+
+# -- the loss strategies ----------------------------------------------------------------------------
+
+
+class PairTableLoss:
+    """Position-wise models: a batch's loss from a logits table and its (current, next) pairs; exact
+    split losses from the split's pair counts. ``fast_step=False`` (``train.fast_path: false``) keeps the
+    exact evaluation but takes each step the write-up's way, ``cross_entropy`` over B x T."""
+
+    def __init__(self, model: CharLanguageModel, train_data: torch.Tensor, windows: torch.Tensor, train_counts: torch.Tensor,
+                 val_data: torch.Tensor, vocab: int, device: torch.device, fast_step: bool = True, compile: bool = False):
+        self.model = model
+        self.windows = windows
+        self.vocab = vocab
+        self.fast_step = fast_step
+        self.train_counts = train_counts
+        self.val_counts = pair_counts(val_data, vocab)
+        self.eval_tokens = len(val_data) - 1
+        # On a CPU, a table row of a large vocabulary costs more than finding the batch's distinct tokens.
+        self.subset_rows = device.type == "cpu" and vocab >= SUBSET_ROWS_MIN_VOCAB
+        self.dense_pairs = fast_step and not self.subset_rows and vocab**2 <= DENSE_PAIRS_MAX_CELLS
+        if self.dense_pairs:  # the same windows as (current, next) pair ids, for a bincount per batch
+            ids = (train_data[:-1] * vocab + train_data[1:]).to(torch.int32)
+            self.pair_windows = ids.as_strided((len(windows), windows.shape[1] - 1), (1, 1))
+        if compile:  # both entry points of the fast path, and forward for the direct one
+            model.logits_for_tokens = torch.compile(model.logits_for_tokens, dynamic=True)
+            model.logits_table = torch.compile(model.logits_table)
+
+    def step_loss(self, starts: torch.Tensor) -> torch.Tensor:
+        if self.dense_pairs:
+            pairs = self.pair_windows.index_select(0, starts).view(-1)
+            counts = torch.bincount(pairs, minlength=self.vocab**2).view(self.vocab, self.vocab).to(torch.float32)
+            return table_pair_loss(self.model.logits_table(), counts, pairs.numel())
+        chunk = self.windows.index_select(0, starts)
+        x, y = chunk[:, :-1], chunk[:, 1:]
+        if self.fast_step:
+            return batch_loss_fast(self.model, x, y, self.vocab, self.subset_rows)
+        _, loss = self.model(x, y)
+        return loss.float()
+
+    def evaluate(self) -> dict[str, float]:
+        return {"train_loss": exact_loss(self.model, self.train_counts), "val_loss": exact_loss(self.model, self.val_counts)}
+
+
+class PerPositionLoss:
+    """Models that read context: ``cross_entropy`` over every position of the batch's windows; split
+    losses over fixed windows (val: ``tile_windows``, train: ``sample_windows`` with val's token count)."""
+
+    def __init__(self, model: CharLanguageModel, windows: torch.Tensor, train_data: torch.Tensor,
+                 val_data: torch.Tensor, context_length: int, compile: bool = False):
+        self.model = model
+        self.forward = torch.compile(model) if compile else model  # state_dict stays the model's own
+        self.windows = windows
+        self.train_data, self.val_data = train_data, val_data
+        self.val_windows = tile_windows(len(val_data), context_length)
+        self.train_windows = sample_windows(len(train_data), context_length, self.val_windows.tokens)
+        self.eval_tokens = self.val_windows.tokens
+
+    def step_loss(self, starts: torch.Tensor) -> torch.Tensor:
+        chunk = self.windows.index_select(0, starts)
+        _, loss = self.forward(chunk[:, :-1], chunk[:, 1:])
+        return loss.float()
+
+    def evaluate(self) -> dict[str, float]:
+        return {
+            "train_loss": windows_loss(self.model, self.train_data, self.train_windows),
+            "val_loss": windows_loss(self.model, self.val_data, self.val_windows),
+        }
+
+
+# -- checkpoints ------------------------------------------------------------------------------------
+
+
+class CheckpointError(Exception):
+    """A checkpoint that cannot be read or trusted; the message names the file and why."""
+
+
+CHECKPOINT_KEYS = ("model", "optimizer", "generator", "step", "step_losses", "train_time_s")
+_PLAIN = (torch.Tensor, str, int, float, bool, type(None))
+
+
+def _check_plain(value, where: str) -> None:
+    """Tensors and plain containers only: what ``torch.load(weights_only=True)`` reads back."""
+    if isinstance(value, dict):
+        for key, item in value.items():
+            _check_plain(key, f"{where} key")
+            _check_plain(item, f"{where}[{key!r}]")
+    elif isinstance(value, (list, tuple)):
+        for i, item in enumerate(value):
+            _check_plain(item, f"{where}[{i}]")
+    elif not isinstance(value, _PLAIN):
+        raise CheckpointError(f"checkpoint {where} is a {type(value).__name__}: save only tensors and plain containers")
+
+
+def save_checkpoint(path: str | os.PathLike, state: dict) -> None:
+    """Write ``state`` atomically: a reader sees the previous checkpoint or this one, never half of one."""
+    _check_plain(state, "state")
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        torch.save(state, tmp)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def load_checkpoint(path: str | os.PathLike) -> dict:
+    """Read a checkpoint with ``weights_only=True``: a file holding anything but tensors and plain containers
+    (a crafted pickle that would run code, a foreign file) raises ``CheckpointError`` and runs nothing."""
+    try:
+        saved = torch.load(path, map_location="cpu", weights_only=True)  # load_state_dict moves it to the device
+    except FileNotFoundError:
+        raise CheckpointError(f"checkpoint {path}: no such file") from None
+    except Exception as exc:
+        lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+        why = next((line for line in lines if "Unsupported" in line), lines[0] if lines else type(exc).__name__)
+        raise CheckpointError(
+            f"checkpoint {path} is not a harness checkpoint (only tensors and plain containers are loaded, "
+            f"nothing in it was executed): {why}; delete it to train the variant from the start"
+        ) from None
+    if not isinstance(saved, dict):
+        raise CheckpointError(f"checkpoint {path} holds a {type(saved).__name__}, not a dict of trainer state")
+    return saved
+
+
+# -- the trainer ------------------------------------------------------------------------------------
 
 
 @dataclass
@@ -219,6 +491,7 @@ class TrainState:
 
     step: int
     step_losses: torch.Tensor  # per-step minibatch loss, on the training device
+    train_time_s: float = 0.0  # training wall time of the steps so far, summed over resumes
 
 
 class Trainer:
@@ -233,27 +506,21 @@ class Trainer:
         self.val_data = corpus.val.to(device)
         fused = device.type in ("cpu", "cuda")
         self.optimizer = torch.optim.AdamW(
-            model.parameters(), lr=config.lr, weight_decay=config.weight_decay, fused=fused
+            model.parameters(), lr=config.lr, betas=tuple(config.betas), weight_decay=config.weight_decay, fused=fused
         )
         self.generator = torch.Generator(device=device).manual_seed(config.seed)
-        self.exact = model.position_wise  # exact eval is a property of the model, not of the step
-        # On a CPU, a table row of a large vocabulary costs more than finding the batch's distinct tokens.
-        self.subset_rows = device.type == "cpu" and self.vocab >= SUBSET_ROWS_MIN_VOCAB
-        self.train_counts = pair_counts(self.train_data, self.vocab) if model.position_wise else None
-        self.val_counts = pair_counts(self.val_data, self.vocab) if model.position_wise else None
+        self.train_counts = pair_counts(self.train_data, self.vocab)  # the bigram floor, for every model
         self.state = TrainState(0, torch.zeros(config.steps, device=device))
         self.params = [p for p in model.parameters() if p.requires_grad]
         # Every window of the train split as a strided view: a batch is one index_select of B rows.
         T = config.context_length
         self.n_windows = len(self.train_data) - T
         self.windows = self.train_data.as_strided((self.n_windows, T + 1), (1, 1))
-        self.dense_pairs = config.fast_path and self.exact and not self.subset_rows and self.vocab**2 <= DENSE_PAIRS_MAX_CELLS
-        if self.dense_pairs:  # the same windows as (current, next) pair ids, for a bincount per batch
-            ids = (self.train_data[:-1] * self.vocab + self.train_data[1:]).to(torch.int32)
-            self.pair_windows = ids.as_strided((self.n_windows, T), (1, 1))
-        if config.compile:  # both entry points of the fast path, and forward for the direct one
-            model.logits_for_tokens = torch.compile(model.logits_for_tokens, dynamic=True)
-            model.logits_table = torch.compile(model.logits_table)
+        if model.position_wise:
+            self.loss = PairTableLoss(model, self.train_data, self.windows, self.train_counts, self.val_data, self.vocab, device,
+                                      fast_step=config.fast_path, compile=config.compile)
+        else:
+            self.loss = PerPositionLoss(model, self.windows, self.train_data, self.val_data, T, compile=config.compile)
 
     # -- schedule -------------------------------------------------------------------------------
     @property
@@ -277,39 +544,17 @@ class Trainer:
         return torch.randint(self.n_windows, (self.config.batch_size,), generator=self.generator, device=self.device)
 
     def step_loss(self, starts: torch.Tensor) -> torch.Tensor:
-        """The minibatch loss of the windows at ``starts``: fast path or the write-up's direct one."""
+        """The minibatch loss of the windows at ``starts``, as the loss strategy computes it."""
         with self._autocast():
-            if self.dense_pairs:
-                pairs = self.pair_windows.index_select(0, starts).view(-1)
-                counts = torch.bincount(pairs, minlength=self.vocab**2).view(self.vocab, self.vocab).to(torch.float32)
-                return table_pair_loss(self.model.logits_table(), counts, pairs.numel())
-            chunk = self.windows.index_select(0, starts)
-            x, y = chunk[:, :-1], chunk[:, 1:]
-            if self.config.fast_path and self.model.position_wise:
-                return batch_loss_fast(self.model, x, y, self.vocab, self.subset_rows)
-            _, loss = self.model(x, y)
-            return loss.float()
+            return self.loss.step_loss(starts)
 
     @torch.no_grad()
     def evaluate(self) -> dict[str, float]:
-        """Train and val loss: exact from pair counts when the model allows it, else sampled."""
+        """Train and val loss: exact for position-wise models, over fixed windows for the others."""
         self.model.eval()
         try:
             with self._autocast():
-                if self.exact:
-                    return {
-                        "train_loss": exact_loss(self.model, self.train_counts),
-                        "val_loss": exact_loss(self.model, self.val_counts),
-                    }
-                eval_gen = torch.Generator(device=self.device).manual_seed(self.config.seed + 1)
-                out = {}
-                for key, data in (("train_loss", self.train_data), ("val_loss", self.val_data)):
-                    losses = [
-                        self.model(*get_batch(data, self.config.batch_size, self.config.context_length, eval_gen))[1]
-                        for _ in range(50)
-                    ]
-                    out[key] = float(torch.stack(losses).float().mean())
-                return out
+                return self.loss.evaluate()
         finally:
             self.model.train()
 
@@ -325,19 +570,24 @@ class Trainer:
 
     # -- checkpoints ----------------------------------------------------------------------------
     def state_dict(self) -> dict:
+        """Tensors and plain containers only (see ``save_checkpoint``)."""
         return {
             "model": self.model.state_dict(),
             "optimizer": self.optimizer.state_dict(),
             "generator": self.generator.get_state(),
             "step": self.state.step,
             "step_losses": self.state.step_losses.cpu(),
+            "train_time_s": self.state.train_time_s,
         }
 
     def load_state_dict(self, saved: dict) -> None:
+        missing = [key for key in CHECKPOINT_KEYS if key not in saved]
+        if missing:
+            raise CheckpointError(f"checkpoint lacks {', '.join(missing)}; it was not written by this harness's Trainer")
         self.model.load_state_dict(saved["model"])
         self.optimizer.load_state_dict(saved["optimizer"])
         self.generator.set_state(saved["generator"])
-        self.state = TrainState(saved["step"], saved["step_losses"].to(self.device))
+        self.state = TrainState(saved["step"], saved["step_losses"].to(self.device), float(saved["train_time_s"]))
 
     # -- the loop -------------------------------------------------------------------------------
     def run(
@@ -346,18 +596,29 @@ class Trainer:
         on_progress: Callable[[int, float], None] = lambda done, loss: None,
         on_checkpoint: Callable[["Trainer"], None] | None = None,
     ) -> dict[str, float]:
-        """Train from ``self.state.step`` to ``config.steps``; log curves; return final metrics."""
+        """Train from ``self.state.step`` to ``config.steps``; log curves; return final metrics.
+
+        ``on_checkpoint`` is called after every ``checkpoint_interval``-th step (not after the last: the
+        finished run supersedes it), with every point up to that step already given to ``metrics``.
+        """
         cfg = self.config
-        if self.state.step == 0:
-            self._log_eval(metrics, 0)
+        evaluated = self._log_eval(metrics, 0) if self.state.step == 0 else None
         start_step = self.state.step
+        time_before = self.state.train_time_s
         started = time.perf_counter()
         last_logged_batch = start_step
+        checkpoint_every = cfg.checkpoint_interval if on_checkpoint else 0
         for i in range(start_step, cfg.steps):
+            if cfg.scheduled:
+                lr = learning_rate(cfg, i)
+                for group in self.optimizer.param_groups:
+                    group["lr"] = lr
             loss = self.step_loss(self.sample_starts())
             for p in self.params:  # zero_grad(set_to_none=True) without its per-call overhead
                 p.grad = None
             loss.backward()
+            if cfg.grad_clip > 0:
+                torch.nn.utils.clip_grad_norm_(self.params, cfg.grad_clip)
             self.optimizer.step()
             self.state.step_losses[i] = loss.detach()
             done = i + 1
@@ -367,27 +628,28 @@ class Trainer:
                 last_logged_batch = done
                 evaluated = self._log_eval(metrics, done)
                 on_progress(done, evaluated["train_loss"])
-                if on_checkpoint and cfg.checkpoint_interval and (
-                    done // cfg.checkpoint_interval > (done - self.eval_every) // cfg.checkpoint_interval
-                ) and done < cfg.steps:
-                    on_checkpoint(self)
+            if checkpoint_every and done % checkpoint_every == 0 and done < cfg.steps:
+                self._log_batch_losses(metrics, last_logged_batch, done)  # a resume starts logging after `done`
+                last_logged_batch = done
+                self.state.train_time_s = time_before + time.perf_counter() - started
+                on_checkpoint(self)
         if self.device.type == "cuda":
             torch.cuda.synchronize()
-        elapsed = time.perf_counter() - started
-        final = self.evaluate()
-        trained_steps = cfg.steps - start_step
+        self.state.train_time_s = time_before + time.perf_counter() - started
+        final = evaluated if evaluated is not None else self.evaluate()  # the last step was just evaluated
+        elapsed = self.state.train_time_s
         result = {
             "final_train_loss": final["train_loss"],
             "final_val_loss": final["val_loss"],
+            "eval_tokens": self.loss.eval_tokens,
             "train_time_s": elapsed,
-            "steps_per_s": trained_steps / elapsed if elapsed > 0 else float("nan"),
-            "tokens_per_s": trained_steps * cfg.batch_size * cfg.context_length / elapsed if elapsed > 0 else float("nan"),
+            "steps_per_s": cfg.steps / elapsed if elapsed > 0 else float("nan"),
+            "tokens_per_s": cfg.steps * cfg.batch_size * cfg.context_length / elapsed if elapsed > 0 else float("nan"),
             "loss_noise": loss_noise(self.state.step_losses.cpu()),
         }
-        if self.train_counts is not None:
-            floor = bigram_floor(self.train_counts)
-            result["bigram_floor"] = floor
-            result["excess_loss"] = final["train_loss"] - floor
+        floor = bigram_floor(self.train_counts)
+        result["bigram_floor"] = floor
+        result["excess_loss"] = final["train_loss"] - floor  # negative: the model beats any context-free one
         return result
 
     def _log_batch_losses(self, metrics: MetricSink, start: int, end: int) -> None:
@@ -402,6 +664,8 @@ class Trainer:
         for step in range(start + 1, end + 1):
             if step % stride == 0 or step == self.config.steps:
                 metrics.log("batch_loss", float(chunk[step - start - 1]), step)
+                if self.config.scheduled:
+                    metrics.log("lr", learning_rate(self.config, step - 1), step)
 
     def _log_eval(self, metrics: MetricSink, step: int) -> dict[str, float]:
         evaluated = self.evaluate()
