@@ -32,7 +32,16 @@ import pydantic
 import yaml
 
 from harness import train as train_module
-from harness.data import CATALOG, DATASET_CHOICES, FILE_DATASET, SPLIT_CHOICES, DataConfig, DataError, content_sha256
+from harness.data import (
+    CATALOG,
+    DATASET_CHOICES,
+    FILE_DATASET,
+    SPLIT_CHOICES,
+    DataConfig,
+    DataError,
+    content_sha256,
+    locate_catalog_file,
+)
 from harness.metrics import FINALS
 from harness.models import ATTENTION_SCALE_CHOICES, INIT_CHOICES, LAYER_NORM_CHOICES, MODEL_KINDS, ModelConfig
 from harness.train import PRECISION_CHOICES, SampleConfig, TrainConfig
@@ -476,8 +485,14 @@ def load_spec(path: str | Path) -> Spec:
                 problems.at(("references", i, "match"), f"references[{i}].match",
                             f"{reference.match} selects no variant of the spec")
     if problems.lines:
-        raise SpecError(problems.lines)
+        raise SpecError(sorted(problems.lines, key=_line_order))
     return spec
+
+
+def _line_order(line: str) -> tuple:
+    """Problems in the order of the file: by line, then column (lines without a position last)."""
+    found = re.match(r".*?:(\d+):(\d+): ", line)
+    return (int(found[1]), int(found[2])) if found else (1 << 30, 0)
 
 
 def _parse_base(raw: Any, problems: _Problems) -> dict[str, Any]:
@@ -558,7 +573,8 @@ def _parse_named_axis(axis: str, raw_levels: dict, spec: Spec, problems: _Proble
         if not isinstance(level, str) or not re.fullmatch(NAME_PATTERN, level):
             problems.key(where, axis, f"level name {level!r}: use letters, digits and -_.")
             continue
-        if settings is None or not isinstance(settings, dict):
+        settings = {} if settings is None else settings  # an empty level: the base as it is
+        if not isinstance(settings, dict):
             problems.at(where, f"{axis}.{level}", f"expected a mapping of dotted key -> value, got {settings!r}")
             continue
         levels[level] = {}
@@ -795,8 +811,10 @@ def expand(spec: Spec, overrides: dict[str, Any] | None = None, data_dir: Path |
 
     Each variant's ``config.data_sha256`` is the sha256 of its data file, read here, so that
     ``variant.config.config_hash()`` needs nothing else; a catalog corpus is known by its catalog sha256
-    (checked whenever the file is loaded). ``data_dir`` is accepted for symmetry with the loaders; a
-    ``data.path`` is read as written (relative to the working folder).
+    (checked whenever the file is loaded). With a ``data_dir`` (``--data-dir``/``HARNESS_DATA_DIR``), each
+    catalog corpus used is also checked there now, so a missing or wrong file is reported at the spec line
+    that asks for it; without one nothing is downloaded here. A ``data.path`` is read as written (relative
+    to the working folder).
     """
     variants, problems = _expand(spec, overrides or {}, data_dir)
     if problems:
@@ -843,6 +861,7 @@ def _expand(spec: Spec, overrides: dict[str, Any], data_dir: Path | None,
     variants: list[Variant] = []
     clean: list[Variant] = []
     off_kind: dict[str, tuple[str, set]] = {}  # key set in base/overrides -> (where, kinds of variants)
+    catalog_checked: dict[str, str | None] = {}  # dataset -> its problem in data_dir, if any
     for combo in itertools.product(*axes):
         point: dict[str, Any] = {}
         assignments = dict(base)
@@ -870,6 +889,16 @@ def _expand(spec: Spec, overrides: dict[str, Any], data_dir: Path | None,
                 config = replace(config, data_sha256=content_sha256(config.data, data_dir))
             except (DataError, OSError) as exc:
                 problems.add(assignments.get("data.path", (None, "defaults"))[1], "data.path", str(exc))
+        elif config.data.dataset in CATALOG and data_dir is not None:
+            if config.data.dataset not in catalog_checked:
+                try:
+                    locate_catalog_file(config.data.dataset, data_dir)
+                    catalog_checked[config.data.dataset] = None
+                except DataError as exc:
+                    catalog_checked[config.data.dataset] = str(exc)
+            if catalog_checked[config.data.dataset]:
+                problems.add(assignments.get("data.dataset", (None, "defaults"))[1], "data.dataset",
+                             catalog_checked[config.data.dataset])
         variant = Variant(vid, point, config, None, {k: where for k, (_, where) in assignments.items()})
         if len(problems.lines) == before:
             variant = replace(variant, legacy_hash=config.legacy_hash())

@@ -415,8 +415,8 @@ def test_a_spec_with_five_problems_reports_all_five_with_their_lines(tmp_path, c
         f"{path}:3:19: data.dataset: unknown value 'tinyshakespear'; choices: tinyshakespeare, korean-chatbot, file "
         "(did you mean 'tinyshakespeare'?)",
         f"{path}:4:18: train.steps: expected integer, got 'many' (str)",
-        f"{path}:9:5: zip[0]: lists must have the same length, got lengths [2, 3]",
         f"{path}:7:29: train.weight_decay: must be >= 0, got -0.1",
+        f"{path}:9:5: zip[0]: lists must have the same length, got lengths [2, 3]",
     ]
 
     from harness.cli import main
@@ -478,3 +478,15 @@ def test_the_json_schema_accepts_the_experiments_and_rejects_a_typo():
         jsonschema.validate(yaml.safe_load(path.read_text(encoding="utf-8")), schema)
     with pytest.raises(jsonschema.ValidationError):
         jsonschema.validate({"name": "t", "base": {"train": {"bach_size": 3}}}, schema)
+
+
+def test_a_catalog_corpus_missing_from_the_data_folder_is_reported_at_its_line(tmp_path):
+    path = write_spec(tmp_path, BASE + "    grid:\n      data.dataset: [tinyshakespeare, korean-chatbot]\n")
+    empty = tmp_path / "no-data"
+    empty.mkdir()
+    with pytest.raises(SpecError) as caught:
+        expand(load_spec(path), data_dir=empty)
+    lines = caught.value.problems
+    assert len(lines) == 2
+    assert lines[0].startswith(f"{path}:7:18: data.dataset: dataset 'tinyshakespeare': {empty}/tinyshakespeare.txt not found")
+    assert lines[1].startswith(f"{path}:7:35: data.dataset: dataset 'korean-chatbot'")
