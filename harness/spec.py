@@ -225,7 +225,7 @@ class RunConfig:
             nested.setdefault(section, {})[name] = value
         return nested
 
-    def content_sha256(self) -> str:
+    def data_content_sha256(self) -> str:
         if self.data_sha256 is not None:
             return self.data_sha256
         data = self.data.resolved()
@@ -248,7 +248,7 @@ class RunConfig:
             if meta.get("since", 1) > 1 and value == default_of(key):
                 continue
             if key == "data.path":
-                key, value = "data.sha256", self.content_sha256()
+                key, value = "data.sha256", self.data_content_sha256()
             out[key] = list(value) if isinstance(value, tuple) else value
         return out
 
@@ -265,10 +265,11 @@ class RunConfig:
             return None
         flat = self.flat()
         for key, value in flat.items():
-            if _field(key).metadata.get("since", 1) > 1 and key != "data.split" and value != _plain(default_of(key)):
+            meta = _field(key).metadata
+            if "kinds" in meta and self.model.kind not in meta["kinds"]:
+                continue  # e.g. a GPT size in the base of a spec whose bigram rung this is
+            if meta.get("since", 1) > 1 and key != "data.split" and value != _plain(default_of(key)):
                 return None
-        if self.data.split not in (None, "position"):
-            return None
         flat.update(V1_DEFAULTS)
         if self.train.eval_interval is not None:
             flat["train.eval_interval"] = self.train.eval_interval
@@ -858,6 +859,7 @@ def _expand(spec: Spec, overrides: dict[str, Any], data_dir: Path | None,
 
     base = {k: (v, spec.where("base", *k.split("."))) for k, v in spec.base.items()}
     fixed = {k: (v, _override_where(k, overrides[k])) for k, v in typed_overrides.items()}
+    fallback = spec.where("base") if ("base",) in spec.marks else f"{spec.path}:1:1"  # for defaults
     variants: list[Variant] = []
     clean: list[Variant] = []
     off_kind: dict[str, tuple[str, set]] = {}  # key set in base/overrides -> (where, kinds of variants)
@@ -873,7 +875,7 @@ def _expand(spec: Spec, overrides: dict[str, Any], data_dir: Path | None,
             continue
         before = len(problems.lines)
         vid = variant_id(point)
-        config = _build_config(assignments, problems)
+        config = _build_config(assignments, problems, fallback)
         kind = config.model.kind
         for key, (value, where) in assignments.items():
             kinds = _field(key).metadata.get("kinds")
@@ -888,7 +890,7 @@ def _expand(spec: Spec, overrides: dict[str, Any], data_dir: Path | None,
             try:
                 config = replace(config, data_sha256=content_sha256(config.data, data_dir))
             except (DataError, OSError) as exc:
-                problems.add(assignments.get("data.path", (None, "defaults"))[1], "data.path", str(exc))
+                problems.add(assignments.get("data.path", (None, fallback))[1], "data.path", str(exc))
         elif config.data.dataset in CATALOG and data_dir is not None:
             if config.data.dataset not in catalog_checked:
                 try:
@@ -897,7 +899,7 @@ def _expand(spec: Spec, overrides: dict[str, Any], data_dir: Path | None,
                 except DataError as exc:
                     catalog_checked[config.data.dataset] = str(exc)
             if catalog_checked[config.data.dataset]:
-                problems.add(assignments.get("data.dataset", (None, "defaults"))[1], "data.dataset",
+                problems.add(assignments.get("data.dataset", (None, fallback))[1], "data.dataset",
                              catalog_checked[config.data.dataset])
         variant = Variant(vid, point, config, None, {k: where for k, (_, where) in assignments.items()})
         if len(problems.lines) == before:
@@ -928,7 +930,7 @@ def _excluded(entry: dict[str, Any], point: dict[str, Any], assignments: dict[st
     return True
 
 
-def _build_config(assignments: dict[str, tuple[Any, str]], problems: _Problems) -> RunConfig:
+def _build_config(assignments: dict[str, tuple[Any, str]], problems: _Problems, fallback: str) -> RunConfig:
     """Typed config from ``dotted key -> (typed value, where)``; every semantic problem reported at its origin."""
     per_section: dict[str, dict[str, Any]] = {s: {} for s in SECTIONS}
     for key, (value, _) in assignments.items():
@@ -942,7 +944,7 @@ def _build_config(assignments: dict[str, tuple[Any, str]], problems: _Problems) 
             where = assignments.get(key, (None, None))[1]
             if where is None:
                 # A default that is wrong for this variant: point at what made it wrong (the section's line).
-                where = next((w for k, (_, w) in assignments.items() if k.startswith(f"{section}.")), "defaults")
+                where = next((w for k, (_, w) in assignments.items() if k.startswith(f"{section}.")), fallback)
             problems.add(where, key, problem)
     return RunConfig(**sections)
 
@@ -985,8 +987,19 @@ def _check_duplicates(spec: Spec, variants: list[Variant], problems: _Problems) 
 SCHEMA_PATH = Path(__file__).resolve().parents[1] / "experiments" / "spec.schema.json"
 
 
+def _yaml11_numbers(schema: Any) -> Any:
+    """A number may also be written ``1e-3``, which YAML 1.1 (PyYAML) reads as a string."""
+    if isinstance(schema, dict):
+        if schema.get("type") == "number":
+            return {"anyOf": [{"type": "number"}, {"type": "string", "pattern": f"^{_NUMBER.pattern}$"}]}
+        return {k: _yaml11_numbers(v) for k, v in schema.items()}
+    if isinstance(schema, list):
+        return [_yaml11_numbers(v) for v in schema]
+    return schema
+
+
 def _key_schema(key: str) -> dict[str, Any]:
-    schema = _adapter(key).json_schema()
+    schema = _yaml11_numbers(_adapter(key).json_schema())
     schema.pop("title", None)
     if key in CHOICES:
         nullable = "anyOf" in schema
@@ -1060,7 +1073,7 @@ def json_schema() -> dict[str, Any]:
                     "properties": {
                         "match": {"type": "object", "description": "named axis -> level, or dotted key -> value"},
                         "metric": {"enum": list(REFERENCE_METRICS)},
-                        "value": {"type": "number"},
+                        "value": _yaml11_numbers({"type": "number"}),
                         "source": {"type": "string", "minLength": 1},
                     },
                 },
