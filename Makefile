@@ -6,7 +6,7 @@ ARGS ?=
 PORT ?= 5000
 
 .DEFAULT_GOAL := help
-.PHONY: help install ablations smoke test test-all bench report ui server clean schema
+.PHONY: help install ablations smoke test test-all bench report ui server clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -41,5 +41,6 @@ clean: ## remove caches and checkpoints (keeps mlflow.db and results/)
 	rm -rf .pytest_cache .harness build *.egg-info
 	find . -name __pycache__ -type d -prune -exec rm -rf {} +
 
+.PHONY: schema
 schema: ## regenerate experiments/spec.schema.json (the JSON Schema editors use to check specs)
 	$(PYTHON) -m harness schema
