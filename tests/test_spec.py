@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import textwrap
 
 import pytest
@@ -243,8 +244,10 @@ def test_data_is_identified_by_its_content_not_its_path(tmp_path):
     before = expand(load_spec(_file_spec(tmp_path, corpus)))[0].config.config_hash()
 
     corpus.write_text("hello there\n" * 50, encoding="utf-8")  # edited between two runs
-    edited = expand(load_spec(_file_spec(tmp_path, corpus)))[0].config.config_hash()
+    variant = expand(load_spec(_file_spec(tmp_path, corpus)))[0]
+    edited = variant.config.config_hash()
     assert edited != before
+    assert dataclasses.replace(variant.config, data_sha256=None).config_hash() == edited  # reads the file itself
 
     moved = tmp_path / "elsewhere" / "renamed.txt"
     moved.parent.mkdir()
