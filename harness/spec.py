@@ -1020,7 +1020,8 @@ def _key_schema(key: str) -> dict[str, Any]:
 def json_schema() -> dict[str, Any]:
     """The JSON Schema of a spec, for editors (``# yaml-language-server: $schema=spec.schema.json``)."""
     keys = all_dotted_keys()
-    values = {k: _key_schema(k) for k in keys}
+    definitions = {k: _key_schema(k) for k in keys}
+    values = {k: {"$ref": f"#/$defs/{k}"} for k in keys}  # each key's schema once, used by base, grid, zip
     settings = {"type": "object", "properties": values, "additionalProperties": False}
     axis_values = {k: {"type": "array", "minItems": 1, "items": v} for k, v in values.items()}
     named_axis = {
@@ -1031,6 +1032,7 @@ def json_schema() -> dict[str, Any]:
     return {
         "$schema": "https://json-schema.org/draft/2020-12/schema",
         "title": "nanoko-harness experiment spec",
+        "$defs": definitions,
         "type": "object",
         "required": ["name"],
         "additionalProperties": False,
