@@ -40,3 +40,7 @@ server: ## a real MLflow tracking server on 127.0.0.1:$(PORT) (SQLite + ./mlarti
 clean: ## remove caches and checkpoints (keeps mlflow.db and results/)
 	rm -rf .pytest_cache .harness build *.egg-info
 	find . -name __pycache__ -type d -prune -exec rm -rf {} +
+
+.PHONY: schema
+schema: ## regenerate experiments/spec.schema.json (the JSON Schema editors use to check specs)
+	$(PYTHON) -m harness schema

@@ -49,6 +49,9 @@ def _parser() -> argparse.ArgumentParser:
                             "(overrides and seeds default to those of the last sweep)")
     add_spec(report)
     report.add_argument("--results-dir", type=Path, default=Path("results"))
+
+    schema = sub.add_parser("schema", help="write experiments/spec.schema.json, the JSON Schema of a spec (make schema)")
+    schema.add_argument("--check", action="store_true", help="exit 1 if the committed schema is not current")
     return parser
 
 
@@ -69,6 +72,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"unrecognized arguments: {' '.join(stray)}")
     args.overrides = [*getattr(args, "overrides", []), *extra]
     args.command_line = shlex.join(["harness", *argv])
+    if args.command == "schema":
+        return _schema(args.check)
     # Imports after parsing, so that --help is instant.
     from harness.data import DataError, resolve_data_dir
     from harness.report import ReportError
@@ -82,7 +87,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "report":
             return _report(spec, overrides, args.seeds, args.results_dir)
         spec = with_seeds(spec, args.seeds)
-        variants = expand(spec, overrides)
+        variants = expand(spec, overrides, data_dir)
         if args.command == "validate" or args.dry_run:
             from harness.sweep import preflight
 
@@ -90,12 +95,30 @@ def main(argv: list[str] | None = None) -> int:
             _print_variants(spec, variants)
             return 0
         return _run(spec, variants, overrides, args, data_dir)
-    except (SpecError, DataError, TrackingError, ReportError) as exc:
+    except SpecError as exc:
+        # One line per problem, `file:line:column: key: message`, so editors can jump to each.
+        for line in exc.problems:
+            print(line, file=sys.stderr)
+        count = len(exc.problems)
+        print(f"error: {count} problem{'s' if count > 1 else ''} in {args.spec}; nothing was run", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except (DataError, TrackingError, ReportError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
+
+
+def _schema(check: bool) -> int:
+    from harness.spec import SCHEMA_PATH, schema_text, write_schema
+
+    if check:
+        current = SCHEMA_PATH.is_file() and SCHEMA_PATH.read_text(encoding="utf-8") == schema_text()
+        print(f"{SCHEMA_PATH}: {'current' if current else 'out of date; run make schema'}")
+        return 0 if current else 1
+    print(f"wrote {write_schema()}")
+    return 0
 
 
 def _report(spec, overrides: dict, seeds: list[int] | None, results_dir: Path) -> int:
