@@ -77,7 +77,8 @@ class ModelConfig:
                                        "for a model with no blocks set model.n_layer: 0"))
         if self.feed_forward and not self.residual and self.ffn_multiplier != 1:
             found.append(("ffn_multiplier", f"must be 1 with model.residual: false (the feed-forward is then one "
-                                            f"Linear(n_embd, n_embd) + ReLU, as in the lecture), got {self.ffn_multiplier}"))
+                                            f"Linear(n_embd, n_embd) + ReLU, as in the lecture), "
+                                            f"got {self.ffn_multiplier}"))
         return found
 
 
