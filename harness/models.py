@@ -95,9 +95,10 @@ class CharLanguageModel(nn.Module):
         super().__init__()
         declared = getattr(type(self), "position_wise", None)
         if not isinstance(declared, bool):
+            got = "does not declare position_wise" if declared is None else f"declares position_wise = {declared!r}"
             raise TypeError(
-                f"{type(self).__name__} does not declare position_wise: set the class attribute "
-                f"position_wise = True if its logits at a position read only the token there, else False"
+                f"{type(self).__name__} {got}: set the class attribute position_wise = True if its logits "
+                f"at a position read only the token there, else False"
             )
         self.context_length = context_length
 
