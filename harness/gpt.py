@@ -87,18 +87,18 @@ class Block(nn.Module):
 
     def __init__(self, config: ModelConfig):
         super().__init__()
-        pre_ln = config.layer_norm == "pre"
         self.residual = config.residual
-        self.ln_1 = nn.LayerNorm(config.n_embd, bias=config.bias) if pre_ln and config.attention else None
+        self.ln_1 = _layer_norm(config) if config.attention else None
         self.attn = CausalSelfAttention(config) if config.attention else None
-        self.ln_2 = nn.LayerNorm(config.n_embd, bias=config.bias) if pre_ln and config.feed_forward else None
+        self.ln_2 = _layer_norm(config) if config.feed_forward else None
         self.mlp = MLP(config) if config.feed_forward else None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        for ln, part in ((self.ln_1, self.attn), (self.ln_2, self.mlp)):
-            if part is None:
-                continue
-            y = part(ln(x) if ln is not None else x)
+        if self.attn is not None:
+            y = self.attn(self.ln_1(x))
+            x = x + y if self.residual else y
+        if self.mlp is not None:
+            y = self.mlp(self.ln_2(x))
             x = x + y if self.residual else y
         return x
 
@@ -114,7 +114,7 @@ class GPTLanguageModel(CharLanguageModel):
         self.wte = nn.Embedding(vocab_size, config.n_embd)
         self.wpe = nn.Embedding(context_length, config.n_embd) if config.position_embedding else None
         self.blocks = nn.ModuleList(Block(config) for _ in range(config.n_layer))
-        self.ln_f = nn.LayerNorm(config.n_embd, bias=config.bias) if config.layer_norm == "pre" else None
+        self.ln_f = _layer_norm(config)
         self.lm_head = nn.Linear(config.n_embd, vocab_size, bias=config.bias)
         if config.init == "nanogpt":
             self.apply(_init_weights)
@@ -131,13 +131,16 @@ class GPTLanguageModel(CharLanguageModel):
             x = x + self.wpe.weight[:T]  # (T, C): the rows of positions 0..T-1, broadcast over the batch
         for block in self.blocks:
             x = block(x)
-        if self.ln_f is not None:
-            x = self.ln_f(x)
-        logits = self.lm_head(x)  # (B, T, V)
+        logits = self.lm_head(self.ln_f(x))  # (B, T, V)
         if targets is None:
             return logits, None
         loss = F.cross_entropy(logits.view(B * T, -1), targets.reshape(B * T))
         return logits, loss
+
+
+def _layer_norm(config: ModelConfig) -> nn.Module:
+    """``layer_norm: pre``: a LayerNorm (with a bias if ``bias``); ``none``: nothing at all."""
+    return nn.LayerNorm(config.n_embd, bias=config.bias) if config.layer_norm == "pre" else nn.Identity()
 
 
 def _init_weights(module: nn.Module) -> None:

@@ -77,7 +77,8 @@ class ModelConfig:
                                        "for a model with no blocks set model.n_layer: 0"))
         if self.feed_forward and not self.residual and self.ffn_multiplier != 1:
             found.append(("ffn_multiplier", f"must be 1 with model.residual: false (the feed-forward is then one "
-                                            f"Linear(n_embd, n_embd) + ReLU, as in the lecture), got {self.ffn_multiplier}"))
+                                            f"Linear(n_embd, n_embd) + ReLU, as in the lecture), "
+                                            f"got {self.ffn_multiplier}"))
         return found
 
 
@@ -94,9 +95,10 @@ class CharLanguageModel(nn.Module):
         super().__init__()
         declared = getattr(type(self), "position_wise", None)
         if not isinstance(declared, bool):
+            got = "does not declare position_wise" if declared is None else f"declares position_wise = {declared!r}"
             raise TypeError(
-                f"{type(self).__name__} does not declare position_wise: set the class attribute "
-                f"position_wise = True if its logits at a position read only the token there, else False"
+                f"{type(self).__name__} {got}: set the class attribute position_wise = True if its logits "
+                f"at a position read only the token there, else False"
             )
         self.context_length = context_length
 

@@ -243,7 +243,7 @@ def test_a_model_that_does_not_declare_position_wise_fails_with_its_name():
         def __init__(self):
             super().__init__(context_length=T)
 
-    with pytest.raises(TypeError, match="VagueModel"):
+    with pytest.raises(TypeError, match="VagueModel declares position_wise = 'yes'"):
         VagueModel()
     assert [build_model(ModelConfig(k), V, T).position_wise for k in MODEL_KINDS] == [True, True, False]
     assert all(build_model(ModelConfig(k), V, T).context_length == T for k in MODEL_KINDS)
