@@ -72,6 +72,9 @@ class DataConfig:
     encoding: str = "utf-8"
     train_fraction: float = 0.9
     split: str | None = field(default=None, metadata=ADDED_V2)  # position | shuffled-rows; None = the corpus's default
+    # The write-up's tokenizer adds digits and ASCII punctuation to the corpus's characters so that any prompt
+    # encodes; the lecture's uses the corpus's characters alone (65 for Tiny Shakespeare instead of 96).
+    extra_chars: bool = field(default=True, metadata=ADDED_V2)
 
     def resolved(self) -> "DataConfig":
         """``path`` alone means ``dataset: file``; no ``split`` means the corpus's default."""
@@ -223,8 +226,8 @@ class CharTokenizer:
         self._codepoints = np.array([ord(c) for c in self.chars], dtype=np.int64)
 
     @classmethod
-    def from_text(cls, text: str) -> "CharTokenizer":
-        return cls("".join(set(text)) + EXTRA_CHARS)
+    def from_text(cls, text: str, extra_chars: bool = True) -> "CharTokenizer":
+        return cls("".join(set(text)) + (EXTRA_CHARS if extra_chars else ""))
 
     @property
     def vocab_size(self) -> int:
@@ -267,7 +270,7 @@ def load_corpus(config: DataConfig, data_dir: Path | None) -> Corpus:
     text = "\n".join(rows)
     if not text:
         raise DataError(f"dataset {config.dataset!r} is empty")
-    tokenizer = CharTokenizer.from_text(text)
+    tokenizer = CharTokenizer.from_text(text, config.extra_chars)
     if config.split == "shuffled-rows":
         order = np.random.default_rng(SPLIT_SEED).permutation(len(rows))
         n_train_rows = int(config.train_fraction * len(rows))
