@@ -478,7 +478,7 @@ def load_checkpoint(path: str | os.PathLike) -> dict:
         raise CheckpointError(f"checkpoint {path}: no such file") from None
     except Exception as exc:
         lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
-        why = next((line for line in lines if "Unsupported" in line), lines[0] if lines else type(exc).__name__)
+        why = next((line for line in lines if "unsupported" in line.lower()), lines[0] if lines else type(exc).__name__).rstrip(".")
         raise CheckpointError(
             f"checkpoint {path} is not a harness checkpoint (only tensors and plain containers are loaded, "
             f"nothing in it was executed): {why}; delete it to train the variant from the start"
