@@ -338,7 +338,8 @@ def sample_windows(n_tokens: int, context_length: int, n_scored: int, seed: int 
     return EvalWindows(tiles.starts[picked], first, tiles.length)
 
 
-def windows_loss(model: CharLanguageModel, data: torch.Tensor, windows: EvalWindows, batch_tokens: int = EVAL_BATCH_TOKENS) -> float:
+def windows_loss(model: CharLanguageModel, data: torch.Tensor, windows: EvalWindows,
+                 batch_tokens: int = EVAL_BATCH_TOKENS) -> float:
     """Mean next-token loss over the scored targets of ``windows``, in fixed batches (no_grad is the caller's)."""
     length = windows.length
     view = data.as_strided((len(data) - length, length + 1), (1, 1))
@@ -356,7 +357,8 @@ def windows_loss(model: CharLanguageModel, data: torch.Tensor, windows: EvalWind
                 f"{tuple(x.shape)}: evaluation needs logits at every position"
             )
         y = y.masked_fill(offsets < first[i : i + rows, None], IGNORE_INDEX)
-        losses = F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), y.reshape(-1), ignore_index=IGNORE_INDEX, reduction="none")
+        logits = logits.float().reshape(-1, logits.shape[-1])
+        losses = F.cross_entropy(logits, y.reshape(-1), ignore_index=IGNORE_INDEX, reduction="none")
         total += losses.double().sum()  # ignored targets add 0
     return float(total) / windows.tokens
 
@@ -401,7 +403,10 @@ class PairTableLoss:
         return loss.float()
 
     def evaluate(self) -> dict[str, float]:
-        return {"train_loss": exact_loss(self.model, self.train_counts), "val_loss": exact_loss(self.model, self.val_counts)}
+        return {
+            "train_loss": exact_loss(self.model, self.train_counts),
+            "val_loss": exact_loss(self.model, self.val_counts),
+        }
 
 
 class PerPositionLoss:
@@ -478,7 +483,8 @@ def load_checkpoint(path: str | os.PathLike) -> dict:
         raise CheckpointError(f"checkpoint {path}: no such file") from None
     except Exception as exc:
         lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
-        why = next((line for line in lines if "unsupported" in line.lower()), lines[0] if lines else type(exc).__name__).rstrip(".")
+        why = next((line for line in lines if "unsupported" in line.lower()), lines[0] if lines else type(exc).__name__)
+        why = why.rstrip(".")
         raise CheckpointError(
             f"checkpoint {path} is not a harness checkpoint (only tensors and plain containers are loaded, "
             f"nothing in it was executed): {why}; delete it to train the variant from the start"
