@@ -25,7 +25,7 @@ from mlflow.tracking import MlflowClient
 from harness.data import load_corpus
 from harness.models import build_model
 from harness.spec import Variant
-from harness.train import Trainer, pick_device
+from harness.train import CheckpointError, Trainer, load_checkpoint, pick_device, save_checkpoint
 
 PARENT_TAG = "mlflow.parentRunId"
 METRICS_PER_BATCH = 1000  # MLflow's limit for one log_batch call
@@ -234,10 +234,7 @@ def run_variant(
             metrics.flush()  # points up to here are stored before the state that produced them
             state = t.state_dict()
             state["run_id"] = run_id
-            ckpt.parent.mkdir(parents=True, exist_ok=True)
-            tmp = ckpt.with_suffix(".tmp")
-            torch.save(state, tmp)
-            os.replace(tmp, ckpt)
+            save_checkpoint(ckpt, state)
 
         final = trainer.run(metrics, on_progress, on_checkpoint if ckpt is not None else None)
         after = trainer.sample(corpus.tokenizer, config.sample.prompt, config.sample.max_new_tokens)
@@ -271,8 +268,8 @@ def _load_checkpoint(ckpt: Path | None, run_id: str) -> dict | None:
     if ckpt is None or not ckpt.exists():
         return None
     try:
-        saved = torch.load(ckpt, map_location="cpu", weights_only=False)  # load_state_dict moves it to the device
-    except Exception:
+        saved = load_checkpoint(ckpt)  # tensors and plain containers only: nothing in the file is executed
+    except CheckpointError:
         return None
     return saved if isinstance(saved, dict) and saved.get("run_id") == run_id else None
 

@@ -46,6 +46,10 @@ LOSS_NOISE_MIN_STEPS = 10 * LOSS_NOISE_MIN_WINDOWS * LOSS_NOISE_WINDOW  # 1,530
 # are scored in batches of about this many tokens (a batch size independent of train.batch_size).
 EVAL_SEED = 0
 EVAL_BATCH_TOKENS = 1 << 14
+# None: every val token is scored at every evaluation. A number caps the scored tokens of each split (val then
+# takes a fixed, seeded subset of its windows too): one evaluation of the whole tinyshakespeare val split costs
+# about 470 training steps of the ladder's small GPT, so ~50 evaluations can outweigh the training itself.
+EVAL_MAX_TOKENS: int | None = None
 IGNORE_INDEX = -100  # F.cross_entropy's default: targets that are not scored
 
 
@@ -334,7 +338,8 @@ def sample_windows(n_tokens: int, context_length: int, n_scored: int, seed: int 
     return EvalWindows(tiles.starts[picked], first, tiles.length)
 
 
-def windows_loss(model: CharLanguageModel, data: torch.Tensor, windows: EvalWindows, batch_tokens: int = EVAL_BATCH_TOKENS) -> float:
+def windows_loss(model: CharLanguageModel, data: torch.Tensor, windows: EvalWindows,
+                 batch_tokens: int = EVAL_BATCH_TOKENS) -> float:
     """Mean next-token loss over the scored targets of ``windows``, in fixed batches (no_grad is the caller's)."""
     length = windows.length
     view = data.as_strided((len(data) - length, length + 1), (1, 1))
@@ -352,8 +357,9 @@ def windows_loss(model: CharLanguageModel, data: torch.Tensor, windows: EvalWind
                 f"{tuple(x.shape)}: evaluation needs logits at every position"
             )
         y = y.masked_fill(offsets < first[i : i + rows, None], IGNORE_INDEX)
-        loss = F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), y.reshape(-1), ignore_index=IGNORE_INDEX, reduction="sum")
-        total += loss.double()
+        logits = logits.float().reshape(-1, logits.shape[-1])
+        losses = F.cross_entropy(logits, y.reshape(-1), ignore_index=IGNORE_INDEX, reduction="none")
+        total += losses.double().sum()  # ignored targets add 0
     return float(total) / windows.tokens
 
 
@@ -397,7 +403,10 @@ class PairTableLoss:
         return loss.float()
 
     def evaluate(self) -> dict[str, float]:
-        return {"train_loss": exact_loss(self.model, self.train_counts), "val_loss": exact_loss(self.model, self.val_counts)}
+        return {
+            "train_loss": exact_loss(self.model, self.train_counts),
+            "val_loss": exact_loss(self.model, self.val_counts),
+        }
 
 
 class PerPositionLoss:
@@ -405,12 +414,14 @@ class PerPositionLoss:
     losses over fixed windows (val: ``tile_windows``, train: ``sample_windows`` with val's token count)."""
 
     def __init__(self, model: CharLanguageModel, windows: torch.Tensor, train_data: torch.Tensor,
-                 val_data: torch.Tensor, context_length: int, compile: bool = False):
+                 val_data: torch.Tensor, context_length: int, compile: bool = False, max_tokens: int | None = EVAL_MAX_TOKENS):
         self.model = model
         self.forward = torch.compile(model) if compile else model  # state_dict stays the model's own
         self.windows = windows
         self.train_data, self.val_data = train_data, val_data
         self.val_windows = tile_windows(len(val_data), context_length)
+        if max_tokens is not None and self.val_windows.tokens > max_tokens:
+            self.val_windows = sample_windows(len(val_data), context_length, max_tokens)
         self.train_windows = sample_windows(len(train_data), context_length, self.val_windows.tokens)
         self.eval_tokens = self.val_windows.tokens
 
@@ -472,7 +483,8 @@ def load_checkpoint(path: str | os.PathLike) -> dict:
         raise CheckpointError(f"checkpoint {path}: no such file") from None
     except Exception as exc:
         lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
-        why = next((line for line in lines if "Unsupported" in line), lines[0] if lines else type(exc).__name__)
+        why = next((line for line in lines if "unsupported" in line.lower()), lines[0] if lines else type(exc).__name__)
+        why = why.rstrip(".")
         raise CheckpointError(
             f"checkpoint {path} is not a harness checkpoint (only tensors and plain containers are loaded, "
             f"nothing in it was executed): {why}; delete it to train the variant from the start"

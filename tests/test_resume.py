@@ -7,9 +7,9 @@ loss as an uninterrupted run.
 
 from __future__ import annotations
 
-import io
 import math
 import os
+import pickle
 import signal
 import subprocess
 import sys
@@ -26,7 +26,7 @@ from harness.models import build_model
 from harness.spec import expand, load_spec
 from harness.sweep import plan_resume, run_sweep
 from harness.tracking import checkpoint_path, experiment_id_for, run_variant
-from harness.train import MAX_CURVE_POINTS, Trainer
+from harness.train import MAX_CURVE_POINTS, CheckpointError, Trainer, load_checkpoint, save_checkpoint
 
 # Tiny Shakespeare bigram: thousands of steps a second, so a kill lands mid-run with time to spare.
 KILL_SPEC = """
@@ -75,18 +75,16 @@ def test_trainer_resumed_from_a_checkpoint_matches_an_uninterrupted_run(tmp_path
     """)
     variant = expand(load_spec(spec))[0]
     straight = _trainer(variant, data_dir)
-    saved = []
+    ckpt = tmp_path / "ckpt" / "unit.pt"
 
-    def keep_first(t: Trainer) -> None:  # through bytes, as a checkpoint file would be
-        if not saved:
-            buffer = io.BytesIO()
-            torch.save(t.state_dict(), buffer)
-            saved.append(buffer.getvalue())
+    def keep_first(t: Trainer) -> None:  # through a file, as run_variant does
+        if not ckpt.exists():
+            save_checkpoint(ckpt, t.state_dict())
 
     expected = straight.run(Points(), on_checkpoint=keep_first)
 
     resumed = _trainer(variant, data_dir)  # a fresh process would build the model again from the seed
-    resumed.load_state_dict(torch.load(io.BytesIO(saved[0]), weights_only=False))
+    resumed.load_state_dict(load_checkpoint(ckpt))
     assert resumed.state.step == 20
     sink = Points()
     got = resumed.run(sink)
@@ -94,6 +92,93 @@ def test_trainer_resumed_from_a_checkpoint_matches_an_uninterrupted_run(tmp_path
     assert got["final_val_loss"] == pytest.approx(expected["final_val_loss"], abs=1e-6)
     assert torch.allclose(resumed.state.step_losses, straight.state.step_losses, atol=1e-6)
     assert min(step for _, _, step in sink.points) > 20, "a resumed run logs only the steps after its checkpoint"
+
+
+def _unit_variant(tmp_path, steps=50, every=7, eval_interval=10):
+    spec = _write(tmp_path, f"""
+        name: unit
+        base:
+          data: {{dataset: tinyshakespeare}}
+          model: {{kind: bigram}}
+          train: {{steps: {steps}, eval_interval: {eval_interval}, checkpoint_interval: {every}, device: cpu}}
+    """)
+    return expand(load_spec(spec))[0]
+
+
+def test_checkpoints_come_exactly_every_interval_not_only_at_evaluations(tmp_path, data_dir):
+    trainer = _trainer(_unit_variant(tmp_path, steps=50, every=7, eval_interval=10), data_dir)
+    at, logged_through = [], []
+    sink = Points()
+
+    def on_checkpoint(t: Trainer) -> None:
+        at.append(t.state.step)
+        logged_through.append(max(s for k, _, s in sink.points if k == "batch_loss"))
+
+    trainer.run(sink, on_checkpoint=on_checkpoint)
+    assert at == [7, 14, 21, 28, 35, 42, 49]
+    assert logged_through == at, "every batch loss up to a checkpoint is logged before it is saved"
+
+
+def test_train_time_accumulates_across_a_resume(tmp_path, data_dir):
+    variant = _unit_variant(tmp_path, steps=40, every=20, eval_interval=10)
+    first = _trainer(variant, data_dir)
+    ckpt = tmp_path / "time.pt"
+
+    def slow_progress(done: int, loss: float) -> None:  # time spent in the loop counts as training time
+        if done <= 20:
+            time.sleep(0.1)
+
+    def save_once(t: Trainer) -> None:
+        if not ckpt.exists():
+            save_checkpoint(ckpt, t.state_dict())
+
+    first.run(Points(), on_progress=slow_progress, on_checkpoint=save_once)
+    saved_time = load_checkpoint(ckpt)["train_time_s"]
+    assert saved_time >= 0.2, "two evaluations before the checkpoint slept 0.1 s each"
+
+    resumed = _trainer(variant, data_dir)
+    resumed.load_state_dict(load_checkpoint(ckpt))
+    started = time.perf_counter()
+    result = resumed.run(Points())
+    wall = time.perf_counter() - started
+    assert saved_time < result["train_time_s"] <= saved_time + wall
+    assert result["steps_per_s"] == pytest.approx(40 / result["train_time_s"])
+
+
+class _RunsACommand:
+    """Unpickling this calls os.system: what a crafted checkpoint in a shared store could do."""
+
+    def __init__(self, command: str):
+        self.command = command
+
+    def __reduce__(self):
+        return os.system, (self.command,)
+
+
+@pytest.mark.parametrize("writer", ["torch.save", "pickle.dump"])
+def test_a_crafted_checkpoint_is_refused_without_running_its_code(tmp_path, writer):
+    marker = tmp_path / "pwned"
+    path = tmp_path / "crafted.pt"
+    payload = {"model": {}, "step": 1, "evil": _RunsACommand(f"touch {marker}")}
+    if writer == "torch.save":
+        torch.save(payload, path)
+    else:
+        with open(path, "wb") as f:
+            pickle.dump(payload, f)
+    with pytest.raises(CheckpointError, match=r"crafted\.pt is not a harness checkpoint .*nothing in it was executed"):
+        load_checkpoint(path)
+    assert not marker.exists(), "loading the checkpoint ran its code"
+
+
+def test_checkpoints_hold_only_tensors_and_plain_containers(tmp_path):
+    with pytest.raises(CheckpointError, match=r"state\['where'\] is a PosixPath"):
+        save_checkpoint(tmp_path / "x.pt", {"where": tmp_path})
+    assert not (tmp_path / "x.pt").exists() and not list(tmp_path.iterdir())
+    (tmp_path / "junk.pt").write_bytes(b"not a checkpoint")
+    with pytest.raises(CheckpointError, match="junk.pt is not a harness checkpoint"):
+        load_checkpoint(tmp_path / "junk.pt")
+    with pytest.raises(CheckpointError, match="no such file"):
+        load_checkpoint(tmp_path / "missing.pt")
 
 
 def test_finished_variants_are_skipped_and_force_reruns_them(tmp_path, mlflow_store, data_dir):
@@ -182,7 +267,7 @@ def test_kill_9_mid_run_then_rerun_resumes_in_the_same_run_and_matches(tmp_path,
     assert [r.info.status for r in killed[first.id]] == ["RUNNING"]
     assert second.id not in killed, "the kill landed during the first variant"
     killed_id = killed[first.id][0].info.run_id
-    saved_step = torch.load(ckpt, weights_only=False)["step"]
+    saved_step = load_checkpoint(ckpt)["step"]
     assert 0 < saved_step < steps
 
     rerun = subprocess.run(_command(spec, tmp_path), cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
