@@ -50,6 +50,7 @@ EVAL_BATCH_TOKENS = 1 << 14
 # takes a fixed, seeded subset of its windows too): one evaluation of the whole tinyshakespeare val split costs
 # about 470 training steps of the ladder's small GPT, so ~50 evaluations can outweigh the training itself.
 EVAL_MAX_TOKENS: int | None = None
+EVAL_SCORING_CHOICES = ("all-positions", "second-half")
 IGNORE_INDEX = -100  # F.cross_entropy's default: targets that are not scored
 
 
@@ -74,6 +75,12 @@ class TrainConfig:
     grad_clip: float = field(default=0.0, metadata=ADDED_V2)  # max global grad norm; 0 = off
     seed: int = 1337
     precision: str = "fp32"
+    # How a context model's train/val loss is scored (bigram/FFN are exact either way). all-positions: every
+    # token once, in consecutive windows of context_length, each with the context its position in the window
+    # gives (the lecture's estimate_loss averages the same positions over random windows; the quantity the
+    # training loss estimates). second-half: windows every context_length/2, scoring only targets with at
+    # least half a window of context. Not training math, but it changes what val_loss means: hashed when set.
+    eval_scoring: str = field(default="all-positions", metadata=ADDED_V2)
     eval_interval: int | None = field(default=None, metadata=EXECUTION)
     device: str = field(default="auto", metadata=EXECUTION)
     fast_path: bool = field(default=True, metadata=EXECUTION)
@@ -92,6 +99,8 @@ class TrainConfig:
             found.append(("weight_decay", f"must be >= 0, got {self.weight_decay}"))
         if not _two_betas(self.betas):
             found.append(("betas", f"must be two numbers in [0, 1), got {_as_list(self.betas)}"))
+        if self.eval_scoring not in EVAL_SCORING_CHOICES:
+            found.append(("eval_scoring", f"unknown scoring {self.eval_scoring!r}; choices: {', '.join(EVAL_SCORING_CHOICES)}"))
         if self.lr_schedule not in LR_SCHEDULE_CHOICES:
             found.append(("lr_schedule", f"unknown schedule {self.lr_schedule!r}; choices: {', '.join(LR_SCHEDULE_CHOICES)}"))
         if self.warmup_steps < 0:
@@ -298,35 +307,42 @@ class EvalWindows:
         return int((self.length - self.first).sum())
 
 
-def tile_windows(n_tokens: int, context_length: int) -> EvalWindows:
-    """Every target of a split scored exactly once, each with at least half a window of context.
+def eval_stride(context_length: int, scoring: str) -> int:
+    """Window spacing of a scoring scheme: consecutive windows, or every half window."""
+    return context_length if scoring == "all-positions" else math.ceil(context_length / 2)
 
-    Windows of ``T = context_length`` tokens start every ``ceil(T/2)`` tokens, and the last one is aligned
-    to the end of the split. Each window scores the targets that the windows before it did not: the
-    second half of a window (the last ``ceil(T/2)`` targets, each with >= T/2 tokens of context), more in
-    the last one. The first window scores all its targets: the split's first tokens have no more context
-    to give. A split shorter than ``T + 1`` tokens is one shorter window.
+
+def tile_windows(n_tokens: int, context_length: int, stride: int | None = None) -> EvalWindows:
+    """Every target of a split scored exactly once, in windows of ``T = context_length`` every ``stride`` tokens.
+
+    The last window is aligned to the end of the split. Each window scores the targets that the windows
+    before it did not: its last ``stride`` targets (more in the last one). With ``stride = T`` (the default)
+    that is every target of consecutive windows; with ``ceil(T/2)``, the second half of each window, so each
+    scored target has >= T/2 tokens of context. The first window scores all its targets: the split's first
+    tokens have no more context to give. A split shorter than ``T + 1`` tokens is one shorter window.
     """
     n_targets = n_tokens - 1
     length = min(context_length, n_targets)
     if length < 1:
         raise ValueError(f"a split of {n_tokens} token(s) has nothing to score")
+    stride = min(stride or length, length)
     last = n_targets - length
-    starts = torch.tensor([*range(0, last, math.ceil(length / 2)), last], dtype=torch.long)
+    starts = torch.tensor([*range(0, last, stride), last], dtype=torch.long)
     # window s predicts the tokens at s+1 .. s+length; the window before it scored up to (previous s) + length
     first = torch.cat([starts.new_zeros(1), starts[:-1] + length - starts[1:]])
     return EvalWindows(starts, first, length)
 
 
-def sample_windows(n_tokens: int, context_length: int, n_scored: int, seed: int = EVAL_SEED) -> EvalWindows:
+def sample_windows(n_tokens: int, context_length: int, n_scored: int, seed: int = EVAL_SEED,
+                   stride: int | None = None) -> EvalWindows:
     """A fixed subset of ``tile_windows`` of a split scoring ``n_scored`` targets (train's match to val).
 
-    The windows are interior tiles (each scores its second half) drawn with ``seed``, in order of start;
-    the last one drawn scores only as many of its last targets as complete ``n_scored``. A split with too
-    few tiles gives all of its tiles.
+    The windows are interior tiles (each scores its last ``stride`` targets) drawn with ``seed``, in order of
+    start; the last one drawn scores only as many of its last targets as complete ``n_scored``. A split with
+    too few tiles gives all of its tiles.
     """
-    tiles = tile_windows(n_tokens, context_length)
-    per_tile = math.ceil(tiles.length / 2)
+    tiles = tile_windows(n_tokens, context_length, stride)
+    per_tile = min(stride or tiles.length, tiles.length)
     interior = torch.arange(1, len(tiles.starts) - 1)
     needed = math.ceil(n_scored / per_tile)
     if needed > len(interior):
@@ -411,18 +427,21 @@ class PairTableLoss:
 
 class PerPositionLoss:
     """Models that read context: ``cross_entropy`` over every position of the batch's windows; split
-    losses over fixed windows (val: ``tile_windows``, train: ``sample_windows`` with val's token count)."""
+    losses over fixed windows (val: ``tile_windows``, train: ``sample_windows`` with val's token count),
+    spaced as ``train.eval_scoring`` says."""
 
     def __init__(self, model: CharLanguageModel, windows: torch.Tensor, train_data: torch.Tensor,
-                 val_data: torch.Tensor, context_length: int, compile: bool = False, max_tokens: int | None = EVAL_MAX_TOKENS):
+                 val_data: torch.Tensor, context_length: int, compile: bool = False, max_tokens: int | None = EVAL_MAX_TOKENS,
+                 scoring: str = "all-positions"):
         self.model = model
         self.forward = torch.compile(model) if compile else model  # state_dict stays the model's own
         self.windows = windows
         self.train_data, self.val_data = train_data, val_data
-        self.val_windows = tile_windows(len(val_data), context_length)
+        stride = eval_stride(context_length, scoring)
+        self.val_windows = tile_windows(len(val_data), context_length, stride)
         if max_tokens is not None and self.val_windows.tokens > max_tokens:
-            self.val_windows = sample_windows(len(val_data), context_length, max_tokens)
-        self.train_windows = sample_windows(len(train_data), context_length, self.val_windows.tokens)
+            self.val_windows = sample_windows(len(val_data), context_length, max_tokens, stride=stride)
+        self.train_windows = sample_windows(len(train_data), context_length, self.val_windows.tokens, stride=stride)
         self.eval_tokens = self.val_windows.tokens
 
     def step_loss(self, starts: torch.Tensor) -> torch.Tensor:
@@ -532,7 +551,8 @@ class Trainer:
             self.loss = PairTableLoss(model, self.train_data, self.windows, self.train_counts, self.val_data, self.vocab, device,
                                       fast_step=config.fast_path, compile=config.compile)
         else:
-            self.loss = PerPositionLoss(model, self.windows, self.train_data, self.val_data, T, compile=config.compile)
+            self.loss = PerPositionLoss(model, self.windows, self.train_data, self.val_data, T, compile=config.compile,
+                                        scoring=config.eval_scoring)
 
     # -- schedule -------------------------------------------------------------------------------
     @property

@@ -61,8 +61,7 @@ class PreviousTokenModel(CharLanguageModel):
     position_wise = False
 
     def __init__(self, vocab_size: int, context_length: int):
-        super().__init__()
-        self.context_length = context_length
+        super().__init__(context_length)
         self.current = nn.Embedding(vocab_size, vocab_size)
         self.previous = nn.Embedding(vocab_size, vocab_size)
 
@@ -267,30 +266,51 @@ def test_context_eval_windows_are_the_same_for_every_variant_seed_and_repeat(dat
     assert b.evaluate() == first, "same weights, other batch size and seed: the same numbers"
 
 
+@pytest.mark.parametrize("scoring", ["all-positions", "second-half"])
 @pytest.mark.parametrize("context_length", [16, 7, 1])
-def test_every_val_token_is_scored_exactly_once_with_half_a_window_of_context(data_dir, context_length):
+def test_every_val_token_is_scored_exactly_once(data_dir, context_length, scoring):
     corpus = load_corpus(DataConfig("korean-chatbot"), data_dir)
-    trainer = context_trainer(corpus, context_length=context_length)
+    trainer = context_trainer(corpus, context_length=context_length, eval_scoring=scoring)
     windows, n = trainer.loss.val_windows, len(corpus.val)
     scored = torch.zeros(n, dtype=torch.long)
     for i, (start, first) in enumerate(zip(windows.starts.tolist(), windows.first.tolist())):
         targets = range(start + 1 + first, start + 1 + windows.length)  # target at offset k has k + 1 tokens before it
         scored[targets.start : targets.stop] += 1
-        if i > 0:
+        if scoring == "second-half" and i > 0:
             assert first + 1 >= context_length / 2, f"window {i}: a scored token with {first + 1} tokens of context"
+        if scoring == "all-positions" and i < len(windows.starts) - 1:
+            assert first == 0 and start == i * context_length, f"window {i}: not the {i}th consecutive window"
     assert scored[0] == 0 and bool((scored[1:] == 1).all()), "each val token after the first scored once"
     assert trainer.loss.eval_tokens == n - 1
 
 
 def test_context_val_loss_equals_the_loss_over_the_whole_split_in_one_pass(data_dir):
-    """The stand-in reads one token back, so every scored token sees all it needs: the windowed mean must
-    equal cross_entropy over the whole val split computed in one sequence."""
+    """The stand-in reads one token back, so under second-half scoring every scored token sees all it needs:
+    the windowed mean must equal cross_entropy over the whole val split computed in one sequence."""
     corpus = load_corpus(DataConfig("tinyshakespeare"), data_dir)
-    trainer = context_trainer(corpus)
+    trainer = context_trainer(corpus, eval_scoring="second-half")
     with torch.no_grad():
         logits, _ = trainer.model(corpus.val[None, :-1])
         whole = F.cross_entropy(logits[0].double(), corpus.val[1:])
     assert trainer.evaluate()["val_loss"] == pytest.approx(float(whole), abs=1e-6)
+
+
+def test_all_positions_scoring_gives_each_window_start_no_context(data_dir):
+    """Under all-positions scoring the inputs at 0, T, 2T, ... open a window: the stand-in sees no token
+    before them there. Built by hand: logits = current(x_i) + previous(x_(i-1)) unless i opens a window."""
+    corpus = load_corpus(DataConfig("tinyshakespeare"), data_dir)
+    T = 16
+    trainer = context_trainer(corpus, context_length=T)
+    model, val = trainer.model, corpus.val
+    n_inputs = len(val) - 1
+    last_start = n_inputs - T  # the last window is aligned to the end of the split
+    covered = (math.ceil(last_start / T)) * T  # inputs before this lie in the consecutive windows
+    i = torch.arange(n_inputs)
+    opens_window = (i < covered) & (i % T == 0)
+    with torch.no_grad():
+        logits = model.current(val[:-1]) + model.previous(val[:-1].roll(1)) * (~opens_window)[:, None]
+        expected = F.cross_entropy(logits.double(), val[1:])
+    assert trainer.evaluate()["val_loss"] == pytest.approx(float(expected), abs=1e-6)
 
 
 def test_context_model_trains_and_reports_floor_and_tokens(data_dir):
