@@ -11,9 +11,12 @@ import pandas as pd
 import pytest
 from mlflow.tracking import MlflowClient
 
-from harness import analysis
+from types import SimpleNamespace
+
+from harness import analysis, plots
 from harness.cli import main
-from harness.report import factor_table, md_text, pre_block, runs_table
+from harness.report import (display_command, display_path, factor_table, ladder_view, md_text, overrides_folder,
+                            pre_block, runs_table, scrub_paths)
 from harness.spec import expand, load_spec
 
 SMOKE = Path(__file__).resolve().parents[1] / "experiments" / "smoke.yaml"
@@ -26,27 +29,16 @@ HANGUL = re.compile("[\uac00-\ud7a3]")
 
 # -- statistics on hand-made tables -------------------------------------------------------------------------
 
-def test_t_quantile_matches_known_values():
-    assert analysis.t_quantile_975(1) == pytest.approx(12.706205, abs=1e-6)
-    assert analysis.t_quantile_975(10) == pytest.approx(2.228139, abs=1e-6)
-    assert analysis.t_quantile_975(31) == pytest.approx(2.039513, abs=1e-6)  # first value past the table
-    assert analysis.t_quantile_975(100) == pytest.approx(1.983972, abs=1e-6)
-    assert analysis.t_quantile_975(10**6) == pytest.approx(1.959966, abs=1e-6)
-    assert math.isnan(analysis.t_quantile_975(0))
-
-
-def test_t_quantile_agrees_with_scipy_when_installed():
-    stats = pytest.importorskip("scipy.stats")
-    for df in [*range(1, 60), 100, 500, 5000]:
-        assert analysis.t_quantile_975(df) == pytest.approx(stats.t.ppf(0.975, df), abs=1e-6)
-
-
-def test_mean_ci_known_interval():
-    interval = analysis.mean_ci([1.0, 2.0, 3.0])
-    half = 4.302652730 * 1.0 / math.sqrt(3)  # t_{0.975,2} * std / sqrt(n)
+def test_mean_ci_matches_textbook_t_intervals():
+    # t_{0.975, 2} = 4.303 and t_{0.975, 1} = 12.706 from a printed t table; the intervals worked by hand.
+    interval = analysis.mean_ci([1.0, 2.0, 3.0])  # mean 2, std 1, half-width 4.303 / sqrt(3) = 2.484
     assert (interval.n, interval.mean, interval.std) == (3, 2.0, 1.0)
-    assert interval.low == pytest.approx(2.0 - half) and interval.high == pytest.approx(2.0 + half)
+    assert interval.low == pytest.approx(-0.484, abs=1e-3) and interval.high == pytest.approx(4.484, abs=1e-3)
     assert interval.direction == "overlap"
+    pair = analysis.mean_ci([2.99, 3.01])  # std 0.01414, half-width 12.706 * 0.01 = 0.1271
+    assert pair.low == pytest.approx(2.8729, abs=1e-4) and pair.high == pytest.approx(3.1271, abs=1e-4)
+    many = analysis.mean_ci([0.0, 1.0] * 50)  # n=100, std 0.5025, t_{0.975,99} = 1.984: half-width 0.0997
+    assert many.high - many.mean == pytest.approx(0.0997, abs=1e-4)
     assert analysis.mean_ci([5.0, 5.0]).low == analysis.mean_ci([5.0, 5.0]).high == 5.0  # no spread, no width
 
 
@@ -69,7 +61,8 @@ def _grid_table() -> pd.DataFrame:
                 rows.append({"variant": f"{model},{batch},{seed}", "setting": f"kind={model},batch_size={batch}",
                              "status": "FINISHED", "model.kind": model, "train.batch_size": batch, "train.seed": seed,
                              "final_train_loss": val - 0.05, "final_val_loss": val, "excess_loss": val - 2.5,
-                             "loss_noise": 0.05 if batch == 32 else 0.02 + noise[seed] / 10, "bigram_floor": 2.45})
+                             "loss_noise": 0.05 if batch == 32 else 0.02 + noise[seed] / 10, "bigram_floor": 2.45,
+                             "steps_run": 50_000, "val_change_last_10pct": -0.001, "near_convergence": True})
     return pd.DataFrame(rows)
 
 
@@ -82,8 +75,8 @@ def test_summarize_folds_seeds():
     first = summary.iloc[0]
     assert first["setting"] == "kind=bigram,batch_size=32"
     assert first["final_val_loss_mean"] == pytest.approx(3.0)
-    half = 12.706204736 * math.sqrt(2 * 0.01**2) / math.sqrt(2)
-    assert first["final_val_loss_ci_high"] == pytest.approx(3.0 + half)
+    assert first["final_val_loss_ci_high"] == pytest.approx(3.1271, abs=1e-4)  # 3.01 and 2.99: see the t-interval test
+    assert first["n_near_convergence"] == 2 and first["steps_run"] == "50,000"
 
 
 def test_summarize_leaves_out_failed_runs():
@@ -103,6 +96,167 @@ def test_effects_pairs_on_other_axes_and_seed_and_sorts_by_size():
     # Paired on the seed, the noise cancels: the interval has no width.
     assert val.loc[0, "ci_low"] == pytest.approx(1.0) and val.loc[0, "ci_high"] == pytest.approx(1.0)
     assert list(effects["metric"].unique()) == ["final_val_loss", "loss_noise"]
+
+
+def _corpus_table() -> pd.DataFrame:
+    """The grid table on two corpora; Korean is ln 2 nats (1 bit per character) harder than English."""
+    english = _grid_table().assign(**{"data.dataset": "tinyshakespeare", "data.split": "position"})
+    korean = _grid_table().assign(**{"data.dataset": "korean-chatbot", "data.split": "shuffled-rows"})
+    korean["final_val_loss"] += math.log(2)
+    korean.loc[korean["model.kind"] == "ffn", "final_val_loss"] += 0.5  # the FFN is 1.5 worse on Korean, 1.0 on English
+    return pd.concat([english, korean], ignore_index=True)
+
+
+def test_a_data_axis_is_different_data_never_a_treatment():
+    table = _corpus_table()
+    factors = FACTORS + ["data.dataset"]
+    assert analysis.data_factors(table, factors, "train.seed") == ["data.dataset"]
+    effects = analysis.effects(table, factors, "train.seed", metrics=["final_val_loss"], data=["data.dataset"])
+    treatments = effects[effects["kind"] == "treatment"]
+    assert "data.dataset" not in set(treatments["axis"])
+    model = treatments[treatments["axis"] == "model.kind"].set_index("data")
+    assert model.loc["dataset=tinyshakespeare", "mean_difference"] == pytest.approx(1.0)
+    assert model.loc["dataset=korean-chatbot", "mean_difference"] == pytest.approx(1.5)
+    assert (model["n_pairs"] == 4).all()  # 2 batch sizes x 2 seeds within each corpus
+    corpora = effects[effects["kind"] == "different data"].iloc[0]
+    assert corpora["axis"] == "data.dataset" and corpora["n_pairs"] == 8
+    # (ln 2 + 0.5 * half the pairs) nats; ln 2 nats is exactly 1 bit per character.
+    assert corpora["mean_difference"] == pytest.approx(math.log(2) + 0.25)
+    assert corpora["mean_difference_bits"] == pytest.approx(1.0 + 0.25 / math.log(2))
+    assert list(effects["kind"]) == ["treatment"] * 4 + ["different data"]  # corpora never ranked among treatments
+
+
+def test_an_axis_whose_levels_change_the_data_is_a_data_factor():
+    table = _corpus_table().rename(columns={"data.dataset": "corpus"}).assign(**{"data.dataset": lambda t: t["corpus"]})
+    assert analysis.data_factors(table, FACTORS + ["corpus"], "train.seed") == ["corpus"]
+    assert analysis.data_factors(_grid_table(), FACTORS, "train.seed") == []
+
+
+def _ladder_table() -> pd.DataFrame:
+    """A named axis written as table, mlp, deeper (not alphabetical), two corpora, two seeds."""
+    published = {"table": 2.50, "mlp": 2.40, "deeper": 2.28}
+    rows = []
+    for corpus, shift in (("tinyshakespeare", 0.0), ("korean-chatbot", 0.4)):
+        for level, val in reversed(published.items()):  # rows in reverse: the order must come from ORDER
+            for seed, noise in ((1, 0.01), (2, -0.01)):
+                rows.append({"variant": f"{level},{corpus},{seed}", "setting": f"rung={level},dataset={corpus}",
+                             "status": "FINISHED", "rung": level, "data.dataset": corpus, "train.seed": seed,
+                             "final_val_loss": val + shift + noise, "loss_noise": 0.01, "bigram_floor": 2.45,
+                             "steps_run": 5000, "val_change_last_10pct": -0.002, "near_convergence": True})
+    return pd.DataFrame(rows)
+
+
+ORDER = {"rung": ["table", "mlp", "deeper"]}
+
+
+def test_named_axis_compares_each_level_with_the_previous_one():
+    effects = analysis.effects(_ladder_table(), ["rung", "data.dataset"], "train.seed", metrics=["final_val_loss"],
+                               data=["data.dataset"], orders=ORDER)
+    english = effects[(effects["kind"] == "treatment") & (effects["data"] == "dataset=tinyshakespeare")]
+    steps = {(r.level, r.baseline): r.mean_difference for r in english.itertuples()}
+    assert steps == {("mlp", "table"): pytest.approx(-0.10), ("deeper", "mlp"): pytest.approx(-0.12)}
+    assert set(english["comparison"]) == {"previous level"} and (english["n_pairs"] == 2).all()
+
+
+def test_references_give_measured_ci_published_and_difference():
+    refs = [SimpleNamespace(match={"rung": "mlp", "data.dataset": "tinyshakespeare"}, metric="final_val_loss",
+                            value=2.38, source="lecture v2.py @a6e0bee")]
+    table = _ladder_table()
+    found = analysis.references(table, refs).iloc[0]
+    assert found["n"] == 2 and found["measured_mean"] == pytest.approx(2.40)
+    assert found["measured_ci_low"] == pytest.approx(2.40 - 0.1271, abs=1e-4)  # 2.41 and 2.39: half-width 0.1271
+    assert found["difference"] == pytest.approx(0.02) and found["published_in_ci"]
+    assert found["source"] == "lecture v2.py @a6e0bee" and found["near_convergence"]
+    summary = analysis.attach_references(analysis.summarize(table, ["rung", "data.dataset"]), table, refs)
+    hit = summary[summary["final_val_loss_reference"].notna()]
+    assert list(hit["setting"]) == ["rung=mlp,dataset=tinyshakespeare"]
+    assert hit["final_val_loss_reference_difference"].iloc[0] == pytest.approx(0.02)
+    assert hit["final_val_loss_reference_source"].iloc[0] == "lecture v2.py @a6e0bee"
+
+
+def test_ladder_rows_keep_the_written_order_with_one_column_group_per_corpus():
+    table = _ladder_table()
+    refs = [SimpleNamespace(match={"rung": "mlp", "data.dataset": "tinyshakespeare"}, metric="final_val_loss",
+                            value=2.38, source="lecture")]
+    effects = analysis.effects(table, ["rung", "data.dataset"], "train.seed", metrics=["final_val_loss"],
+                               data=["data.dataset"], orders=ORDER)
+    ladder = ladder_view(table, effects, "rung", ORDER["rung"], ["data.dataset"], refs)
+    assert list(ladder["rung"]) == ["table", "mlp", "deeper"]
+    assert list(ladder.columns) == ["rung", "tinyshakespeare [95% CI]", "tinyshakespeare published",
+                                    "tinyshakespeare change from previous", "korean-chatbot [95% CI]",
+                                    "korean-chatbot change from previous", "near convergence"]
+    mlp = ladder.iloc[1]
+    assert mlp["tinyshakespeare [95% CI]"] == "2.4000 [2.2729, 2.5271]"
+    assert mlp["tinyshakespeare published"] == "2.3800" and ladder.iloc[0]["tinyshakespeare published"] == "-"
+    assert mlp["korean-chatbot change from previous"].startswith("-0.1000")
+    assert ladder.iloc[0]["tinyshakespeare change from previous"] == "-"
+
+
+# -- convergence: the rule behind every verdict ----------------------------------------------------------------
+
+def _curve(steps: int, every: int, start: float, per_step: float) -> pd.DataFrame:
+    points = list(range(0, steps + 1, every))
+    return pd.DataFrame({"step": points, "value": [start - per_step * p for p in points]})
+
+
+def test_val_movement_is_the_change_over_the_last_tenth_of_the_steps():
+    # 300 steps evaluated every 6: the last 10% starts after step 270; 30 steps at -0.001 per step = -0.03 nats.
+    assert analysis.val_movement(_curve(300, 6, 4.2, 0.001)) == (300, pytest.approx(-0.03))
+    # Evaluated every 40: the last point at or before step 270 is 240, so the change covers 60 steps.
+    assert analysis.val_movement(_curve(300, 40, 4.2, 0.001)[lambda c: c["step"] <= 280].pipe(
+        lambda c: pd.concat([c, pd.DataFrame({"step": [300], "value": [3.9]})]))) == (300, pytest.approx(-0.06))
+    steps, change = analysis.val_movement(pd.DataFrame({"step": [300], "value": [3.9]}))
+    assert steps == 300 and math.isnan(change)
+    assert analysis.val_movement(None)[0] is None
+
+
+def test_runs_still_moving_get_too_short_to_judge_not_a_verdict():
+    table = _corpus_table()
+    table.loc[table["model.kind"] == "ffn", ["val_change_last_10pct", "near_convergence"]] = [-0.04, False]
+    table["steps_run"] = 300
+    factors = FACTORS + ["data.dataset"]
+    summary = analysis.summarize(table, factors)
+    answers = analysis.findings(table, summary, factors, "train.seed")
+    text = "\n".join(s for sentences in answers.values() for s in sentences)
+    assert text.count("too short to judge") == 4  # two corpora, the batch question, closest to the floor
+    assert "8 of 16 runs were still moving" in text and "0.0400 nats over the last 10% of their 300 steps" in text
+    for verdict in ("the FFN is worse", "the FFN is better", "cannot tell", "oscillates less", "Closest to the floor: kind"):
+        assert verdict not in text
+    assert "+1.0000" in text  # the number is still shown
+
+
+def test_a_nan_loss_noise_says_why():
+    table = _grid_table().assign(loss_noise=float("nan"), steps_run=300)
+    sentences = analysis.batch_noise(table, FACTORS, "train.seed")
+    assert sentences[0].startswith("Batch 128 vs 32: not measurable: loss_noise needs")
+    assert "these runs ran 300 steps" in sentences[0]
+
+
+def test_context_models_below_the_floor_are_said_to_be_below():
+    table = _grid_table()
+    table["excess_loss"] = -0.3
+    sentences = analysis.floor_distance(analysis.summarize(table, FACTORS), table, FACTORS)
+    assert sentences[0].startswith("kind=bigram,batch_size=32: final train loss is 0.3000 nats below its bigram floor")
+    assert "excess_loss -0.3000" in sentences[0]
+
+
+def test_every_plot_draws_the_bigram_floor():
+    table = _ladder_table().assign(run_id=lambda t: t["variant"], bigram_floor=lambda t: t["data.dataset"].map(
+        {"tinyshakespeare": 2.45, "korean-chatbot": 2.76}))
+    histories = {r: {"val_loss": _curve(5000, 100, 3.0, 0.0001), "train_loss": _curve(5000, 100, 2.9, 0.0001)}
+                 for r in table["run_id"]}
+    factors = ["rung", "data.dataset"]
+    for factor in factors:
+        figure = plots.loss_curves(table, histories, factor, factors)
+        for ax in (a for a in figure.axes if a.get_visible() and a.get_lines()):
+            floors = {round(line.get_ydata()[0], 6) for line in ax.get_lines() if line.get_linestyle() == ":"}
+            assert floors & {2.45, 2.76}, f"{factor}: panel {ax.get_title()} has no floor"
+    summary = analysis.summarize(table, factors)
+    bars = plots.final_val_loss_bars(summary, table, factors)
+    drawn = {round(float(seg[0][1]), 6) for c in bars.axes[0].collections for seg in c.get_segments()}
+    assert {2.45, 2.76} <= drawn
+    low, high = bars.axes[0].get_ylim()
+    assert low < 2.45 and high > 2.76
 
 
 def test_effects_drop_pairs_of_failed_runs():
