@@ -460,11 +460,29 @@ def floor_distance(summary: pd.DataFrame, table: pd.DataFrame, factors: list[str
     return sentences
 
 
+def between_corpora(table: pd.DataFrame, factors: list[str], seed: str | None, data: list[str]) -> list[str]:
+    """How far apart the corpora are: a measurement of different data, in nats and bits per character, never a
+    treatment effect (the texts, alphabets and splits differ)."""
+    rows = effects(table, factors, seed, metrics=["final_val_loss"], data=data)
+    rows = rows[rows["kind"] == "different data"]
+    sentences = []
+    for row in rows.itertuples():
+        interval = Interval(row.n_pairs, row.mean_difference, row.std, row.ci_low, row.ci_high)
+        bits = Interval(row.n_pairs, row.mean_difference_bits, row.std / math.log(2), row.ci_low_bits, row.ci_high_bits)
+        sentences.append(f"{row.level} vs {row.baseline} (different data, not a treatment): final val loss differs by "
+                         f"{interval.describe('pairs', signed=True)} nats, that is {bits.describe('pairs', signed=True)} "
+                         f"bits per character.")
+    return sentences or ["Only one corpus in this sweep."]
+
+
 def findings(table: pd.DataFrame, summary: pd.DataFrame, factors: list[str], seed: str | None,
-             label: str = "setting") -> dict[str, list[str]]:
+             label: str = "setting", data: list[str] | None = None) -> dict[str, list[str]]:
     """The report's answers: question -> sentences, each with its interval and n."""
-    return {
+    answers = {
         "Is the FFN worse than the bigram on each corpus?": ffn_vs_bigram(table, factors, seed),
         "Does a larger batch oscillate less (loss_noise)?": batch_noise(table, factors, seed),
         "How far is each variant from the bigram floor (excess_loss)?": floor_distance(summary, table, factors, label),
     }
+    if data:
+        answers["How far apart are the corpora?"] = between_corpora(table, factors, seed, data)
+    return answers

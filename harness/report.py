@@ -597,7 +597,7 @@ def write_report(uri: str, spec: Spec, variants: list[Variant], results_dir: Pat
 
     samples = {row["variant"]: run_samples(client, row["run_id"]) for _, row in frame.iterrows()
                if isinstance(row["run_id"], str)}
-    answers = analysis.findings(frame, report.summary, factors, seed)
+    answers = analysis.findings(frame, report.summary, factors, seed, data=data)
     ladders = {axis: ladder_view(frame, report.effects, axis, order, data, refs) for axis, order in named.items()}
     parent = sweep_run(runs, overrides or {}, seeds)
     provenance = {"rebuild": report_command(spec, overrides or {}, seeds, results_dir)}
