@@ -377,7 +377,14 @@ def _runs_view(table: pd.DataFrame) -> pd.DataFrame:
 
 
 def _markdown_table(frame: pd.DataFrame) -> str:
-    return frame.to_markdown(index=False, floatfmt=".4f") if len(frame) else "(none)"
+    """Floats with 4 decimals, NaN as '-'; strings as written (no number parsing, so '+0.0200' keeps its sign)."""
+    if not len(frame):
+        return "(none)"
+    shown = frame.copy()
+    for column in shown.columns:
+        if pd.api.types.is_float_dtype(shown[column]):
+            shown[column] = shown[column].map(lambda v: "-" if pd.isna(v) else f"{v:.4f}")
+    return shown.to_markdown(index=False, disable_numparse=True)
 
 
 def _data_view(table: pd.DataFrame, data: list[str]) -> pd.DataFrame:
