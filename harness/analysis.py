@@ -275,7 +275,7 @@ def effects(table: pd.DataFrame, factors: list[str], seed: str | None = None,
     factor's alone. A data factor is never a treatment: its rows have kind "different data" (bits per character
     given too, as for every row). A named axis (``orders``: axis -> level names in order) compares each level
     with the previous one ("what adding this component did"). Rows: metric order, treatments first, corpora in
-    order, then the largest absolute effect first.
+    order, then the axis with the largest absolute effect first (a named axis's levels in the order written).
     """
     data = [f for f in (data or []) if f in factors]
     orders = orders or {}
@@ -302,10 +302,15 @@ def effects(table: pd.DataFrame, factors: list[str], seed: str | None = None,
     if result.empty:
         return result.drop(columns=["_corpus"])
     order = {m: i for i, m in enumerate(metrics)}
-    result = result.assign(_metric=result["metric"].map(order), _size=result["mean_difference"].abs())
-    result = result.sort_values(["_metric", "_corpus", "_size"], ascending=[True, True, False], na_position="last",
-                                kind="stable")
-    return result.drop(columns=["_metric", "_size", "_corpus"]).reset_index(drop=True)
+    size = result["mean_difference"].abs()
+    block = size.groupby([result["metric"], result["_corpus"], result["axis"]]).transform("max")
+    within = pd.Series([-float(v) if not orders.get(axis) else float(i) for i, (axis, v)
+                        in enumerate(zip(result["axis"], size.fillna(-1.0)))], index=result.index)
+    result = result.assign(_metric=result["metric"].map(order), _block=block.fillna(-1.0), _within=within)
+    # Largest axis first; within an axis, a named one keeps its levels in the order written, others largest first.
+    result = result.sort_values(["_metric", "_corpus", "_block", "axis", "_within"],
+                                ascending=[True, True, False, True, True], kind="stable")
+    return result.drop(columns=["_metric", "_block", "_within", "_corpus"]).reset_index(drop=True)
 
 
 # -- published references ------------------------------------------------------------------------------------

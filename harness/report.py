@@ -534,8 +534,8 @@ def render_markdown(spec: Spec, uri: str, table: pd.DataFrame, summary: pd.DataF
               _markdown_table(_summary_view(summary)), "",
               "## Effects", "",
               "Treatments are compared within each corpus, paired on every other axis and the seed: each level "
-              "against the axis's first level, or against the previous level for a named axis; largest effect on "
-              "final val loss first within a corpus (effects.csv). Rows with corpus \"-\" are different data, "
+              "against the axis's first level, or against the previous level for a named axis (its levels in the "
+              "order written); within a corpus, the axis with the largest effect first (effects.csv). Rows with corpus \"-\" are different data, "
               "not a treatment. Bits per character = nats / ln 2.", "",
               _markdown_table(_effects_view(effects)), "",
               "## Plots", "",

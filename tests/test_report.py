@@ -163,6 +163,7 @@ def test_named_axis_compares_each_level_with_the_previous_one():
     steps = {(r.level, r.baseline): r.mean_difference for r in english.itertuples()}
     assert steps == {("mlp", "table"): pytest.approx(-0.10), ("deeper", "mlp"): pytest.approx(-0.12)}
     assert set(english["comparison"]) == {"previous level"} and (english["n_pairs"] == 2).all()
+    assert list(english["level"]) == ["mlp", "deeper"]  # the order written, not the size (-0.12 is larger)
 
 
 def test_references_give_measured_ci_published_and_difference():
