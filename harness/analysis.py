@@ -472,11 +472,12 @@ def between_corpora(table: pd.DataFrame, factors: list[str], seed: str | None, d
     rows = rows[rows["kind"] == "different data"]
     sentences = []
     for row in rows.itertuples():
-        interval = Interval(row.n_pairs, row.mean_difference, row.std, row.ci_low, row.ci_high)
-        bits = Interval(row.n_pairs, row.mean_difference_bits, row.std / math.log(2), row.ci_low_bits, row.ci_high_bits)
-        sentences.append(f"{row.level} vs {row.baseline} (different data, not a treatment): final val loss differs by "
-                         f"{interval.describe('pairs', signed=True)} nats, that is {bits.describe('pairs', signed=True)} "
-                         f"bits per character.")
+        head = (f"{row.level} vs {row.baseline} (different data, not a treatment): final val loss differs by "
+                f"{row.mean_difference:+.4f} nats = {row.mean_difference_bits:+.4f} bits per character")
+        if row.n_pairs > 1:
+            head += (f" ({CONFIDENCE:.0%} CI {row.ci_low:+.4f} to {row.ci_high:+.4f} nats = {row.ci_low_bits:+.4f} to "
+                     f"{row.ci_high_bits:+.4f} bits, n={row.n_pairs} pairs)")
+        sentences.append(head + ".")
     return sentences or ["Only one corpus in this sweep."]
 
 

@@ -454,7 +454,7 @@ def report_command(spec: Spec, overrides: dict, seeds: list[int] | None, results
     """The ``harness report`` command line that rebuilds this report."""
     words = ["harness", "report", display_path(spec.path)]
     words += [f"{k}={v if isinstance(v, str) else json.dumps(v)}" for k, v in (overrides or {}).items()]
-    if seeds:
+    if seeds and list(seeds) != list(spec.seeds or []):
         words += ["--seeds", *map(str, seeds)]
     if Path(results_dir) != Path("results"):
         words += ["--results-dir", display_path(results_dir)]

@@ -130,7 +130,8 @@ def test_a_data_axis_is_different_data_never_a_treatment():
     assert list(effects["kind"]) == ["treatment"] * 4 + ["different data"]  # corpora never ranked among treatments
     (sentence,) = analysis.between_corpora(table, factors, "train.seed", ["data.dataset"])
     assert sentence.startswith("korean-chatbot vs tinyshakespeare (different data, not a treatment)")
-    assert "+0.9431 (95% CI" in sentence and "+1.3607 (95% CI" in sentence  # ln 2 + 0.25 nats; 1 + 0.25/ln 2 bits
+    assert "differs by +0.9431 nats = +1.3607 bits per character" in sentence  # ln 2 + 0.25 nats; 1 + 0.25/ln 2 bits
+    assert "n=8 pairs" in sentence
 
 
 def test_an_axis_whose_levels_change_the_data_is_a_data_factor():
