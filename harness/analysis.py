@@ -1,5 +1,5 @@
 """Statistics of a sweep's runs table: seed-folded summaries, paired effects and the sentences that answer
-the write-up's questions. Pure pandas and arithmetic (no MLflow, no scipy), so it is tested on hand-made tables.
+the write-up's questions. Pure pandas and scipy.stats (no MLflow), so it is tested on hand-made tables.
 
 A "factor" is a column of the runs table that the sweep varied (an axis of the grid, or one column per zip
 group); the seed axis is kept apart: summaries fold it, effects pair on it.
@@ -12,33 +12,12 @@ from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
+from scipy import stats
 
 CONFIDENCE = 0.95
 SUMMARY_METRICS = ["final_train_loss", "final_val_loss", "excess_loss", "loss_noise"]
 EFFECT_METRICS = ["final_val_loss", "loss_noise"]  # the effect on val loss is the headline; noise for the batch question
 FINISHED = "FINISHED"
-
-# Two-sided 95% quantiles t_{0.975, df} for df = 1..30 (from scipy.stats.t.ppf, to 9 digits).
-_T975 = [
-    12.706204736, 4.302652730, 3.182446305, 2.776445105, 2.570581836, 2.446911851, 2.364624252, 2.306004135,
-    2.262157163, 2.228138852, 2.200985160, 2.178812830, 2.160368656, 2.144786688, 2.131449546, 2.119905299,
-    2.109815578, 2.100922040, 2.093024054, 2.085963447, 2.079613845, 2.073873068, 2.068657610, 2.063898562,
-    2.059538553, 2.055529439, 2.051830516, 2.048407142, 2.045229642, 2.042272456,
-]
-_Z975 = 1.959963984540054
-
-
-def t_quantile_975(df: int) -> float:
-    """t_{0.975, df}: a table up to 30, then the Cornish-Fisher expansion around the normal (error < 1e-6)."""
-    if df < 1:
-        return math.nan
-    if df <= len(_T975):
-        return _T975[df - 1]
-    z, v = _Z975, float(df)
-    return (z + (z**3 + z) / (4 * v) + (5 * z**5 + 16 * z**3 + 3 * z) / (96 * v**2)
-            + (3 * z**7 + 19 * z**5 + 17 * z**3 - 15 * z) / (384 * v**3)
-            + (79 * z**9 + 776 * z**7 + 1482 * z**5 - 1920 * z**3 - 945 * z) / (92160 * v**4))
-
 
 @dataclass(frozen=True)
 class Interval:
@@ -81,22 +60,121 @@ def mean_ci(values) -> Interval:
     if n == 1:
         return Interval(1, mean, math.nan, math.nan, math.nan)
     std = float(series.std(ddof=1))
-    half = t_quantile_975(n - 1) * std / math.sqrt(n)
-    return Interval(n, mean, std, mean - half, mean + half)
+    if std == 0.0:  # every value equal: scipy would return NaN bounds for a zero scale
+        return Interval(n, mean, std, mean, mean)
+    low, high = stats.t.interval(CONFIDENCE, n - 1, loc=mean, scale=std / math.sqrt(n))
+    return Interval(n, mean, std, float(low), float(high))
 
 
 def finished(table: pd.DataFrame) -> pd.DataFrame:
     return table[table["status"] == FINISHED]
 
 
-def levels(table: pd.DataFrame, factor: str) -> list:
-    """A factor's values in the order the spec lists them (the runs table follows the grid, missing runs included)."""
-    return list(dict.fromkeys(table[factor].tolist()))
+def levels(table: pd.DataFrame, factor: str, order: list | None = None) -> list:
+    """A factor's values in the order the spec lists them: a named axis's ``order`` (its level names as
+    written), else the runs table's order (it follows the grid, missing runs included)."""
+    present = list(dict.fromkeys(table[factor].tolist()))
+    if order:
+        return [v for v in order if v in present] + [v for v in present if v not in order]
+    return present
 
 
 def short_name(key: str) -> str:
     return key.split(".")[-1]
 
+
+def corpus_label(values: dict) -> str:
+    """'dataset=korean-chatbot' for a combination of data factors; '' for none."""
+    return ", ".join(f"{short_name(k)}={v}" for k, v in values.items())
+
+
+def combinations(table: pd.DataFrame, factors: list[str]) -> list[dict]:
+    """Every combination of ``factors`` present in the table, in table order ([{}] for no factors)."""
+    if not factors:
+        return [{}]
+    return [dict(zip(factors, row)) for row in table[factors].drop_duplicates().itertuples(index=False)]
+
+
+def select(table: pd.DataFrame, values: dict) -> pd.DataFrame:
+    mask = pd.Series(True, index=table.index)
+    for key, value in values.items():
+        mask &= table[key].isna() if pd.isna(value) else table[key] == value
+    return table[mask]
+
+
+# -- convergence: verdicts only from runs that have stopped moving ------------------------------------------
+
+CONVERGENCE_WINDOW = 0.10  # the last 10% of the steps run
+CONVERGENCE_TOLERANCE = 0.01  # nats
+CONVERGENCE_RULE = (
+    f"A run is *near convergence* when its exact val loss (the `loss/val` curve) changed by less than "
+    f"{CONVERGENCE_TOLERANCE} nats over the last {CONVERGENCE_WINDOW:.0%} of its steps: |val(last step) - val(last "
+    f"evaluation at or before {1 - CONVERGENCE_WINDOW:.0%} of the steps)| < {CONVERGENCE_TOLERANCE}. A verdict (worse, "
+    f"better, oscillates less, closest to the floor) is drawn only when every run it uses is near convergence; "
+    f"otherwise the answer says \"too short to judge\" and why, and shows the numbers without a verdict. "
+    f"The CIs below are over seeds, whatever the convergence.")
+
+
+def val_movement(history: pd.DataFrame | None) -> tuple[int | None, float]:
+    """(steps run, val(end) - val(at or before 90% of them)) from a run's val curve; the change is NaN when
+    the curve cannot tell (no curve, or no evaluation before its last 10%)."""
+    if history is None or history.empty:
+        return None, math.nan
+    steps = int(history["step"].max())
+    cutoff = steps - math.ceil(CONVERGENCE_WINDOW * steps)
+    before = history[history["step"] <= cutoff]
+    if steps == 0 or before.empty:
+        return steps, math.nan
+    end = float(history.loc[history["step"] == steps, "value"].iloc[-1])
+    return steps, end - float(before.sort_values("step")["value"].iloc[-1])
+
+
+def with_convergence(table: pd.DataFrame, val_curves: dict[str, pd.DataFrame]) -> pd.DataFrame:
+    """The runs table plus ``steps_run``, ``val_change_last_10pct`` and ``near_convergence`` (run id -> val curve)."""
+    steps, changes = [], []
+    for run_id in table["run_id"]:
+        step, change = val_movement(val_curves.get(run_id)) if isinstance(run_id, str) else (None, math.nan)
+        steps.append(step)
+        changes.append(change)
+    changes = pd.Series(changes, index=table.index, dtype="float64")
+    return table.assign(steps_run=pd.Series(steps, index=table.index, dtype="Int64"), val_change_last_10pct=changes,
+                        near_convergence=changes.abs() < CONVERGENCE_TOLERANCE)
+
+
+def _steps_text(runs: pd.DataFrame) -> str:
+    steps = sorted({int(s) for s in runs.get("steps_run", pd.Series(dtype="Int64")).dropna()})
+    return "/".join(f"{s:,}" for s in steps) or "an unknown number of"
+
+
+def too_short(runs: pd.DataFrame) -> str | None:
+    """None when every finished run is near convergence; otherwise why a verdict from them would be premature."""
+    done = finished(runs)
+    if done.empty:
+        return None
+    if "near_convergence" not in done:
+        return "no val curves were read, so convergence is unknown"
+    moving = done[~done["near_convergence"].astype(bool)]
+    if moving.empty:
+        return None
+    changes = moving["val_change_last_10pct"].abs().dropna()
+    if changes.empty:
+        return (f"{len(moving)} of {len(done)} runs have no val-curve point before their last "
+                f"{CONVERGENCE_WINDOW:.0%} of steps ({_steps_text(done)} steps run)")
+    return (f"{len(moving)} of {len(done)} runs were still moving: their val loss changed by up to {changes.max():.4f} "
+            f"nats over the last {CONVERGENCE_WINDOW:.0%} of their {_steps_text(done)} steps "
+            f"(near convergence means less than {CONVERGENCE_TOLERANCE})")
+
+
+def loss_noise_reason(runs: pd.DataFrame) -> str:
+    """Why loss_noise is NaN: too few steps for its moving-average window (train.LOSS_NOISE_MIN_STEPS)."""
+    from harness import train
+
+    needed = getattr(train, "LOSS_NOISE_MIN_STEPS", None)
+    need = f"at least {needed:,} steps" if needed else "enough steps"
+    return f"loss_noise needs {need} for its moving-average window; these runs ran {_steps_text(finished(runs))} steps"
+
+
+# -- tables --------------------------------------------------------------------------------------------------
 
 def summarize(table: pd.DataFrame, factors: list[str], label: str = "setting",
               metrics: list[str] = SUMMARY_METRICS) -> pd.DataFrame:
@@ -114,6 +192,9 @@ def summarize(table: pd.DataFrame, factors: list[str], label: str = "setting",
             row.update({f"{metric}_mean": interval.mean, f"{metric}_std": interval.std,
                         f"{metric}_ci_low": interval.low, f"{metric}_ci_high": interval.high})
         row["bigram_floor"] = mean_ci(done["bigram_floor"] if "bigram_floor" in done else []).mean
+        if "near_convergence" in done:
+            row["n_near_convergence"] = int(done["near_convergence"].astype(bool).sum())
+            row["steps_run"] = _steps_text(done)
         rows.append(row)
     return pd.DataFrame(rows)
 
@@ -127,8 +208,9 @@ def paired_differences(table: pd.DataFrame, factor: str, level, baseline, metric
     usable = finished(table)
     values = pd.to_numeric(usable[metric], errors="coerce").astype("float64")
     usable = usable[np.isfinite(values)]
-    treated = usable[usable[factor] == level][pair_on + [metric]]
-    control = usable[usable[factor] == baseline][pair_on + [metric]]
+    carried = pair_on + [metric] + [c for c in ("near_convergence",) if c in usable]
+    treated = usable[usable[factor] == level][carried]
+    control = usable[usable[factor] == baseline][carried]
     if pair_on:
         pairs = treated.merge(control, on=pair_on, suffixes=("", "_baseline"))
     else:
@@ -136,39 +218,149 @@ def paired_differences(table: pd.DataFrame, factor: str, level, baseline, metric
     return pairs.assign(difference=pairs[metric] - pairs[f"{metric}_baseline"])
 
 
-def effects(table: pd.DataFrame, factors: list[str], seed: str | None = None,
-            metrics: list[str] = EFFECT_METRICS) -> pd.DataFrame:
-    """For each factor and each level against the factor's first level: the mean paired difference of each metric.
+def data_factors(table: pd.DataFrame, factors: list[str], seed: str | None = None) -> list[str]:
+    """The factors that change the data: a ``data.*`` axis, or one (a named level, a zip group) whose levels
+    differ in some ``data.*`` setting with everything else held fixed. These are never ranked as treatments."""
+    data_columns = [c for c in table.columns if c.startswith("data.") and c not in factors]
+    found = []
+    for factor in factors:
+        if any(part.startswith("data.") for part in factor.split("+")):
+            found.append(factor)
+            continue
+        others = [f for f in factors if f != factor] + ([seed] if seed else [])
+        if not data_columns or table.empty:
+            continue
+        grouped = table.assign(_all=0).groupby(others or ["_all"], dropna=False, sort=False)
+        if (grouped[data_columns].nunique(dropna=False) > 1).any().any():
+            found.append(factor)
+    return found
 
-    Pairs agree on every other factor and on the seed, so the difference is the factor's alone. Rows are
-    grouped by metric (``metrics`` order), the largest absolute effect first.
+
+EFFECT_COLUMNS = ["metric", "kind", "data", "axis", "level", "baseline", "comparison", "n_pairs", "mean_difference",
+                  "std", "ci_low", "ci_high", "level_mean", "baseline_mean", "ci_excludes_zero", "near_convergence",
+                  "mean_difference_bits", "ci_low_bits", "ci_high_bits"]
+
+
+def _compare(table: pd.DataFrame, factor: str, order: list | None, pair_on: list[str], metric: str) -> list[dict]:
+    """Rows of one factor: each level against the first level, or against the previous one for a named axis."""
+    values = levels(table, factor, order)
+    rows = []
+    for i, level in enumerate(values[1:], start=1):
+        baseline = values[i - 1] if order else values[0]
+        pairs = paired_differences(table, factor, level, baseline, metric, [k for k in pair_on if k != factor])
+        interval = mean_ci(pairs["difference"])
+        converged = (bool(pairs["near_convergence"].astype(bool).all() and pairs["near_convergence_baseline"].astype(bool).all())
+                     if "near_convergence" in pairs and len(pairs) else None)
+        rows.append({
+            "axis": factor, "level": level, "baseline": baseline, "comparison": "previous level" if order else "first level",
+            "n_pairs": interval.n, "mean_difference": interval.mean, "std": interval.std,
+            "ci_low": interval.low, "ci_high": interval.high,
+            "level_mean": pairs[metric].mean() if len(pairs) else math.nan,
+            "baseline_mean": pairs[f"{metric}_baseline"].mean() if len(pairs) else math.nan,
+            "ci_excludes_zero": interval.direction in ("up", "down"), "near_convergence": converged,
+            # nats -> bits: per character, since every token is one character
+            "mean_difference_bits": interval.mean / math.log(2),
+            "ci_low_bits": interval.low / math.log(2), "ci_high_bits": interval.high / math.log(2),
+        })
+    return rows
+
+
+def effects(table: pd.DataFrame, factors: list[str], seed: str | None = None,
+            metrics: list[str] = EFFECT_METRICS, data: list[str] | None = None,
+            orders: dict[str, list] | None = None) -> pd.DataFrame:
+    """The paired differences of each factor, per metric.
+
+    Treatments (factors that keep the data) are compared within each corpus (``data``: the data factors; every
+    combination of them is one corpus), paired on every other factor and the seed, so a difference is the
+    factor's alone. A data factor is never a treatment: its rows have kind "different data" (bits per character
+    given too, as for every row). A named axis (``orders``: axis -> level names in order) compares each level
+    with the previous one ("what adding this component did"). Rows: metric order, treatments first, corpora in
+    order, then the axis with the largest absolute effect first (a named axis's levels in the order written).
     """
+    data = [f for f in (data or []) if f in factors]
+    orders = orders or {}
     pair_keys = factors + ([seed] if seed else [])
+    treatments = [f for f in factors if f not in data]
+    corpora = combinations(table, data)
+    fixed_corpus = ""
+    if not data and "data.dataset" in table and table["data.dataset"].nunique() == 1:
+        fixed_corpus = f"dataset={table['data.dataset'].iloc[0]}"
     rows = []
     for metric in metrics:
         if metric not in table:
             continue
-        for factor in factors:
-            values = levels(table, factor)
-            for level in values[1:]:
-                pairs = paired_differences(table, factor, level, values[0], metric, [k for k in pair_keys if k != factor])
-                interval = mean_ci(pairs["difference"])
-                rows.append({
-                    "metric": metric, "axis": factor, "level": level, "baseline": values[0], "n_pairs": interval.n,
-                    "mean_difference": interval.mean, "std": interval.std, "ci_low": interval.low, "ci_high": interval.high,
-                    "level_mean": pairs[metric].mean() if len(pairs) else math.nan,
-                    "baseline_mean": pairs[f"{metric}_baseline"].mean() if len(pairs) else math.nan,
-                    "ci_excludes_zero": interval.direction in ("up", "down"),
-                })
-    columns = ["metric", "axis", "level", "baseline", "n_pairs", "mean_difference", "std", "ci_low", "ci_high",
-               "level_mean", "baseline_mean", "ci_excludes_zero"]
-    result = pd.DataFrame(rows, columns=columns)
+        for c, corpus in enumerate(corpora):
+            subset = select(table, corpus)
+            for factor in treatments:
+                for row in _compare(subset, factor, orders.get(factor), pair_keys, metric):
+                    rows.append({"metric": metric, "kind": "treatment", "data": corpus_label(corpus) or fixed_corpus,
+                                 "_corpus": c, **row})
+        for factor in data:
+            for row in _compare(table, factor, orders.get(factor), pair_keys, metric):
+                rows.append({"metric": metric, "kind": "different data", "data": "", "_corpus": len(corpora), **row})
+    result = pd.DataFrame(rows, columns=EFFECT_COLUMNS + ["_corpus"])
     if result.empty:
-        return result
+        return result.drop(columns=["_corpus"])
     order = {m: i for i, m in enumerate(metrics)}
-    result = result.assign(_metric=result["metric"].map(order), _size=result["mean_difference"].abs())
-    result = result.sort_values(["_metric", "_size"], ascending=[True, False], na_position="last", kind="stable")
-    return result.drop(columns=["_metric", "_size"]).reset_index(drop=True)
+    size = result["mean_difference"].abs()
+    block = size.groupby([result["metric"], result["_corpus"], result["axis"]]).transform("max")
+    within = pd.Series([-float(v) if not orders.get(axis) else float(i) for i, (axis, v)
+                        in enumerate(zip(result["axis"], size.fillna(-1.0)))], index=result.index)
+    result = result.assign(_metric=result["metric"].map(order), _block=block.fillna(-1.0), _within=within)
+    # Largest axis first; within an axis, a named one keeps its levels in the order written, others largest first.
+    result = result.sort_values(["_metric", "_corpus", "_block", "axis", "_within"],
+                                ascending=[True, True, False, True, True], kind="stable")
+    return result.drop(columns=["_metric", "_block", "_within", "_corpus"]).reset_index(drop=True)
+
+
+# -- published references ------------------------------------------------------------------------------------
+
+def _matches(table: pd.DataFrame, match: dict) -> pd.Series:
+    """Rows whose axis values equal a reference's ``match`` (compared as text: 32 == '32', [8, 8] == '8x8')."""
+    mask = pd.Series(True, index=table.index)
+    for key, value in match.items():
+        if key not in table:
+            return pd.Series(False, index=table.index)
+        text = "x".join(map(str, value)) if isinstance(value, (list, tuple)) else str(value)
+        mask &= table[key].astype(str) == text
+    return mask
+
+
+def references(table: pd.DataFrame, refs: list) -> pd.DataFrame:
+    """One row per published reference: the measured mean [95% CI] of its metric over the finished runs its
+    match selects, the published value, and measured minus published."""
+    rows = []
+    for ref in refs:
+        runs = finished(table[_matches(table, ref.match)])
+        interval = mean_ci(runs[ref.metric] if ref.metric in runs else [])
+        rows.append({
+            "match": ", ".join(f"{k}={v}" for k, v in ref.match.items()), "metric": ref.metric, "n": interval.n,
+            "measured_mean": interval.mean, "measured_ci_low": interval.low, "measured_ci_high": interval.high,
+            "published": float(ref.value), "difference": interval.mean - float(ref.value),
+            "published_in_ci": bool(interval.low <= ref.value <= interval.high) if interval.n > 1 else None,
+            "near_convergence": too_short(runs) is None if len(runs) else None,
+            "source": ref.source,
+        })
+    return pd.DataFrame(rows, columns=["match", "metric", "n", "measured_mean", "measured_ci_low", "measured_ci_high",
+                                       "published", "difference", "published_in_ci", "near_convergence", "source"])
+
+
+def attach_references(summary: pd.DataFrame, table: pd.DataFrame, refs: list, label: str = "setting") -> pd.DataFrame:
+    """summary.csv with ``<metric>_reference``, ``_reference_difference`` and ``_reference_source`` on each setting
+    a reference selects (the setting's own mean minus the published value)."""
+    summary = summary.copy()
+    for ref in refs:
+        settings = set(table.loc[_matches(table, ref.match), label])
+        if not settings:
+            continue
+        hit = summary[label].isin(settings)
+        for suffix in ("", "_difference", "_source"):
+            if f"{ref.metric}_reference{suffix}" not in summary:
+                summary[f"{ref.metric}_reference{suffix}"] = pd.Series(dtype="object" if suffix == "_source" else "float64")
+        summary.loc[hit, f"{ref.metric}_reference"] = float(ref.value)
+        summary.loc[hit, f"{ref.metric}_reference_difference"] = summary.loc[hit, f"{ref.metric}_mean"] - float(ref.value)
+        summary.loc[hit, f"{ref.metric}_reference_source"] = ref.source
+    return summary
 
 
 # -- the write-up's questions, answered in sentences generated from the numbers ---------------------------
@@ -197,6 +389,10 @@ def ffn_vs_bigram(table: pd.DataFrame, factors: list[str], seed: str | None,
         interval = mean_ci(pairs["difference"])
         head = (f"{where}, final val loss of the FFN minus the bigram is "
                 f"{interval.describe(_pairing([k for k in pair_on if k != dataset]), signed=True)}")
+        premature = too_short(subset[subset[model].isin(["ffn", "bigram"])])
+        if interval.n and premature:
+            sentences.append(f"{head}: too short to judge: {premature}.")
+            continue
         verdict = {
             "up": "the FFN is worse, as the write-up claims.",
             "down": "the FFN is better, so these runs do not support the write-up's claim that it is worse.",
@@ -218,8 +414,19 @@ def batch_noise(table: pd.DataFrame, factors: list[str], seed: str | None, batch
     for level in values[1:]:
         pairs = paired_differences(table, batch, level, values[0], "loss_noise", pair_on)
         interval = mean_ci(pairs["difference"])
+        used = table[table[batch].isin([level, values[0]])]
         if interval.n == 0:
-            sentences.append(f"Batch {level} vs {values[0]}: no finished pair with a loss_noise to compare.")
+            done = finished(used)
+            why = (loss_noise_reason(used) if len(done) and "loss_noise" in done
+                   and pd.to_numeric(done["loss_noise"], errors="coerce").isna().all() else "no finished pair with a loss_noise")
+            sentences.append(f"Batch {level} vs {values[0]}: not measurable: {why}.")
+            continue
+        head = (f"Batch {level} vs {values[0]}: loss_noise changes by {interval.describe(_pairing(pair_on), signed=True)}, "
+                f"from a mean of {pairs['loss_noise_baseline'].mean():.4f} at {values[0]} "
+                f"to {pairs['loss_noise'].mean():.4f} at {level}")
+        premature = too_short(used)
+        if premature:
+            sentences.append(f"{head}: too short to judge: {premature}.")
             continue
         verdict = {
             "up": f"batch {level} oscillates more.",
@@ -227,15 +434,13 @@ def batch_noise(table: pd.DataFrame, factors: list[str], seed: str | None, batch
             "overlap": "the interval includes 0, so no difference in oscillation is shown.",
             "point": f"the single pair says batch {level} oscillates {'more' if interval.mean > 0 else 'less'}, which may be noise.",
         }[interval.direction]
-        sentences.append(
-            f"Batch {level} vs {values[0]}: loss_noise changes by {interval.describe(_pairing(pair_on), signed=True)}, "
-            f"from a mean of {pairs['loss_noise_baseline'].mean():.4f} at {values[0]} "
-            f"to {pairs['loss_noise'].mean():.4f} at {level}: {verdict}")
+        sentences.append(f"{head}: {verdict}")
     return sentences
 
 
 def floor_distance(summary: pd.DataFrame, table: pd.DataFrame, factors: list[str], label: str = "setting") -> list[str]:
-    """How close does each setting get to the bigram floor? excess_loss = final train loss - H(next | current)."""
+    """How far is each setting from the bigram floor? excess_loss = final train loss - H(next | current) of the
+    train split. A model that reads only the current character cannot go below it; one that reads context can."""
     sentences = []
     groups = table.groupby(factors, sort=False, dropna=False) if factors else [((), table)]
     for _, group in groups:
@@ -245,20 +450,45 @@ def floor_distance(summary: pd.DataFrame, table: pd.DataFrame, factors: list[str
             sentences.append(f"{name}: no finished run with an excess_loss.")
             continue
         floor = mean_ci(finished(group)["bigram_floor"]).mean
-        sentences.append(f"{name}: final train loss is {interval.describe('seeds')} nats above "
-                         f"its bigram floor of {floor:.4f}.")
+        side = "above" if interval.mean >= 0 else "below"
+        extra = "" if side == "above" else " (it reads context, which a one-character model cannot)"
+        sentences.append(f"{name}: final train loss is {abs(interval.mean):.4f} nats {side} its bigram floor of "
+                         f"{floor:.4f}{extra}; excess_loss {interval.describe('seeds', signed=True)}.")
     done = summary[summary["excess_loss_mean"].notna()] if "excess_loss_mean" in summary else summary.iloc[:0]
     if len(done) > 1:
         best = done.loc[done["excess_loss_mean"].idxmin()]
-        sentences.append(f"Closest to the floor: {best[label]} (mean excess {best['excess_loss_mean']:.4f}).")
+        premature = too_short(table)
+        if premature:
+            sentences.append(f"Closest to the floor: too short to judge: {premature}.")
+        else:
+            sentences.append(f"Closest to the floor: {best[label]} (mean excess {best['excess_loss_mean']:+.4f}).")
     return sentences
 
 
+def between_corpora(table: pd.DataFrame, factors: list[str], seed: str | None, data: list[str]) -> list[str]:
+    """How far apart the corpora are: a measurement of different data, in nats and bits per character, never a
+    treatment effect (the texts, alphabets and splits differ)."""
+    rows = effects(table, factors, seed, metrics=["final_val_loss"], data=data)
+    rows = rows[rows["kind"] == "different data"]
+    sentences = []
+    for row in rows.itertuples():
+        head = (f"{row.level} vs {row.baseline} (different data, not a treatment): final val loss differs by "
+                f"{row.mean_difference:+.4f} nats = {row.mean_difference_bits:+.4f} bits per character")
+        if row.n_pairs > 1:
+            head += (f" ({CONFIDENCE:.0%} CI {row.ci_low:+.4f} to {row.ci_high:+.4f} nats = {row.ci_low_bits:+.4f} to "
+                     f"{row.ci_high_bits:+.4f} bits, n={row.n_pairs} pairs)")
+        sentences.append(head + ".")
+    return sentences or ["Only one corpus in this sweep."]
+
+
 def findings(table: pd.DataFrame, summary: pd.DataFrame, factors: list[str], seed: str | None,
-             label: str = "setting") -> dict[str, list[str]]:
+             label: str = "setting", data: list[str] | None = None) -> dict[str, list[str]]:
     """The report's answers: question -> sentences, each with its interval and n."""
-    return {
+    answers = {
         "Is the FFN worse than the bigram on each corpus?": ffn_vs_bigram(table, factors, seed),
         "Does a larger batch oscillate less (loss_noise)?": batch_noise(table, factors, seed),
-        "How close does each variant get to the bigram floor (excess_loss)?": floor_distance(summary, table, factors, label),
+        "How far is each variant from the bigram floor (excess_loss)?": floor_distance(summary, table, factors, label),
     }
+    if data:
+        answers["How far apart are the corpora?"] = between_corpora(table, factors, seed, data)
+    return answers

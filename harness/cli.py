@@ -86,6 +86,7 @@ def main(argv: list[str] | None = None) -> int:
         overrides = parse_overrides(args.overrides)
         if args.command == "report":
             return _report(spec, overrides, args.seeds, args.results_dir)
+        args.spec_as_written = spec  # the report tells the spec's own seeds from --seeds
         spec = with_seeds(spec, args.seeds)
         variants = expand(spec, overrides, data_dir)
         if args.command == "validate" or args.dry_run:
@@ -166,7 +167,7 @@ def _run(spec, variants, overrides: dict, args, data_dir) -> int:
     print(f"finished {len(finished)}, skipped {len(outcome.skipped)}, failed {len(outcome.failed)} "
           f"(parent run {outcome.parent_run_id})")
     try:
-        _report(spec, overrides, spec.seeds or None, args.results_dir)
+        _report(args.spec_as_written, overrides, spec.seeds or None, args.results_dir)
     except Exception as exc:  # the runs are safe in MLflow; a report problem must not hide that
         print(f"warning: could not write the report: {exc}", file=sys.stderr)
     for result in outcome.failed:

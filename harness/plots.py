@@ -13,7 +13,9 @@ import pandas as pd
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 
+from harness.analysis import combinations as _panels
 from harness.analysis import finished, levels, short_name
+from harness.analysis import select as _select
 
 DPI = 100
 
@@ -27,41 +29,32 @@ def _setting(values: dict) -> str:
     return ascii_label(", ".join(f"{short_name(k)}={v}" for k, v in values.items()) or "all runs")
 
 
-def _panels(table: pd.DataFrame, factors: list[str]) -> list[dict]:
-    """Every combination of ``factors`` present in the table, in spec order."""
-    if not factors:
-        return [{}]
-    combos = table[factors].drop_duplicates()
-    return [dict(zip(factors, row)) for row in combos.itertuples(index=False)]
-
-
-def _select(table: pd.DataFrame, values: dict) -> pd.DataFrame:
-    mask = pd.Series(True, index=table.index)
-    for key, value in values.items():
-        mask &= table[key] == value
-    return table[mask]
-
-
 def loss_curves(table: pd.DataFrame, histories: dict[str, dict[str, pd.DataFrame]], factor: str,
-                factors: list[str]) -> Figure:
+                factors: list[str], order: list | None = None) -> Figure:
     """One panel per combination of the other factors; in each, ``factor``'s levels overlaid by colour.
 
     Solid: exact val loss; dashed: exact train loss; faint: the per-step minibatch loss (its wiggle is
     what loss_noise measures); dotted: the bigram floor. Every seed is drawn, so their spread shows.
+    ``order``: a named axis's level names as written.
     """
     others = [f for f in factors if f != factor]
     panels = _panels(table, others)
     ncols = min(len(levels(table, others[-1])), 4) if others else 1
     nrows = math.ceil(len(panels) / ncols)
-    width, height = 4.8 * ncols, 3.2 * nrows + 0.9
+    factor_levels = levels(table, factor, order)
+    width = max(4.8 * ncols, 6.4)
+    legend_cols = max(1, min(len(factor_levels) + 4, int(width // 1.6)))
+    legend_rows = math.ceil((len(factor_levels) + 4) / legend_cols)
+    bottom = 0.75 + 0.22 * legend_rows  # inches for the x label and the legend under the panels
+    height = 3.2 * nrows + 0.55 + bottom
     fig = Figure(figsize=(width, height), dpi=DPI)
     axes = fig.subplots(nrows, ncols, squeeze=False).ravel()
     # Fixed margins in inches: constrained layout would draw every figure twice, and reports draw many.
-    fig.subplots_adjust(left=0.7 / width, right=1 - 0.2 / width, top=1 - 0.55 / height, bottom=1.0 / height,
+    fig.subplots_adjust(left=0.7 / width, right=1 - 0.2 / width, top=1 - 0.55 / height, bottom=bottom / height,
                         hspace=0.45, wspace=0.25)
-    factor_levels = levels(table, factor)
     for ax, panel in zip(axes, panels):
         runs = finished(_select(table, panel))
+        floors = {}
         for k, level in enumerate(factor_levels):
             color = f"C{k % 10}"
             at_level = runs[runs[factor] == level]
@@ -74,7 +67,13 @@ def loss_curves(table: pd.DataFrame, histories: dict[str, dict[str, pd.DataFrame
                         ax.plot(points["step"], points["value"], color=color, **style)
             floor = at_level["bigram_floor"].mean() if "bigram_floor" in at_level and len(at_level) else math.nan
             if math.isfinite(floor):
-                ax.axhline(floor, color=color, ls=":", lw=1.0)
+                floors[color] = floor
+        # The floor belongs to the corpus: one black line when the levels share it, one per colour when they do not.
+        shared = len({round(f, 6) for f in floors.values()}) == 1
+        for color, floor in floors.items():
+            ax.axhline(floor, color="k" if shared else color, ls=":", lw=1.2)
+            if shared:
+                break
         if runs.empty:
             ax.text(0.5, 0.5, "no finished runs", ha="center", va="center", transform=ax.transAxes)
         ax.set_title(_setting(panel), fontsize=9)
@@ -88,8 +87,8 @@ def loss_curves(table: pd.DataFrame, histories: dict[str, dict[str, pd.DataFrame
     handles += [Line2D([], [], color="gray", lw=1.6, label="val (exact)"),
                 Line2D([], [], color="gray", lw=1.2, ls="--", label="train (exact)"),
                 Line2D([], [], color="gray", lw=0.6, alpha=0.5, label="minibatch"),
-                Line2D([], [], color="gray", lw=1.0, ls=":", label="bigram floor")]
-    fig.legend(handles=handles, loc="lower center", ncols=min(len(handles), 8), fontsize=8)
+                Line2D([], [], color="k", lw=1.2, ls=":", label="bigram floor")]
+    fig.legend(handles=handles, loc="lower center", ncols=legend_cols, fontsize=8)
     fig.suptitle(ascii_label(f"loss curves: {factor} overlaid"), fontsize=11)
     return fig
 
