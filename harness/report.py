@@ -23,6 +23,7 @@ import pandas as pd
 from mlflow.tracking import MlflowClient
 
 from harness import analysis
+from harness.runs import SWEEP_TAG  # marks parent runs; their params record the overrides and seeds used
 from harness.spec import SEED_KEY, Spec, Variant, variant_id
 
 METRIC_COLUMNS = [
@@ -36,7 +37,6 @@ METRIC_COLUMNS = [
     "tokens_per_s",
 ]
 STATUS_RANK = {"FINISHED": 0, "RUNNING": 1, "KILLED": 2, "FAILED": 3}
-SWEEP_TAG = "harness.sweep"  # marks parent runs; their params record the overrides and seeds used
 
 
 class ReportError(Exception):
