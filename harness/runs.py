@@ -57,6 +57,25 @@ def stale_after_s() -> float:
     return float(os.environ.get("HARNESS_STALE_AFTER_S") or 4 * heartbeat_interval_s())
 
 
+def open_store(uri: str) -> MlflowClient:
+    """A client for ``uri``. A new SQLite file is created (its tables migrated) by one process at a time:
+    two sweeps that open a fresh store together would otherwise both migrate it, and one fails."""
+    if not uri.startswith("sqlite:///"):
+        return MlflowClient(uri)
+    try:
+        import fcntl
+    except ImportError:  # Windows: no advisory locks here; a fresh store opened twice at once may fail
+        return MlflowClient(uri)
+    database = Path(uri[len("sqlite:///"):])
+    database.parent.mkdir(parents=True, exist_ok=True)
+    with open(database.with_name(database.name + "-lock"), "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            return MlflowClient(uri)
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
 # -- owners --------------------------------------------------------------------------------------
 
 

@@ -138,7 +138,7 @@ def run_sweep(
     uri = tracking_uri()
     check_tracking_reachable(uri)
     costs = preflight(variants, data_dir)
-    client = MlflowClient(uri)
+    client = runs.open_store(uri)
     experiment_id = retrying(lambda: experiment_id_for(client, spec.name))
     if spec.description:  # the experiment's description in the MLflow UI
         retrying(lambda: client.set_experiment_tag(experiment_id, runs.NOTE_TAG, spec.description))

@@ -20,7 +20,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from harness import runs
-from harness.spec import expand, load_spec
+from harness.spec import expand, load_spec, parse_overrides
 from harness.sweep import run_sweep
 from harness.tracking import experiment_id_for, run_variant
 
@@ -91,7 +91,7 @@ CONTENDER = textwrap.dedent("""
     import sys, time
     from mlflow.tracking import MlflowClient
     from harness import runs
-    from harness.spec import expand, load_spec
+    from harness.spec import expand, load_spec, parse_overrides
     from harness.tracking import retrying
     uri, experiment_id, spec, start_at = sys.argv[1], sys.argv[2], sys.argv[3], float(sys.argv[4])
     client = MlflowClient(uri)
@@ -211,7 +211,8 @@ def test_two_concurrent_sweeps_train_every_variant_once(tmp_path, data_dir):
     for proc, out in zip(procs, outs):
         assert proc.returncode == 0, out
         assert "Traceback" not in out, out
-    variants = expand(load_spec(spec), dict(word.split("=", 1) for word in overrides))
+    print("\n".join(line for out in outs for line in out.splitlines() if line.startswith(("finished ", "skip "))))
+    variants = expand(load_spec(spec), parse_overrides(overrides))
     _assert_trained_once(env["MLFLOW_TRACKING_URI"], "smoke", variants)
     trained = [int(line.split()[1].rstrip(",")) for out in outs for line in out.splitlines() if line.startswith("finished ")]
     assert sum(trained) == len(variants), outs

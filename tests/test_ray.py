@@ -18,7 +18,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from harness.cli import main
-from harness.ray_executor import absolute_uri, wants_gpu
+from harness.executors.ray import absolute_uri, wants_gpu
 from harness.spec import expand, load_spec
 from harness.tracking import checkpoint_path
 
