@@ -7,7 +7,6 @@ Exit codes: 0 all variants FINISHED (or skipped as already finished); 1 some var
 from __future__ import annotations
 
 import argparse
-import os
 import shlex
 import signal
 import sys
@@ -38,10 +37,13 @@ def _parser() -> argparse.ArgumentParser:
     add_spec(run)
     run.add_argument("--results-dir", type=Path, default=Path("results"))
     run.add_argument("--jobs", type=int, default=1, help="variants trained at once in worker processes")
-    run.add_argument("--executor", choices=("local", "ray"), default="local")
+    run.add_argument("--executor", choices=("local", "ray"), default="local",
+                     help="local: this process, or --jobs worker processes; ray: one Ray task per variant")
     run.add_argument("--ray-address", default=None, help="Ray cluster address (default: start a local Ray)")
     run.add_argument("--force", action="store_true", help="rerun variants that already FINISHED")
     run.add_argument("--checkpoint-dir", type=Path, default=Path(".harness") / "checkpoints")
+    run.add_argument("--checkpoint-store", choices=("local", "mlflow"), default="local",
+                     help="local: files in --checkpoint-dir; mlflow: the run's artifacts, so another machine can resume it")
     run.add_argument("--dry-run", action="store_true", help="same as validate")
     run.add_argument("--no-progress", action="store_true", help="no progress bars")
 
@@ -161,10 +163,11 @@ def _run(spec, variants, overrides: dict, args, data_dir) -> int:
     outcome = run_sweep(spec, variants, data_dir=data_dir, jobs=args.jobs, executor=args.executor,
                         ray_address=args.ray_address, force=args.force, overrides=overrides,
                         command=args.command_line,
-                        checkpoint_dir=args.checkpoint_dir,
+                        checkpoint_dir=args.checkpoint_dir, checkpoint_store=args.checkpoint_store,
                         show_progress=not args.no_progress)
     finished = [r.variant_id for r in outcome.results if r.status == "FINISHED"]
-    print(f"finished {len(finished)}, skipped {len(outcome.skipped)}, failed {len(outcome.failed)} "
+    elsewhere = f", running elsewhere {len(outcome.elsewhere)}" if outcome.elsewhere else ""
+    print(f"finished {len(finished)}, skipped {len(outcome.skipped)}{elsewhere}, failed {len(outcome.failed)} "
           f"(parent run {outcome.parent_run_id})")
     try:
         _report(args.spec_as_written, overrides, spec.seeds or None, args.results_dir)

@@ -26,6 +26,7 @@ from mlflow.tracking import MlflowClient
 
 from harness import analysis
 from harness.metrics import mlflow_key
+from harness.runs import SWEEP_TAG  # marks parent runs; their params record the overrides and seeds used
 from harness.spec import SEED_KEY, Spec, Variant, variant_id
 
 METRIC_COLUMNS = [
@@ -41,7 +42,6 @@ METRIC_COLUMNS = [
 ]
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 STATUS_RANK = {"FINISHED": 0, "RUNNING": 1, "KILLED": 2, "FAILED": 3}
-SWEEP_TAG = "harness.sweep"  # marks parent runs; their params record the overrides and seeds used
 
 
 class ReportError(Exception):
@@ -588,7 +588,6 @@ def write_report(uri: str, spec: Spec, variants: list[Variant], results_dir: Pat
         content.to_csv(out / name, index=False)
         report.files.append(out / name)
 
-    done = analysis.finished(frame)
     for stale in out.glob("curves_*.png"):  # figures of axes this sweep no longer has
         stale.unlink()
     figures = {f"curves_{re.sub(r'[^A-Za-z0-9_-]+', '_', factor)}.png":

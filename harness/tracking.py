@@ -19,13 +19,13 @@ from pathlib import Path
 from typing import Any, Callable
 
 import torch
-from mlflow.entities import Metric, Param, RunStatus, RunTag
+from mlflow.entities import Metric, Param, RunTag
 from mlflow.tracking import MlflowClient
 
 from harness.data import load_corpus
 from harness.models import build_model
 from harness.spec import Variant
-from harness.train import CheckpointError, Trainer, load_checkpoint, pick_device, save_checkpoint
+from harness.train import Trainer, pick_device
 
 PARENT_TAG = "mlflow.parentRunId"
 METRICS_PER_BATCH = 1000  # MLflow's limit for one log_batch call
@@ -142,7 +142,7 @@ def _param_value(value: Any) -> str:
 class VariantResult:
     variant_id: str
     run_id: str
-    status: str  # FINISHED, FAILED or KILLED
+    status: str  # FINISHED, FAILED, KILLED, or SKIPPED (claimed elsewhere; error says why)
     metrics: dict[str, float]
     error: str | None = None
 
@@ -158,14 +158,22 @@ def run_variant(
     parent_run_id: str | None = None,
     data_dir: Path | None = None,
     uri: str | None = None,
-    resume_run_id: str | None = None,
     checkpoint_dir: Path | None = None,
+    checkpoint_store: str = "local",
+    finished_before_ms: int | None = None,
     threads: int = 0,
     progress_position: int = 1,
     show_progress: bool = True,
 ) -> VariantResult:
-    """Train one variant into its own MLflow run; the run ends FINISHED, FAILED (with why) or KILLED."""
+    """Train one variant into its own MLflow run; the run ends FINISHED, FAILED (with why) or KILLED.
+
+    The run is claimed first (harness/runs.py): a variant FINISHED or live elsewhere comes back SKIPPED
+    with the reason; a stale or KILLED run with a checkpoint is resumed.
+    """
     from tqdm.auto import tqdm
+
+    from harness import runs
+    from harness.checkpoints import checkpoint_store as make_checkpoint_store
 
     client = MlflowClient(uri or tracking_uri())
     config = variant.config
@@ -178,26 +186,27 @@ def run_variant(
     }
     if parent_run_id:
         tags[PARENT_TAG] = parent_run_id
-    ckpt = checkpoint_path(checkpoint_dir, variant) if checkpoint_dir and config.train.checkpoint_interval else None
-    # Resume only from the run's own checkpoint: restarting at step 0 inside a run that already holds
-    # metrics would log its steps twice, so without one the old run is closed and a new one started.
-    saved = _load_checkpoint(ckpt, resume_run_id) if resume_run_id else None
-    if resume_run_id and saved is None:
-        for action in (lambda: client.set_tag(resume_run_id, "error", "no checkpoint of this run to resume from; superseded by a new run"),
-                       lambda: client.set_terminated(resume_run_id, status="KILLED")):
-            retrying(action)
-        resume_run_id = None
-    if resume_run_id:
-        run_id = resume_run_id
-        retrying(lambda: client.update_run(run_id, status="RUNNING"))
-    else:
-        run = retrying(lambda: client.create_run(experiment_id, run_name=variant.id, tags=tags))
-        run_id = run.info.run_id
+        tags[runs.DRIVER_TAG] = parent_run_id
+    store = make_checkpoint_store(checkpoint_store, client, checkpoint_dir) if config.train.checkpoint_interval else None
 
-    metrics = BufferedMetrics(client, run_id, auto_flush=ckpt is None)
+    def create_run() -> str:
+        claim_tags = {**tags, **runs.owner_tags(), runs.CLAIM_TAG: "pending"}
+        return retrying(lambda: client.create_run(experiment_id, run_name=variant.id, tags=claim_tags)).info.run_id
+
+    # Resume only from the run's own checkpoint: restarting at step 0 inside a run that already holds
+    # metrics would log its steps twice, so without one a stale run is closed and a new one started.
+    claim = runs.claim_variant(client, experiment_id, variant, create_run, driver=parent_run_id,
+                               load_checkpoint=(lambda rid: store.load(rid, variant)) if store else (lambda rid: None),
+                               finished_before_ms=finished_before_ms, log=tqdm.write)
+    if claim.skip:
+        return VariantResult(variant.id, claim.run_id, "SKIPPED", {}, claim.skip)
+    run_id, saved = claim.run_id, claim.saved
+    heartbeat = runs.Heartbeat(client, run_id).start()
+
+    metrics = BufferedMetrics(client, run_id, auto_flush=store is None)
     bar = None
     try:  # from here on, whatever happens (Ctrl-C during setup included) closes the run
-        if not resume_run_id:
+        if saved is None:
             params = [Param(k, _param_value(v)) for k, v in config.flat().items()]
             retrying(lambda: client.log_batch(run_id, params=params))
             retrying(lambda: client.log_text(run_id, config.to_yaml(), "config.yaml"))
@@ -232,18 +241,16 @@ def run_variant(
 
         def on_checkpoint(t: Trainer) -> None:
             metrics.flush()  # points up to here are stored before the state that produced them
-            state = t.state_dict()
-            state["run_id"] = run_id
-            save_checkpoint(ckpt, state)
+            store.save(run_id, variant, t.state_dict())
 
-        final = trainer.run(metrics, on_progress, on_checkpoint if ckpt is not None else None)
+        final = trainer.run(metrics, on_progress, on_checkpoint if store is not None else None)
         after = trainer.sample(corpus.tokenizer, config.sample.prompt, config.sample.max_new_tokens)
         retrying(lambda: client.log_text(run_id, after, "samples/after.txt"))
         metrics.log_dict(final, config.train.steps)
         metrics.flush()
         retrying(lambda: client.set_terminated(run_id, status="FINISHED"))
-        if ckpt is not None and ckpt.exists():
-            ckpt.unlink()
+        if store is not None:
+            store.discard(run_id, variant)
         return VariantResult(variant.id, run_id, "FINISHED", final)
     except KeyboardInterrupt:
         _close(client, metrics, run_id, "KILLED", "interrupted (Ctrl-C)", None)
@@ -253,6 +260,7 @@ def run_variant(
         _close(client, metrics, run_id, "FAILED", reason, traceback.format_exc())
         return VariantResult(variant.id, run_id, "FAILED", {}, reason)
     finally:
+        heartbeat.stop()
         if bar is not None:
             bar.close()
 
@@ -261,17 +269,6 @@ def _stored_through(client: MlflowClient, run_id: str) -> dict[str, int]:
     """The last step of each metric already stored for ``run_id``."""
     keys = retrying(lambda: client.get_run(run_id)).data.metrics
     return {key: max((m.step for m in retrying(lambda: client.get_metric_history(run_id, key))), default=-1) for key in keys}
-
-
-def _load_checkpoint(ckpt: Path | None, run_id: str) -> dict | None:
-    """The checkpoint saved by run ``run_id``, or None (none, unreadable, or another run's)."""
-    if ckpt is None or not ckpt.exists():
-        return None
-    try:
-        saved = load_checkpoint(ckpt)  # tensors and plain containers only: nothing in the file is executed
-    except CheckpointError:
-        return None
-    return saved if isinstance(saved, dict) and saved.get("run_id") == run_id else None
 
 
 def _close(client: MlflowClient, metrics: BufferedMetrics, run_id: str, status: str, reason: str, details: str | None) -> None:

@@ -18,7 +18,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from harness.cli import main
-from harness.ray_executor import absolute_uri, wants_gpu
+from harness.executors.ray import absolute_uri, wants_gpu
 from harness.spec import expand, load_spec
 from harness.tracking import checkpoint_path
 
@@ -147,3 +147,19 @@ def test_ctrl_c_cancels_ray_tasks_and_their_runs_end_killed(ray_cluster, tmp_pat
     runs = _runs(env["MLFLOW_TRACKING_URI"], "ray-ctrl-c")
     children = [r for r in runs if "config_hash" in r.data.tags]
     assert children and all(r.info.status == "KILLED" for r in runs), [(r.data.tags.get("variant"), r.info.status) for r in runs]
+
+
+@pytest.mark.slow
+def test_two_ray_drivers_on_one_spec_train_each_variant_once(ray_cluster, tmp_path, data_dir):
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(textwrap.dedent(SPEC.format(name="two-drivers", steps=30, every=0)), encoding="utf-8")
+    command, env = _sweep(tmp_path, spec, ray_cluster, data_dir)
+    drivers = [subprocess.Popen(command, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+               for _ in range(2)]
+    outs = [driver.communicate(timeout=600)[0] for driver in drivers]
+    assert [driver.returncode for driver in drivers] == [0, 0], outs
+    children = [r for r in _runs(env["MLFLOW_TRACKING_URI"], "two-drivers") if "config_hash" in r.data.tags]
+    finished = sorted(r.data.tags["config_hash"] for r in children if r.info.status == "FINISHED")
+    assert finished == sorted(v.config.config_hash() for v in expand(load_spec(spec))), outs
+    assert not [r for r in children if r.info.status in ("FAILED", "RUNNING")]
+    print("\n".join(line for out in outs for line in out.splitlines() if line.startswith(("finished ", "skip "))))

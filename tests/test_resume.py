@@ -24,7 +24,9 @@ from mlflow.tracking import MlflowClient
 from harness.data import load_corpus
 from harness.models import build_model
 from harness.spec import expand, load_spec
-from harness.sweep import plan_resume, run_sweep
+from harness import runs
+from harness.checkpoints import LocalCheckpoints
+from harness.sweep import plan_sweep, run_sweep
 from harness.tracking import checkpoint_path, experiment_id_for, run_variant
 from harness.train import MAX_CURVE_POINTS, CheckpointError, Trainer, load_checkpoint, save_checkpoint
 
@@ -199,17 +201,19 @@ def test_finished_variants_are_skipped_and_force_reruns_them(tmp_path, mlflow_st
     assert not {r.run_id for r in forced.results} & {r.run_id for r in first.results}
 
 
-def test_resume_without_its_checkpoint_starts_a_new_run(tmp_path, mlflow_store, data_dir):
+def test_a_stale_run_without_its_checkpoint_is_closed_and_a_new_run_started(tmp_path, mlflow_store, data_dir):
     """A checkpoint that is gone (or another run's) must not restart step 0 inside a run holding metrics."""
     spec = load_spec(_write(tmp_path, KILL_SPEC.format(name="lost-ckpt", steps=20, every=10)))
     variant = expand(spec)[0]
     client = MlflowClient(mlflow_store)
     experiment_id = experiment_id_for(client, spec.name)
-    stale = client.create_run(experiment_id, tags={"config_hash": variant.config.config_hash()}).info.run_id
-    result = run_variant(variant, experiment_id=experiment_id, data_dir=data_dir, resume_run_id=stale,
+    stale = client.create_run(experiment_id, tags={"config_hash": variant.config.config_hash(), runs.OWNER_TAG: "gone:1",
+                                                   runs.HEARTBEAT_TAG: f"{time.time() - 3600:.3f}"}).info.run_id
+    result = run_variant(variant, experiment_id=experiment_id, data_dir=data_dir,
                          checkpoint_dir=tmp_path / "ckpt", show_progress=False)
     assert result.status == "FINISHED" and result.run_id != stale
     assert client.get_run(stale).info.status == "KILLED"
+    assert client.get_run(stale).data.tags["error"].startswith("stale claim: owner gone:1")
     assert "resumed_from_step" not in client.get_run(result.run_id).data.tags
 
 
@@ -272,10 +276,10 @@ def test_kill_9_mid_run_then_rerun_resumes_in_the_same_run_and_matches(tmp_path,
 
     rerun = subprocess.run(_command(spec, tmp_path), cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
     assert rerun.returncode == 0, rerun.stdout + rerun.stderr
-    runs = _variant_runs(uri, "kill9")
+    after = _variant_runs(uri, "kill9")
     for variant in (first, second):
-        assert [r.info.status for r in runs[variant.id]] == ["FINISHED"], "one run per variant, FINISHED"
-    resumed = runs[first.id][0]
+        assert [r.info.status for r in after[variant.id]] == ["FINISHED"], "one run per variant, FINISHED"
+    resumed = after[first.id][0]
     assert resumed.info.run_id == killed_id
     assert int(resumed.data.tags["resumed_from_step"]) == saved_step
     assert not ckpt.exists(), "a finished variant removes its checkpoint"
@@ -316,18 +320,36 @@ def test_ctrl_c_closes_running_variants_killed_and_exits_130(tmp_path, data_dir,
     assert proc.returncode == 130, out
     assert "interrupted: 0 variant(s) finished before Ctrl-C" in out
     assert "Traceback" not in out
-    runs = _variant_runs(env["MLFLOW_TRACKING_URI"], "ctrl-c")
-    assert {vid: [r.info.status for r in rs] for vid, rs in runs.items()} == {v.id: ["KILLED"] for v in running}
+    killed = _variant_runs(env["MLFLOW_TRACKING_URI"], "ctrl-c")
+    assert {vid: [r.info.status for r in rs] for vid, rs in killed.items()} == {v.id: ["KILLED"] for v in running}
     for v in running:
-        assert "interrupted" in runs[v.id][0].data.tags["error"]
+        assert "interrupted" in killed[v.id][0].data.tags["error"]
         assert checkpoint_path(tmp_path / "ckpt", v).exists(), "kept, so that the rerun resumes from it"
     client = MlflowClient(env["MLFLOW_TRACKING_URI"])
     experiment_id = client.get_experiment_by_name("ctrl-c").experiment_id
     parents = client.search_runs([experiment_id], "tags.`harness.sweep` = 'true'")
     assert [p.info.status for p in parents] == ["KILLED"]
 
-    # The same command again would resume each KILLED run from its checkpoint and start the rest afresh.
-    skip, todo = plan_resume(client, experiment_id, variants, False, tmp_path / "ckpt")
-    assert not skip
-    assert {v.id: resume for v, resume in todo} == {
-        v.id: (runs[v.id][0].info.run_id if v in running else None) for v in variants}
+    # The same command again trains every variant, resuming each KILLED run from its checkpoint.
+    skip, elsewhere, todo = plan_sweep(client, experiment_id, variants, False)
+    assert not skip and not elsewhere and todo == variants
+    store = LocalCheckpoints(tmp_path / "ckpt")
+    for v in running:
+        assert store.load(killed[v.id][0].info.run_id, v) is not None
+
+
+def test_a_checkpoint_in_the_runs_artifacts_round_trips_and_is_removed_when_done(tmp_path, mlflow_store):
+    """--checkpoint-store mlflow: any machine that reaches the store can resume the run."""
+    from harness.checkpoints import MlflowCheckpoints
+
+    variant = expand(load_spec(_write(tmp_path, KILL_SPEC.format(name="in-mlflow", steps=20, every=10))))[0]
+    client = MlflowClient(mlflow_store)
+    experiment_id = experiment_id_for(client, "in-mlflow")
+    run_id, other = (client.create_run(experiment_id).info.run_id for _ in range(2))
+    store = MlflowCheckpoints(client)
+    store.save(run_id, variant, {"step": 3, "weights": torch.ones(2)})
+    saved = store.load(run_id, variant)
+    assert saved["step"] == 3 and saved["run_id"] == run_id and torch.equal(saved["weights"], torch.ones(2))
+    assert store.load(other, variant) is None, "a checkpoint belongs to its own run"
+    store.discard(run_id, variant)
+    assert store.load(run_id, variant) is None

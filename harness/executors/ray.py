@@ -7,7 +7,8 @@ GPU (``num_gpus=1``) when its variant trains on CUDA, else one CPU.
 On a cluster of several machines the tracking URI must be a server every node reaches
 (``MLFLOW_TRACKING_URI=http://...``, see ``make server``): a SQLite file only works when all tasks run on
 this machine. Checkpoints (``train.checkpoint_interval``) are files in ``--checkpoint-dir`` on the node
-that trained, so a resume finds them only on the same machine (or a shared file system).
+that trained, so a resume finds them only on the same machine (or a shared file system), unless
+``--checkpoint-store mlflow`` keeps them in the run's artifacts, which every node reaches.
 """
 
 from __future__ import annotations
@@ -18,15 +19,12 @@ import sys
 from pathlib import Path
 from typing import Iterator
 
-from harness.spec import SpecError, Variant
+from harness.executors import ExecutorError
+from harness.spec import Variant
 from harness.tracking import VariantResult
 
 CANCEL_GRACE_S = 60.0  # how long cancelled tasks get to close their runs KILLED before Ray shuts down
 _connected_here = False  # connect() started or joined Ray, so run_on_ray shuts it down when done
-
-
-class ExecutorError(SpecError):
-    """Ray is missing or unreachable; raised before any run exists (the CLI exits 2)."""
 
 
 def connect(ray_address: str | None = None) -> None:
@@ -90,7 +88,7 @@ def _train(variant: Variant, kwargs: dict, cwd: str) -> VariantResult:
     from harness.tracking import retrying, run_variant
 
     result = run_variant(variant, show_progress=False, **kwargs)
-    if result.run_id:  # which machine trained it, for a cluster's post-mortems
+    if result.run_id and result.status != "SKIPPED":  # which machine trained it, for post-mortems
         node = {"executor": "ray", "ray_node_ip": ray.util.get_node_ip_address(),
                 "ray_node_id": ray.get_runtime_context().get_node_id()}
         client = MlflowClient(kwargs["uri"])
@@ -102,8 +100,22 @@ def _train(variant: Variant, kwargs: dict, cwd: str) -> VariantResult:
     return result
 
 
+class RayExecutor:
+    name = "ray"
+
+    def __init__(self, ray_address: str | None = None):
+        self.ray_address = ray_address
+
+    def prepare(self) -> None:
+        connect(self.ray_address)
+
+    def run(self, variants, train_kwargs: dict, on_result) -> None:
+        for result in run_on_ray(variants, ray_address=self.ray_address, **train_kwargs):
+            on_result(result)
+
+
 def run_on_ray(
-    todo: list[tuple[Variant, str | None]],
+    todo: list[Variant],
     *,
     ray_address: str | None = None,
     experiment_id: str,
@@ -112,6 +124,7 @@ def run_on_ray(
     uri: str,
     checkpoint_dir: Path | None,
     show_progress: bool = True,
+    **more,
 ) -> Iterator[VariantResult]:
     """Submit every variant as a task and yield each VariantResult as it ends.
 
@@ -134,31 +147,32 @@ def run_on_ray(
         data_dir=Path(data_dir).resolve() if data_dir else None,
         uri=uri,
         checkpoint_dir=Path(checkpoint_dir).resolve() if checkpoint_dir else None,
+        **more,  # checkpoint_store, finished_before_ms
     )
     local = ray_address is None and _connected_here  # a local instance started for this sweep
-    pending: dict = {}  # ObjectRef -> (variant, resume run id)
+    pending: dict = {}  # ObjectRef -> variant
     try:
         gpus = ray.cluster_resources().get("GPU", 0)
         task = ray.remote(_train)
-        for variant, resume in todo:
+        for variant in todo:
             # A local instance without GPUs cannot grow one: asking would leave the task waiting forever;
             # without the request it fails at once, FAILED with "CUDA is not available", like a local run.
             gpu = wants_gpu(variant.config.train.device, gpus) and (gpus > 0 or not local)
             ref = task.options(num_gpus=1 if gpu else 0, num_cpus=1, max_retries=0, name=f"harness {variant.id}").remote(
-                variant, dict(kwargs, resume_run_id=resume), os.getcwd())
-            pending[ref] = (variant, resume)
+                variant, kwargs, os.getcwd())
+            pending[ref] = variant
         while pending:
             done, _ = ray.wait(list(pending), num_returns=1)
             for ref in done:
-                variant, resume = pending.pop(ref)
-                yield _result(ray, ref, variant, resume, kwargs)
+                variant = pending.pop(ref)
+                yield _result(ray, ref, variant, kwargs)
     except BaseException:  # Ctrl-C, an error, or the caller stopped listening (GeneratorExit)
         for ref in pending:
             ray.cancel(ref)
         if pending:
             ray.wait(list(pending), num_returns=len(pending), timeout=CANCEL_GRACE_S)
-            for ref, (variant, resume) in pending.items():
-                _result(ray, ref, variant, resume, kwargs, interrupted=True)  # closes what a task left open
+            for ref, variant in pending.items():
+                _result(ray, ref, variant, kwargs, interrupted=True)  # closes what a task left open
         raise
     finally:
         if _connected_here:
@@ -166,18 +180,18 @@ def run_on_ray(
             _connected_here = False
 
 
-def _result(ray, ref, variant: Variant, resume: str | None, kwargs: dict, interrupted: bool = False) -> VariantResult:
+def _result(ray, ref, variant: Variant, kwargs: dict, interrupted: bool = False) -> VariantResult:
     """The task's VariantResult; a task that was cancelled or whose worker died still gets a closed run."""
     try:
         return ray.get(ref, timeout=0 if interrupted else None)
     except Exception as exc:
         from mlflow.tracking import MlflowClient
 
-        from harness.sweep import close_lost_run
+        from harness.runs import close_lost_run
 
         cancelled = interrupted or isinstance(exc, ray.exceptions.TaskCancelledError)
         status = "KILLED" if cancelled else "FAILED"
         reason = "interrupted (Ctrl-C)" if cancelled else f"Ray task failed: {type(exc).__name__}: {exc}"[:5000]
         client = MlflowClient(kwargs["uri"])
-        run_id = close_lost_run(client, kwargs["experiment_id"], kwargs["parent_run_id"], variant, resume, status, reason)
+        run_id = close_lost_run(client, kwargs["experiment_id"], kwargs["parent_run_id"], variant, status, reason)
         return VariantResult(variant.id, run_id, status, {}, reason)

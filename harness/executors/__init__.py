@@ -1,0 +1,56 @@
+"""Executors: where the variants of a sweep train. One small interface, one file per kind.
+
+An executor gets the variants to train and ``train_kwargs`` for ``run_variant`` (experiment, parent run,
+store, data, checkpoints) and calls ``on_result(VariantResult)`` as each variant ends. ``run_variant``
+claims each variant itself (harness/runs.py), so two sweeps, or two executors, never train one twice;
+an executor's own duties are only to run it somewhere, and to close the run of a worker that died
+before reporting (``harness.runs.close_lost_run``). On Ctrl-C it closes what runs KILLED and re-raises
+KeyboardInterrupt.
+
+To add one (SLURM, Kubernetes), write ``harness/executors/<name>.py`` with a class that has:
+
+- ``name``: the ``--executor`` choice;
+- ``prepare()``: fail with ``ExecutorError`` before any run exists (missing package, unreachable cluster);
+- ``run(variants, train_kwargs, on_result)``.
+
+and register it in ``EXECUTORS`` below.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Protocol
+
+from harness.spec import SpecError, Variant
+from harness.tracking import VariantResult
+
+
+class ExecutorError(SpecError):
+    """The executor cannot start (missing package, unreachable cluster); raised before any run exists (exit 2)."""
+
+
+class Executor(Protocol):
+    name: str
+
+    def prepare(self) -> None: ...
+
+    def run(self, variants: list[Variant], train_kwargs: dict, on_result: Callable[[VariantResult], None]) -> None: ...
+
+
+EXECUTORS = ("local", "ray")  # --executor choices; "local" with --jobs N > 1 means worker processes
+
+
+def make_executor(kind: str = "local", *, jobs: int = 1, ray_address: str | None = None) -> Executor:
+    """The executor for ``--executor KIND --jobs N``."""
+    if kind == "ray":
+        from harness.executors.ray import RayExecutor
+
+        return RayExecutor(ray_address)
+    if kind != "local":
+        raise ExecutorError(f"--executor {kind!r}: choices are {', '.join(EXECUTORS)}")
+    if jobs > 1:
+        from harness.executors.processes import ProcessExecutor
+
+        return ProcessExecutor(jobs)
+    from harness.executors.local import InProcessExecutor
+
+    return InProcessExecutor()

@@ -1,0 +1,126 @@
+"""``--jobs N``: N variants at a time, each in a spawned worker process.
+
+One spawned process per variant rather than a ProcessPoolExecutor: a worker that dies (out of memory,
+a crash in native code) then takes down only its own variant, where a broken pool fails them all.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import multiprocessing.connection
+import os
+import signal
+import threading
+import time
+
+from mlflow.tracking import MlflowClient
+
+from harness.runs import close_lost_run
+from harness.spec import Variant
+from harness.tracking import VariantResult, run_variant
+
+
+def _worker_main(conn, variant: Variant, kwargs: dict) -> None:
+    """A worker process: train one variant and send its VariantResult back through ``conn``."""
+
+    def on_interrupt(signum, frame):  # Ctrl-C, or SIGTERM from a scheduler: close the run KILLED
+        signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not cut the run's closing short
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)  # but the sweep's terminate() still ends a stuck worker
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGINT, on_interrupt)
+    signal.signal(signal.SIGTERM, on_interrupt)
+    parent = os.getppid()
+
+    def watch_parent():  # the sweep was killed (kill -9): stop as after Ctrl-C, closing the run KILLED
+        while os.getppid() == parent:
+            time.sleep(1.0)
+        os.kill(os.getpid(), signal.SIGINT)
+
+    threading.Thread(target=watch_parent, daemon=True).start()
+    try:
+        result = run_variant(variant, **kwargs)
+    except KeyboardInterrupt:
+        result = VariantResult(variant.id, "", "KILLED", {}, "interrupted (Ctrl-C)")
+    except Exception as exc:
+        result = VariantResult(variant.id, "", "FAILED", {}, f"could not start: {type(exc).__name__}: {exc}")
+    try:
+        conn.send(result)
+        conn.close()
+    except OSError:  # the sweep is gone (kill -9); the run is closed all the same
+        pass
+
+
+class ProcessExecutor:
+    name = "processes"
+
+    def __init__(self, jobs: int, grace_s: float = 60.0):
+        self.jobs = jobs
+        self.grace_s = grace_s
+
+    def prepare(self) -> None:
+        pass
+
+    def run(self, variants, train_kwargs: dict, on_result) -> None:
+        """Train ``jobs`` variants at a time, calling ``on_result`` as each one ends.
+
+        On Ctrl-C the running workers close their runs KILLED (they get SIGINT too, or from here), nothing
+        new starts, and KeyboardInterrupt is re-raised once they have stopped.
+        """
+        jobs = self.jobs
+        context = multiprocessing.get_context("spawn")
+        queue = list(variants)
+        running: dict = {}  # receiving end of a worker's pipe -> (process, variant, progress bar row)
+        client = MlflowClient(train_kwargs["uri"])
+        experiment_id, parent_run_id = train_kwargs["experiment_id"], train_kwargs["parent_run_id"]
+        threads = max(1, (os.cpu_count() or 1) // jobs)
+
+        def collect(conn, interrupted: bool) -> None:
+            process, variant, _ = running.pop(conn)
+            try:
+                result = conn.recv()
+            except (EOFError, OSError):
+                result = None
+            conn.close()
+            process.join()
+            if result is None and interrupted:  # stopped by Ctrl-C before it reported (or before it began)
+                run_id = close_lost_run(client, experiment_id, parent_run_id, variant, "KILLED", "interrupted (Ctrl-C)")
+                result = VariantResult(variant.id, run_id, "KILLED", {}, "interrupted (Ctrl-C)") if run_id else None
+            elif result is None:
+                reason = (f"worker process died (exit code {process.exitcode}) before reporting: "
+                          "killed by the OS (out of memory?) or a crash in native code")
+                run_id = close_lost_run(client, experiment_id, parent_run_id, variant, "FAILED", reason)
+                result = VariantResult(variant.id, run_id, "FAILED", {}, reason)
+            if result is not None:
+                on_result(result)
+
+        try:
+            while queue or running:
+                while queue and len(running) < jobs:
+                    variant = queue.pop(0)
+                    receive, send = context.Pipe(duplex=False)
+                    row = min(set(range(1, jobs + 1)) - {r[2] for r in running.values()})  # a free progress bar row
+                    kwargs = dict(train_kwargs, threads=threads, progress_position=row)
+                    process = context.Process(target=_worker_main, args=(send, variant, kwargs), name=f"harness {variant.id}")
+                    process.start()
+                    send.close()  # only the worker's end stays open, so a dead worker reads as EOF
+                    running[receive] = (process, variant, row)
+                for conn in multiprocessing.connection.wait(list(running)):
+                    collect(conn, interrupted=False)
+        except KeyboardInterrupt:
+            deadline = time.monotonic() + self.grace_s
+            for process, *_ in running.values():
+                if process.is_alive():  # Ctrl-C in a terminal reached them already; kill -INT of this process did not
+                    try:
+                        os.kill(process.pid, signal.SIGINT)
+                    except OSError:
+                        pass
+            try:
+                while running and time.monotonic() < deadline:
+                    for conn in multiprocessing.connection.wait(list(running), timeout=max(0.0, deadline - time.monotonic())):
+                        collect(conn, interrupted=True)
+            finally:  # past the grace period, or a second Ctrl-C: stop them now
+                for conn in list(running):
+                    running[conn][0].terminate()
+                    collect(conn, interrupted=True)
+            raise
