@@ -12,11 +12,13 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import torch
 from mlflow.entities import Param
 from mlflow.tracking import MlflowClient
 
 from harness import runs
 from harness.data import DataError, UnknownCharacterError, load_corpus
+from harness.models import build_model, count_parameters
 from harness.executors import make_executor
 from harness.runs import SWEEP_TAG
 from harness.spec import Spec, SpecError, Variant
@@ -33,11 +35,21 @@ DEFAULT_CHECKPOINT_DIR = Path(".harness") / "checkpoints"
 
 
 def estimated_cost(variant: Variant, vocab: int) -> float:
-    """Relative training cost (multiply-adds of a fast-path step x steps), to start the longest first."""
-    model = variant.config.model
-    per_row = vocab if model.kind == "bigram" else vocab * model.hidden_sizes[0] + sum(
-        a * b for a, b in zip(model.hidden_sizes, [*model.hidden_sizes[1:], vocab]))
-    return float(variant.config.train.steps * vocab * per_row)
+    """Relative training cost (multiply-adds of a step x steps), to start the longest first.
+
+    Bigram and FFN take a step over one table of ``vocab`` rows (the fast path); a context model, forward
+    and backward (~3x the forward's multiply-adds) over every position of the batch, counted on an empty
+    (meta) copy of the model.
+    """
+    model, train = variant.config.model, variant.config.train
+    if model.kind == "bigram":
+        return float(train.steps * vocab * vocab)
+    if model.kind == "ffn":
+        per_row = vocab * model.hidden_sizes[0] + sum(a * b for a, b in zip(model.hidden_sizes, [*model.hidden_sizes[1:], vocab]))
+        return float(train.steps * vocab * per_row)
+    with torch.device("meta"):
+        params = count_parameters(build_model(model, vocab, train.context_length))
+    return float(train.steps * 3 * train.batch_size * train.context_length * params)
 
 
 def preflight(variants: list[Variant], data_dir: Path | None) -> dict[str, float]:
