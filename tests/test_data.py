@@ -33,12 +33,36 @@ def test_catalog_files_verify_and_round_trip(data_dir, name):
     assert list(tokenizer.chars) == sorted(tokenizer.chars)
 
 
-def test_shakespeare_vocabulary_matches_the_lecture(data_dir):
-    corpus = load_corpus(DataConfig("tinyshakespeare"), data_dir)
-    # 65 corpus characters; the write-up's digits and punctuation add the ones Shakespeare lacks.
-    assert corpus.tokenizer.vocab_size == len(set(read_text(DataConfig("tinyshakespeare"), data_dir)) | set(EXTRA_CHARS))
-    assert len(corpus.train) + len(corpus.val) == 1115394
-    assert len(corpus.train) == int(0.9 * 1115394)  # split by position, 90/10
+def test_shakespeare_vocabulary_counted_by_hand(data_dir):
+    # Tiny Shakespeare has 65 characters (the lecture's vocab_size): 52 letters, newline, space and
+    # ! $ & ' , - . 3 : ; ?. The write-up's tokenizer adds the 9 other digits and the 22 other ASCII
+    # punctuation marks: 96. data.extra_chars: false is the lecture's 65.
+    assert load_corpus(DataConfig("tinyshakespeare"), data_dir).tokenizer.vocab_size == 96
+    lecture = load_corpus(DataConfig("tinyshakespeare", extra_chars=False), data_dir)
+    assert lecture.tokenizer.vocab_size == 65
+    assert lecture.tokenizer.chars[:13] == "\n !$&',-.3:;?"
+    assert len(lecture.train) + len(lecture.val) == 1115394
+    assert len(lecture.train) == 1003854  # split by position: int(0.9 * 1115394)
+
+
+def test_korean_split_shuffles_whole_rows_so_val_holds_every_topic(data_dir):
+    """ChatbotData.csv is sorted by label: its last 1,183 rows are all label 2. The default split shuffles
+    whole (Q, A) rows with a fixed seed, so val holds all three topics and train and val share no row."""
+    import csv
+
+    rows = list(csv.DictReader(open(data_dir / "ChatbotData.csv", encoding="utf-8")))
+    assert {r["label"].strip() for r in rows[-1183:]} == {"2"}, "the file is sorted by topic"
+    corpus = load_corpus(DataConfig("korean-chatbot"), data_dir)
+    assert DataConfig("korean-chatbot").resolved().split == "shuffled-rows"
+    val_text = corpus.tokenizer.decode(corpus.val.tolist())
+    val_pairs = set(zip(val_text.split("\n")[::2], val_text.split("\n")[1::2]))
+    labels = {r["label"].strip() for r in rows if (r["Q"], r["A"]) in val_pairs}
+    assert labels == {"0", "1", "2"}
+    assert len(val_pairs) >= 1183 - 5  # 10% of 11,823 rows (a few Q/A pairs repeat)
+    again = load_corpus.__wrapped__(DataConfig("korean-chatbot"), data_dir)
+    assert torch.equal(again.val, corpus.val), "the same split every time"
+    by_position = load_corpus(DataConfig("korean-chatbot", split="position"), data_dir)
+    assert not torch.equal(by_position.val[:1000], corpus.val[:1000])
 
 
 def test_korean_text_is_q_then_a_per_row(data_dir):
