@@ -23,6 +23,7 @@ import pandas as pd
 from mlflow.tracking import MlflowClient
 
 from harness import analysis
+from harness.metrics import mlflow_key
 from harness.spec import SEED_KEY, Spec, Variant, variant_id
 
 METRIC_COLUMNS = [
@@ -80,7 +81,7 @@ def runs_table(runs: pd.DataFrame, variants: list[Variant]) -> pd.DataFrame:
         run = best.get(variant.config.config_hash())
         row = {"variant": variant.id, "status": "MISSING" if run is None else run["status"], **variant.axes}
         for metric in METRIC_COLUMNS:
-            row[metric] = run.get(f"metrics.{metric}", float("nan")) if run is not None else float("nan")
+            row[metric] = run.get(f"metrics.{mlflow_key(metric)}", float("nan")) if run is not None else float("nan")
         row["error"] = run.get("tags.error") if run is not None else None
         row["run_id"] = run["run_id"] if run is not None else None
         row["config_hash"] = variant.config.config_hash()
@@ -173,7 +174,7 @@ def metric_histories(client: MlflowClient, run_ids: list[str]) -> dict[str, dict
     for run_id in run_ids:
         histories[run_id] = {}
         for key in HISTORY_KEYS:
-            points = client.get_metric_history(run_id, key)
+            points = client.get_metric_history(run_id, mlflow_key(key))
             frame = pd.DataFrame({"step": [p.step for p in points], "value": [p.value for p in points]})
             histories[run_id][key] = frame.sort_values("step").drop_duplicates("step", keep="last")
     return histories
