@@ -204,7 +204,9 @@ def checkpoint_path(checkpoint_dir: Path, variant: Variant) -> Path:
 
 def wrap(text: str, width: int = WRAP_COLUMNS) -> str:
     """``text`` with lines of at most ``width`` characters; the model's own newlines stay."""
-    return "\n".join("\n".join(textwrap.wrap(line, width, replace_whitespace=False)) or line for line in text.split("\n"))
+    lines = text.split("\n")
+    return "\n".join(line if len(line) <= width else "\n".join(textwrap.wrap(line, width, replace_whitespace=False))
+                     for line in lines)
 
 
 def dataset_name(config: DataConfig) -> str:

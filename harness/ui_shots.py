@@ -212,31 +212,40 @@ def take_shots(base: str, store_uri: str, experiment_name: str, out: Path) -> li
 
     # 4 runs that differ in more than one axis: the first child of each of the first 4 distinct axis-value tuples
     four = _pick_four(children)
+    ml = "workflowType=machine_learning"  # pages opened by address, not by a click, would open in GenAI mode
     with browser_page() as page:
         open_runs_table(page, base, experiment.experiment_id, parent.info.run_name)
         widen_name_column(page)
+        page.mouse.move(5, 5)  # no tooltip over the table
+        page.wait_for_timeout(3000)
         save(page, "runs.png")
 
         page.set_viewport_size({"width": VIEWPORT["width"], "height": 2000})
         view_mode(page, "CHART")
         page.get_by_text("loss/val", exact=True).first.wait_for()
-        page.wait_for_timeout(4000)  # the charts draw after their data arrives
+        page.wait_for_timeout(5000)  # the charts draw after their data arrives
         save(page, "charts.png")
 
         page.set_viewport_size(VIEWPORT)
         view_mode(page, "ARTIFACT")
         hide_runs(page, [parent.info.run_name] + [r.info.run_name for r in children if r not in four])
-        page.wait_for_timeout(4000)
+        page.wait_for_timeout(5000)
         save(page, "compare.png")
 
         ids = json.dumps([r.info.run_id for r in four])
-        page.goto(f"{base}/#/compare-runs?runs={urllib.parse.quote(ids)}&experiments={urllib.parse.quote(json.dumps([experiment.experiment_id]))}")
+        page.set_viewport_size({"width": VIEWPORT["width"], "height": 1800})
+        page.goto(f"{base}/#/compare-runs?runs={urllib.parse.quote(ids)}"
+                  f"&experiments={urllib.parse.quote(json.dumps([experiment.experiment_id]))}&{ml}")
         page.get_by_text(four[0].info.run_name).first.wait_for()
+        visualizations = page.get_by_text("Visualizations", exact=True)
+        if visualizations.count():  # collapsed: the params and metrics tables are what compare is for
+            visualizations.first.click()
         page.wait_for_timeout(3000)
         save(page, "compare-runs.png")
 
         one = four[0]
-        page.goto(f"{base}/#/experiments/{experiment.experiment_id}/runs/{one.info.run_id}")
+        page.set_viewport_size({"width": VIEWPORT["width"], "height": 1400})
+        page.goto(f"{base}/#/experiments/{experiment.experiment_id}/runs/{one.info.run_id}?{ml}")
         page.get_by_text(one.info.run_name).first.wait_for()
         page.wait_for_timeout(4000)
         save(page, "run.png")
@@ -244,10 +253,15 @@ def take_shots(base: str, store_uri: str, experiment_name: str, out: Path) -> li
 
 
 def _pick_four(children: list) -> list:
-    """Up to 4 runs, spread over the grid: alternate the axes' values rather than the first four rows."""
-    ordered = sorted(children, key=lambda r: r.info.run_name)
-    picked = ordered[::max(1, len(ordered) // 4)][:4]
-    return picked or ordered[:4]
+    """4 runs spread over the grid: each next one brings the most name tokens (axis values) not yet shown."""
+    left = sorted(children, key=lambda r: r.info.run_name)
+    picked, seen = [], set()
+    while left and len(picked) < 4:
+        best = max(left, key=lambda r: len(set(r.info.run_name.split()) - seen))
+        picked.append(best)
+        seen |= set(best.info.run_name.split())
+        left.remove(best)
+    return picked
 
 
 def main(argv: list[str] | None = None) -> int:
