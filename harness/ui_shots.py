@@ -10,7 +10,8 @@ playwright drives the system's headless Chromium (no browser download) to save i
 - ``compare-runs.png``: MLflow's compare page of the same 4 runs (params that differ highlighted);
 - ``run.png``: one child run (description, datasets, source, params, metrics).
 
-Needs ``make install-ui`` (playwright) and Debian's ``chromium`` (``apt-get install chromium``).
+Needs ``make install-ui`` (playwright) and Debian's ``chromium`` (``apt-get install chromium``; add
+``fonts-noto-cjk`` for the Korean samples to show as text rather than boxes).
 """
 
 from __future__ import annotations
@@ -226,7 +227,7 @@ def take_shots(base: str, store_uri: str, experiment_name: str, out: Path) -> li
         page.wait_for_timeout(5000)  # the charts draw after their data arrives
         save(page, "charts.png")
 
-        page.set_viewport_size(VIEWPORT)
+        page.set_viewport_size({"width": 2200, "height": VIEWPORT["height"]})  # 4 runs' samples abreast
         view_mode(page, "ARTIFACT")
         hide_runs(page, [parent.info.run_name] + [r.info.run_name for r in children if r not in four])
         page.wait_for_timeout(5000)
@@ -240,6 +241,9 @@ def take_shots(base: str, store_uri: str, experiment_name: str, out: Path) -> li
         visualizations = page.get_by_text("Visualizations", exact=True)
         if visualizations.count():  # collapsed: the params and metrics tables are what compare is for
             visualizations.first.click()
+        diff_only = page.get_by_text("Show diff only", exact=True)
+        if diff_only.count():  # the params that differ: the variants' axes
+            diff_only.first.click()
         page.wait_for_timeout(3000)
         save(page, "compare-runs.png")
 

@@ -72,15 +72,21 @@ def test_named_levels_appear_by_name_and_stay_apart_with_seeds():
 def test_make_builds_its_own_venv_unless_one_is_active():
     if shutil.which("make") is None:
         pytest.skip("make is not installed")
-    env = {k: v for k, v in os.environ.items() if k not in ("VIRTUAL_ENV", "CONDA_PREFIX", "PYTHON", "MAKEFLAGS")}
-    fresh = subprocess.run(["make", "-n", "test", "VENV=.no-such-venv"], cwd=PROJECT_ROOT, env=env,
-                           capture_output=True, text=True, check=True).stdout
-    torch_at, harness_at = fresh.index("torch==2.13.0"), fresh.index('install -e ".[dev]"')
-    assert "-m venv .no-such-venv" in fresh and torch_at < harness_at
-    assert fresh.rstrip().endswith(".no-such-venv/bin/python -m pytest -q")
-    active = subprocess.run(["make", "-n", "test"], cwd=PROJECT_ROOT, env={**env, "VIRTUAL_ENV": "/opt/some-env"},
-                            capture_output=True, text=True, check=True).stdout
-    assert "pip install" not in active and "/opt/some-env/bin/python -m pytest -q" in active
+    ours = ("VIRTUAL_ENV", "CONDA_PREFIX", "PYTHON", "TESTS", "EXTRAS", "VENV", "MAKEOVERRIDES")
+    env = {k: v for k, v in os.environ.items() if k not in ours and not k.startswith("MAKE")}  # also under make test
+
+    def dry_run(*args, **more_env) -> list[str]:
+        done = subprocess.run(["make", "-n", "--no-print-directory", "test", *args], cwd=PROJECT_ROOT,
+                              env={**env, **more_env}, capture_output=True, text=True, check=True)
+        return [line.strip() for line in done.stdout.splitlines()]
+
+    fresh = dry_run("VENV=.no-such-venv")
+    text = "\n".join(fresh)
+    assert "-m venv .no-such-venv" in text
+    assert text.index("torch==2.13.0") < text.index('install -e ".[dev]"')  # torch's CPU wheel first, as CI does
+    assert fresh[-1] == ".no-such-venv/bin/python -m pytest -q"
+    active = dry_run(VIRTUAL_ENV="/opt/some-env")
+    assert "pip install" not in "\n".join(active) and active[-1] == "/opt/some-env/bin/python -m pytest -q"
 
 
 @pytest.mark.slow
