@@ -62,7 +62,7 @@ install: ## install torch (CPU wheel 2.13.0 if none), the harness and its dev to
 install-ui: $(READY) ## the browser client for ui-shots: playwright, driving the system chromium (no download)
 	$(PYTHON) -m pip install -e ".[ui]"
 	@command -v chromium >/dev/null 2>&1 || command -v chromium-browser >/dev/null 2>&1 || \
-	  echo "make: no chromium on the PATH; on Debian/Ubuntu: sudo apt-get install chromium"
+	  echo "make: no chromium on the PATH; on Debian/Ubuntu: sudo apt-get install chromium fonts-noto-cjk (CJK: the Korean samples)"
 
 # -- the work --------------------------------------------------------------------------------------
 ablations: $(READY) ## run the write-up's 8-variant grid (SPEC) into MLflow and results/<name>/
