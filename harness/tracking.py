@@ -18,6 +18,7 @@ import time
 import traceback
 import urllib.error
 import urllib.request
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
@@ -138,7 +139,7 @@ def source_tags() -> dict[str, str]:
                                     timeout=5).stdout.strip()
         except (OSError, subprocess.SubprocessError):
             remote = ""
-        if remote:
+        if remote.startswith(("https://", "http://", "git@")):  # the UI links the commit there; a local path it cannot
             tags["mlflow.source.git.repoURL"] = remote
     try:
         tags["mlflow.user"] = getpass.getuser()
@@ -228,7 +229,9 @@ def dataset_inputs(config: DataConfig, data_dir: Path | None, corpus: Corpus) ->
     if config.dataset in CATALOG:
         source = HTTPDatasetSource(CATALOG[config.dataset].url)
     else:
-        source = resolve_dataset_source(str(Path(config.path).expanduser().resolve()))
+        with warnings.catch_warnings():  # "can be interpreted in multiple ways": two local-file sources, alike
+            warnings.simplefilter("ignore", UserWarning)
+            source = resolve_dataset_source(str(Path(config.path).expanduser().resolve()))
     inputs = []
     for context, tokens in (("train", corpus.train), ("val", corpus.val)):
         meta = MetaDataset(source, name=f"{name}/{context}", digest=sha256[:36])
