@@ -1,46 +1,103 @@
 # nanoko-harness: `make` lists the targets.
-PYTHON ?= python3
+#
+# The interpreter: an active virtual env ($VIRTUAL_ENV) or conda env ($CONDA_PREFIX) is used as it is;
+# otherwise ./.venv, created and installed on first use (torch's CPU wheel first, then the harness with
+# its dev tools) and installed again when pyproject.toml changes. PYTHON=... picks another interpreter.
 SPEC ?= experiments/seed.yaml
 JOBS ?= 2
 ARGS ?=
+TESTS ?=
 PORT ?= 5000
+EXTRAS ?= dev
+TORCH ?= torch==2.13.0
+PYTHON3 ?= python3
+VENV ?= .venv
+comma := ,
+
+ifneq ($(strip $(VIRTUAL_ENV)),)
+ENV_DIR := $(VIRTUAL_ENV)
+else ifneq ($(strip $(CONDA_PREFIX)),)
+ENV_DIR := $(CONDA_PREFIX)
+endif
+
+ifdef ENV_DIR
+PYTHON ?= $(ENV_DIR)/bin/python
+READY := env-check
+else
+PYTHON ?= $(VENV)/bin/python
+# One stamp per set of extras: `make test EXTRAS=dev,ray` installs Ray once, then finds it there.
+READY := $(VENV)/.installed-$(subst $(comma),-,$(EXTRAS))
+endif
 
 .DEFAULT_GOAL := help
-.PHONY: help install ablations smoke test test-all bench report ui server clean
+.PHONY: help install install-ui env-check ablations smoke test bench report ui ui-shots server clean schema
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
-	@echo "  variables: SPEC=$(SPEC) JOBS=$(JOBS) ARGS='key=value ...' (e.g. ARGS=train.steps=500)"
+	@echo "  variables: SPEC=$(SPEC) JOBS=$(JOBS) ARGS='key=value ...' (e.g. ARGS=train.steps=500) EXTRAS=$(EXTRAS)"
+	@echo "  python: $(PYTHON) (an active venv/conda env as it is, else ./$(VENV), made on first use)"
 
-install: ## install torch (CPU wheel 2.13.0 if none), the harness and its dev tools
-	$(PYTHON) -c "import torch" 2>/dev/null || $(PYTHON) -m pip install torch==2.13.0
-	$(PYTHON) -m pip install -e ".[dev]"
+# -- the environment -------------------------------------------------------------------------------
+$(VENV)/bin/python:
+	@$(PYTHON3) -m venv $(VENV) || { rm -rf $(VENV); \
+	  echo "make: '$(PYTHON3) -m venv' failed: this Python lacks the venv module or ensurepip."; \
+	  echo "  On Debian/Ubuntu: sudo apt-get install python3-venv   (or python3.X-venv for your python3 --version)"; \
+	  echo "  Or activate a virtual env or conda env of your own and run make again (it is used as it is)."; \
+	  exit 1; }
 
-ablations: ## run the write-up's 8-variant grid (SPEC) into MLflow and results/<name>/
+$(VENV)/.installed-%: pyproject.toml | $(VENV)/bin/python
+	$(VENV)/bin/python -c "import torch" 2>/dev/null || $(VENV)/bin/python -m pip install $(TORCH)
+	$(VENV)/bin/python -m pip install -e ".[$(EXTRAS)]"
+	@touch $@
+
+env-check:
+	@$(PYTHON) -c "import importlib.util as u, sys; missing = [m for m in ('torch', 'mlflow', 'pytest', 'harness') if u.find_spec(m) is None]; \
+	  missing and sys.exit('make: $(PYTHON) lacks ' + ', '.join(missing) + ': run make install (installs into this env)')"
+
+install: ## install torch (CPU wheel 2.13.0 if none), the harness and its dev tools into $(PYTHON)
+	@test -x $(PYTHON) || $(MAKE) --no-print-directory $(VENV)/bin/python
+	$(PYTHON) -c "import torch" 2>/dev/null || $(PYTHON) -m pip install $(TORCH)
+	$(PYTHON) -m pip install -e ".[$(EXTRAS)]"
+
+install-ui: $(READY) ## the browser client for ui-shots: playwright, driving the system chromium (no download)
+	$(PYTHON) -m pip install -e ".[ui]"
+	@command -v chromium >/dev/null 2>&1 || command -v chromium-browser >/dev/null 2>&1 || \
+	  echo "make: no chromium on the PATH; on Debian/Ubuntu: sudo apt-get install chromium fonts-noto-cjk (CJK: the Korean samples)"
+
+# -- the work --------------------------------------------------------------------------------------
+ablations: $(READY) ## run the write-up's 8-variant grid (SPEC) into MLflow and results/<name>/
 	$(PYTHON) -m harness run $(SPEC) --jobs $(JOBS) $(ARGS)
 
-smoke: ## the same grid at 30 steps: the whole pipeline in seconds
+smoke: $(READY) ## the same grid at 30 steps: the whole pipeline in seconds
 	$(PYTHON) -m harness run experiments/smoke.yaml $(ARGS)
 
-test: ## the test suite (what CI runs)
-	$(PYTHON) -m pytest -q
+test: $(READY) ## the test suite (what CI runs); TESTS='tests/test_x.py -k y' picks some
+	$(PYTHON) -m pytest -q $(TESTS)
 
-bench: ## step speed: the write-up's loop vs the harness loop, and MLflow logging overhead
+bench: $(READY) ## step speed: the write-up's and the lecture's loops vs the harness loop; MLflow logging overhead
 	$(PYTHON) benchmarks/step_speed.py $(ARGS)
+	$(PYTHON) benchmarks/gpt_speed.py
 
-report: ## rebuild results/<name>/ for SPEC from the local MLflow store
+report: $(READY) ## rebuild results/<name>/ for SPEC from the local MLflow store
 	$(PYTHON) -m harness report $(SPEC)
 
-ui: ## the MLflow UI on the local store (http://127.0.0.1:$(PORT))
+ui: $(READY) ## the MLflow UI on the local store; prints the runs table's address
+	@$(PYTHON) -c "from harness.tracking import runs_url, experiment_id_for; from harness.spec import load_spec; \
+	  from mlflow.tracking import MlflowClient; c = MlflowClient('sqlite:///mlflow.db'); \
+	  e = c.get_experiment_by_name(load_spec('$(SPEC)').name); \
+	  print('runs of $(SPEC):', runs_url('http://127.0.0.1:$(PORT)', e.experiment_id) if e else 'none yet (make ablations)')" 2>/dev/null || true
 	$(PYTHON) -m mlflow ui --backend-store-uri sqlite:///mlflow.db --host 127.0.0.1 --port $(PORT)
 
-server: ## a real MLflow tracking server on 127.0.0.1:$(PORT) (SQLite + ./mlartifacts); MLFLOW_TRACKING_URI=http://127.0.0.1:$(PORT)
+ui-shots: $(READY) ## a 300-step sweep in a temporary store, photographed in chromium: results/ui/*.png
+	@$(PYTHON) -c "import playwright" 2>/dev/null || $(MAKE) --no-print-directory install-ui
+	$(PYTHON) -m harness.ui_shots $(ARGS)
+
+server: $(READY) ## a real MLflow tracking server on 127.0.0.1:$(PORT) (SQLite + ./mlartifacts); MLFLOW_TRACKING_URI=http://127.0.0.1:$(PORT)
 	$(PYTHON) -m mlflow server --backend-store-uri sqlite:///mlflow-server.db --artifacts-destination ./mlartifacts --host 127.0.0.1 --port $(PORT)
 
-clean: ## remove caches and checkpoints (keeps mlflow.db and results/)
+clean: ## remove caches and checkpoints (keeps mlflow.db, results/ and .venv)
 	rm -rf .pytest_cache .harness build *.egg-info
-	find . -name __pycache__ -type d -prune -exec rm -rf {} +
+	find . -name __pycache__ -type d -prune -not -path "./$(VENV)/*" -exec rm -rf {} +
 
-.PHONY: schema
-schema: ## regenerate experiments/spec.schema.json (the JSON Schema editors use to check specs)
+schema: $(READY) ## regenerate experiments/spec.schema.json (the JSON Schema editors use to check specs)
 	$(PYTHON) -m harness schema

@@ -1,8 +1,11 @@
 """Metric names, in one place: what the trainer returns, what MLflow shows, what runs.csv calls it.
 
-MLflow groups charts by the prefix before ``/``: the per-step curves go under ``loss/`` and the
-end-of-run numbers under ``final/``, so the chart view shows the curves first and the summaries in a
-section of their own. The CSV columns keep the flat names they always had.
+MLflow groups charts by the prefix before ``/`` and orders the sections alphabetically (its own
+"system" section last): the per-step curves go under ``loss/`` and ``opt/``, the end-of-run numbers
+under ``summary/``, so the chart view shows the curves first and the summaries in a section of their
+own. (``final/`` would sort before ``loss/``.) The summaries are logged at step 0, as MLflow logs a
+metric without a step, so the chart view draws them as one bar per run rather than a lone dot. The
+CSV columns keep the flat names they always had.
 """
 
 from __future__ import annotations
@@ -15,17 +18,19 @@ CURVES = {
     "lr": "opt/lr",
 }
 
+SUMMARY_STEP = 0  # the step the end-of-run numbers are logged at
+
 # end-of-run numbers: trainer key (= runs.csv column) -> MLflow key
 FINALS = {
-    "final_train_loss": "final/train_loss",
-    "final_val_loss": "final/val_loss",
-    "bigram_floor": "final/bigram_floor",
-    "excess_loss": "final/excess_loss",
-    "loss_noise": "final/loss_noise",
-    "eval_tokens": "final/eval_tokens",
-    "train_time_s": "final/train_time_s",
-    "steps_per_s": "final/steps_per_s",
-    "tokens_per_s": "final/tokens_per_s",
+    "final_train_loss": "summary/train_loss",
+    "final_val_loss": "summary/val_loss",
+    "bigram_floor": "summary/bigram_floor",
+    "excess_loss": "summary/excess_loss",
+    "loss_noise": "summary/loss_noise",
+    "eval_tokens": "summary/eval_tokens",
+    "train_time_s": "summary/train_time_s",
+    "steps_per_s": "summary/steps_per_s",
+    "tokens_per_s": "summary/tokens_per_s",
 }
 
 MLFLOW_NAME = {**CURVES, **FINALS}

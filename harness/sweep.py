@@ -19,6 +19,7 @@ from mlflow.tracking import MlflowClient
 from harness import runs
 from harness.data import DataError, UnknownCharacterError, load_corpus
 from harness.models import build_model, count_parameters
+from harness.naming import run_names
 from harness.executors import make_executor
 from harness.runs import SWEEP_TAG
 from harness.spec import Spec, SpecError, Variant
@@ -185,7 +186,8 @@ def run_sweep(
     retrying(lambda: client.log_artifact(parent_id, str(spec.path)))
     outcome = SweepOutcome(parent_id, skipped=skip, elsewhere=elsewhere)
     overall = tqdm(total=len(todo), desc=f"{spec.name}", position=0, disable=not show_progress, unit="variant", dynamic_ncols=True)
-    train_kwargs = dict(experiment_id=experiment_id, parent_run_id=parent_id, data_dir=data_dir, uri=uri,
+    names = run_names({v.id: v.axes for v in variants})  # names of the whole sweep, so that they differ early
+    train_kwargs = dict(experiment_id=experiment_id, parent_run_id=parent_id, data_dir=data_dir, uri=uri, names=names,
                         checkpoint_dir=checkpoint_dir, checkpoint_store=checkpoint_store, show_progress=show_progress,
                         finished_before_ms=parent.info.start_time if force else None)
     if jobs > 1:

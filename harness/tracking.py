@@ -7,29 +7,48 @@ code serves the main process, worker processes and Ray tasks.
 from __future__ import annotations
 
 import functools
+import getpass
+import json
+import logging
 import os
 import platform
 import subprocess
+import textwrap
 import time
 import traceback
 import urllib.error
 import urllib.request
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
 import torch
-from mlflow.entities import Metric, Param, RunTag
+from mlflow.entities import Dataset as DatasetEntity
+from mlflow.entities import DatasetInput, InputTag, Metric, Param, RunTag
 from mlflow.tracking import MlflowClient
 
-from harness.data import load_corpus
+from harness import spec as spec_module
+from harness.data import CATALOG, Corpus, DataConfig, content_sha256, load_corpus
+from harness.metrics import SUMMARY_STEP, mlflow_key
 from harness.models import build_model
+from harness.naming import run_name
 from harness.spec import Variant
 from harness.train import Trainer, pick_device
 
 PARENT_TAG = "mlflow.parentRunId"
 METRICS_PER_BATCH = 1000  # MLflow's limit for one log_batch call
 FLUSH_SECONDS = 15.0
+# MLflow 3 opens an experiment on its GenAI "Overview" unless the UI's workflow type is "machine
+# learning". The UI of 3.17 takes that from ``?workflowType=`` or the browser's last choice; older 3.x
+# UIs read this experiment tag. Both are set: the tag here, the URL by ``runs_url`` (``make ui``).
+EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
+EXPERIMENT_KIND = "custom_model_development"
+SAMPLES_TABLE = "samples.json"
+WRAP_COLUMNS = 100  # samples/*.txt: lines a browser shows without scrolling sideways
+SYSTEM_METRICS_INTERVAL_S = 5.0  # MLflow's MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL wins
+
+log = logging.getLogger(__name__)
 
 
 class TrackingError(Exception):
@@ -75,15 +94,24 @@ def default_artifact_location(uri: str, name: str) -> str | None:
 
 
 def experiment_id_for(client: MlflowClient, name: str) -> str:
+    """The experiment ``name`` (created, or restored if deleted), marked as model training."""
     experiment = client.get_experiment_by_name(name)
     if experiment is not None:
         if experiment.lifecycle_stage == "deleted":
             client.restore_experiment(experiment.experiment_id)
+        if experiment.tags.get(EXPERIMENT_KIND_TAG) != EXPERIMENT_KIND:  # a store from before this tag
+            client.set_experiment_tag(experiment.experiment_id, EXPERIMENT_KIND_TAG, EXPERIMENT_KIND)
         return experiment.experiment_id
     try:
-        return client.create_experiment(name, artifact_location=default_artifact_location(client.tracking_uri, name))
+        return client.create_experiment(name, artifact_location=default_artifact_location(client.tracking_uri, name),
+                                        tags={EXPERIMENT_KIND_TAG: EXPERIMENT_KIND})
     except Exception:  # another process created it first
         return client.get_experiment_by_name(name).experiment_id
+
+
+def runs_url(base_url: str, experiment_id: str) -> str:
+    """The UI page of an experiment's runs table (not the GenAI overview MLflow 3 opens by default)."""
+    return f"{base_url.rstrip('/')}/#/experiments/{experiment_id}/runs?workflowType=machine_learning"
 
 
 @functools.lru_cache(maxsize=1)
@@ -96,6 +124,28 @@ def git_commit() -> str:
         return commit + ("-dirty" if dirty else "")
     except (OSError, subprocess.SubprocessError):
         return "unknown"
+
+
+@functools.lru_cache(maxsize=1)
+def source_tags() -> dict[str, str]:
+    """MLflow's own source tags, so the UI's Source column and run page show the code and its commit."""
+    here = Path(__file__).resolve().parent
+    tags = {"mlflow.source.type": "LOCAL", "mlflow.source.name": str(here)}
+    commit = git_commit()
+    if commit != "unknown":
+        tags["mlflow.source.git.commit"] = commit.removesuffix("-dirty")
+        try:
+            remote = subprocess.run(["git", "remote", "get-url", "origin"], cwd=here, capture_output=True, text=True,
+                                    timeout=5).stdout.strip()
+        except (OSError, subprocess.SubprocessError):
+            remote = ""
+        if remote.startswith(("https://", "http://", "git@")):  # the UI links the commit there; a local path it cannot
+            tags["mlflow.source.git.repoURL"] = remote
+    try:
+        tags["mlflow.user"] = getpass.getuser()
+    except (KeyError, OSError):  # no user name in a bare container
+        pass
+    return tags
 
 
 class BufferedMetrics:
@@ -115,6 +165,8 @@ class BufferedMetrics:
         self.stored_through: dict[str, int] = {}  # key -> last step already in the store (set on resume)
 
     def log(self, key: str, value: float, step: int) -> None:
+        """Log a trainer key (``train_loss``) under its MLflow name (``loss/train``)."""
+        key = mlflow_key(key)
         if step <= self.stored_through.get(key, -1):
             return
         self.pending.append(Metric(key, float(value), int(time.time() * 1000), int(step)))
@@ -151,6 +203,80 @@ def checkpoint_path(checkpoint_dir: Path, variant: Variant) -> Path:
     return checkpoint_dir / f"{variant.config.config_hash()}.pt"
 
 
+def wrap(text: str, width: int = WRAP_COLUMNS) -> str:
+    """``text`` with lines of at most ``width`` characters; the model's own newlines stay."""
+    lines = text.split("\n")
+    return "\n".join(line if len(line) <= width else "\n".join(textwrap.wrap(line, width, replace_whitespace=False))
+                     for line in lines)
+
+
+def dataset_name(config: DataConfig) -> str:
+    return config.dataset if config.dataset in CATALOG else Path(config.path).name
+
+
+def dataset_inputs(config: DataConfig, data_dir: Path | None, corpus: Corpus) -> list[DatasetInput]:
+    """The corpus as two MLflow datasets, ``NAME/train`` and ``NAME/val`` (contexts train and val).
+
+    The digest is the file's sha256 (cut to MLflow's 36 characters; the profile holds all of it). The
+    two splits need names of their own: MLflow keeps one input per (name, digest) and run.
+    """
+    from mlflow.data.dataset_source_registry import resolve_dataset_source
+    from mlflow.data.http_dataset_source import HTTPDatasetSource
+    from mlflow.data.meta_dataset import MetaDataset
+
+    sha256 = content_sha256(config, data_dir)
+    name = dataset_name(config)
+    if config.dataset in CATALOG:
+        source = HTTPDatasetSource(CATALOG[config.dataset].url)
+    else:
+        with warnings.catch_warnings():  # "can be interpreted in multiple ways": two local-file sources, alike
+            warnings.simplefilter("ignore", UserWarning)
+            source = resolve_dataset_source(str(Path(config.path).expanduser().resolve()))
+    inputs = []
+    for context, tokens in (("train", corpus.train), ("val", corpus.val)):
+        meta = MetaDataset(source, name=f"{name}/{context}", digest=sha256[:36])
+        profile = {"sha256": sha256, "split": config.split, "train_fraction": config.train_fraction,
+                   "tokens": len(tokens), "vocab_size": corpus.tokenizer.vocab_size}
+        entity = DatasetEntity(**meta.to_dict(), profile=json.dumps(profile))
+        inputs.append(DatasetInput(entity, tags=[InputTag("mlflow.data.context", context)]))
+    return inputs
+
+
+def note(variant: Variant, name: str) -> str:
+    """The run's description in the UI: what this variant varies, in one line."""
+    varies = ", ".join(f"{key}={value}" for key, value in variant.axes.items()) or "nothing (the base config)"
+    return f"**{name}**: variant `{variant.id}`; varies {varies}. Full config: `config.yaml`."
+
+
+def start_system_metrics(run_id: str, uri: str):
+    """MLflow's CPU/memory (and GPU, with pynvml) monitor on ``run_id``, or None where it cannot run.
+
+    ``MLFLOW_ENABLE_SYSTEM_METRICS_LOGGING=false`` turns it off; MLflow's sampling variables apply.
+    """
+    if os.environ.get("MLFLOW_ENABLE_SYSTEM_METRICS_LOGGING", "true").strip().lower() in ("false", "0", "no"):
+        return None
+    logging.getLogger("mlflow.system_metrics").setLevel(logging.WARNING)  # not four INFO lines per run
+    try:
+        from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
+
+        monitor = SystemMetricsMonitor(run_id, sampling_interval=SYSTEM_METRICS_INTERVAL_S, tracking_uri=uri)
+    except Exception as exc:  # psutil missing, or a monitor that cannot start here: train without it
+        log.warning("no system metrics for run %s: %s", run_id, exc)
+        return None
+    monitor.start()
+    return monitor
+
+
+def stop_system_metrics(monitor) -> None:
+    """Stop the monitor once (the success path stops it before closing the run; ``finally`` makes sure)."""
+    if monitor is not None and not getattr(monitor, "harness_stopped", False):
+        monitor.harness_stopped = True
+        try:
+            monitor.finish()
+        except Exception:  # the run's own outcome matters more than its system metrics
+            pass
+
+
 def run_variant(
     variant: Variant,
     *,
@@ -164,25 +290,33 @@ def run_variant(
     threads: int = 0,
     progress_position: int = 1,
     show_progress: bool = True,
+    names: dict[str, str] | None = None,
 ) -> VariantResult:
     """Train one variant into its own MLflow run; the run ends FINISHED, FAILED (with why) or KILLED.
 
     The run is claimed first (harness/runs.py): a variant FINISHED or live elsewhere comes back SKIPPED
-    with the reason; a stale or KILLED run with a checkpoint is resumed.
+    with the reason; a stale or KILLED run with a checkpoint is resumed. ``names``: the sweep's run names
+    by variant id (``naming.run_names``), so that they differ early; without it the name is made from
+    this variant alone.
     """
     from tqdm.auto import tqdm
 
     from harness import runs
     from harness.checkpoints import checkpoint_store as make_checkpoint_store
 
-    client = MlflowClient(uri or tracking_uri())
+    uri = uri or tracking_uri()
+    client = MlflowClient(uri)
     config = variant.config
+    name = (names or {}).get(variant.id) or run_name(variant)
     tags = {
         "variant": variant.id,
         "config_hash": config.config_hash(),
+        "identity_version": str(getattr(spec_module, "IDENTITY_VERSION", 2)),
         "git_commit": git_commit(),
         "torch_version": torch.__version__,
         "python_version": platform.python_version(),
+        "mlflow.note.content": note(variant, name),
+        **source_tags(),
     }
     if parent_run_id:
         tags[PARENT_TAG] = parent_run_id
@@ -191,7 +325,7 @@ def run_variant(
 
     def create_run() -> str:
         claim_tags = {**tags, **runs.owner_tags(), runs.CLAIM_TAG: "pending"}
-        return retrying(lambda: client.create_run(experiment_id, run_name=variant.id, tags=claim_tags)).info.run_id
+        return retrying(lambda: client.create_run(experiment_id, run_name=name, tags=claim_tags)).info.run_id
 
     # Resume only from the run's own checkpoint: restarting at step 0 inside a run that already holds
     # metrics would log its steps twice, so without one a stale run is closed and a new one started.
@@ -205,7 +339,9 @@ def run_variant(
 
     metrics = BufferedMetrics(client, run_id, auto_flush=store is None)
     bar = None
+    monitor = None
     try:  # from here on, whatever happens (Ctrl-C during setup included) closes the run
+        monitor = start_system_metrics(run_id, uri)
         if saved is None:
             params = [Param(k, _param_value(v)) for k, v in config.flat().items()]
             retrying(lambda: client.log_batch(run_id, params=params))
@@ -216,6 +352,9 @@ def run_variant(
             torch.set_num_threads(config.train.threads)
         device = pick_device(config.train.device)
         corpus = load_corpus(config.data, data_dir)
+        if saved is None:
+            inputs = dataset_inputs(config.data, data_dir, corpus)
+            retrying(lambda: client.log_inputs(run_id, datasets=inputs))
         torch.manual_seed(config.train.seed)
         model = build_model(config.model, corpus.tokenizer.vocab_size, config.train.context_length)
         trainer = Trainer(model, corpus, config.train, device)
@@ -230,9 +369,11 @@ def run_variant(
             retrying(lambda: client.set_tag(run_id, "resumed_from_step", str(resumed_from)))
         if resumed_from == 0:
             before = trainer.sample(corpus.tokenizer, config.sample.prompt, config.sample.max_new_tokens)
-            retrying(lambda: client.log_text(run_id, before, "samples/before.txt"))
+            retrying(lambda: client.log_text(run_id, wrap(before), "samples/before.txt"))
+        else:  # sampled by the run's first process; the wrapped text is what is left of it
+            before = _read_artifact(client, run_id, "samples/before.txt")
 
-        bar = tqdm(total=config.train.steps, initial=resumed_from, desc=variant.id, position=progress_position,
+        bar = tqdm(total=config.train.steps, initial=resumed_from, desc=name, position=progress_position,
                    leave=False, disable=not show_progress, dynamic_ncols=True, unit="step")
 
         def on_progress(done: int, train_loss: float) -> None:
@@ -245,24 +386,44 @@ def run_variant(
 
         final = trainer.run(metrics, on_progress, on_checkpoint if store is not None else None)
         after = trainer.sample(corpus.tokenizer, config.sample.prompt, config.sample.max_new_tokens)
-        retrying(lambda: client.log_text(run_id, after, "samples/after.txt"))
-        metrics.log_dict(final, config.train.steps)
+        retrying(lambda: client.log_text(run_id, wrap(after), "samples/after.txt"))
+        # One row per run. The experiment page's artifact view pivots the runs' tables: grouped by its
+        # first column (the prompt, the same in every run) and comparing the second, it lays the runs'
+        # samples side by side.
+        row = {"prompt": [config.sample.prompt], "after": [after], "before": [before], "variant": [variant.id]}
+        retrying(lambda: client.log_table(run_id, data=row, artifact_file=SAMPLES_TABLE))
+        metrics.log_dict(final, SUMMARY_STEP)
         metrics.flush()
+        stop_system_metrics(monitor)
         retrying(lambda: client.set_terminated(run_id, status="FINISHED"))
         if store is not None:
             store.discard(run_id, variant)
         return VariantResult(variant.id, run_id, "FINISHED", final)
     except KeyboardInterrupt:
+        stop_system_metrics(monitor)
         _close(client, metrics, run_id, "KILLED", "interrupted (Ctrl-C)", None)
         raise
     except Exception as exc:
+        stop_system_metrics(monitor)
         reason = f"{type(exc).__name__}: {exc}"
         _close(client, metrics, run_id, "FAILED", reason, traceback.format_exc())
         return VariantResult(variant.id, run_id, "FAILED", {}, reason)
     finally:
+        stop_system_metrics(monitor)
         heartbeat.stop()
         if bar is not None:
             bar.close()
+
+
+def _read_artifact(client: MlflowClient, run_id: str, path: str) -> str:
+    """A text artifact of ``run_id``, or '' when it is missing."""
+    import tempfile
+
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            return Path(retrying(lambda: client.download_artifacts(run_id, path, tmp))).read_text(encoding="utf-8")
+    except Exception:
+        return ""
 
 
 def _stored_through(client: MlflowClient, run_id: str) -> dict[str, int]:

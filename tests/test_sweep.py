@@ -1,13 +1,23 @@
-"""A smoke sweep end to end: spec -> 8 variants -> a real SQLite MLflow store -> runs.csv."""
+"""A smoke sweep end to end: spec -> 8 variants -> a real SQLite MLflow store -> runs.csv.
+
+The store is also read as the MLflow UI reads it (REST-level, through MlflowClient): run names, metric
+sections, datasets, MLflow's own tags, system metrics and the samples table.
+"""
 
 from __future__ import annotations
+
+import json
 
 import pandas as pd
 import pytest
 from mlflow.tracking import MlflowClient
 
 from harness.cli import main
-from harness.tracking import PARENT_TAG
+from harness.data import CATALOG
+from harness.metrics import CURVES, FINALS, SUMMARY_STEP, mlflow_key
+from harness.naming import DISTINCT_CHARS, run_names
+from harness.spec import expand, load_spec
+from harness.tracking import EXPERIMENT_KIND, EXPERIMENT_KIND_TAG, PARENT_TAG, SAMPLES_TABLE, wrap
 
 from conftest import EXPERIMENTS, shrink_args
 
@@ -25,6 +35,7 @@ def smoke_sweep(data_dir, tmp_path_factory):
     uri = f"sqlite:///{root / 'mlflow.db'}"
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("MLFLOW_TRACKING_URI", uri)
+        patch.setenv("MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL", "0.2")  # a few samples even in a 1-second run
         patch.chdir(root)
         printed = io.StringIO()
         with contextlib.redirect_stdout(printed):
@@ -42,6 +53,10 @@ def in_sweep_store(smoke_sweep, monkeypatch):
     return smoke_sweep
 
 
+def children_of(client, experiment_id):
+    return [r for r in client.search_runs([experiment_id]) if PARENT_TAG in r.data.tags]
+
+
 def test_smoke_sweep_logs_every_variant_as_a_closed_child_run(smoke_sweep):
     client, experiment_id, _, _ = smoke_sweep
     runs = client.search_runs([experiment_id])
@@ -50,7 +65,6 @@ def test_smoke_sweep_logs_every_variant_as_a_closed_child_run(smoke_sweep):
     assert len(parents) == 1 and parents[0].info.status == "FINISHED"
     assert len(children) == 8
     assert {r.data.tags[PARENT_TAG] for r in children} == {parents[0].info.run_id}
-    assert {r.info.run_name for r in children} == {r.data.tags["variant"] for r in children}
     for run in children:
         assert run.info.status == "FINISHED"
         params, tags, metrics = run.data.params, run.data.tags, run.data.metrics
@@ -59,15 +73,93 @@ def test_smoke_sweep_logs_every_variant_as_a_closed_child_run(smoke_sweep):
         for tag in ("variant", "config_hash", "git_commit", "device", "torch_version"):
             assert tags[tag]
         for metric in ("final_train_loss", "final_val_loss", "train_time_s", "tokens_per_s", "bigram_floor", "excess_loss"):
-            assert metric in metrics
-        history = client.get_metric_history(run.info.run_id, "train_loss")
+            assert mlflow_key(metric) in metrics
+        history = client.get_metric_history(run.info.run_id, "loss/train")
         assert [m.step for m in sorted(history, key=lambda m: m.step)] == [0, 10, 20, 30, 40]
-        assert len(client.get_metric_history(run.info.run_id, "val_loss")) == 5
-        assert len(client.get_metric_history(run.info.run_id, "batch_loss")) == 40
+        assert len(client.get_metric_history(run.info.run_id, "loss/val")) == 5
+        assert len(client.get_metric_history(run.info.run_id, "loss/batch")) == 40
         artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
-        assert {"config.yaml", "samples"} <= artifacts
+        assert {"config.yaml", "samples", SAMPLES_TABLE} <= artifacts
         samples = {a.path for a in client.list_artifacts(run.info.run_id, "samples")}
         assert samples == {"samples/before.txt", "samples/after.txt"}
+
+
+def test_run_names_are_short_distinct_early_and_the_full_id_stays_in_a_tag(smoke_sweep):
+    client, experiment_id, _, _ = smoke_sweep
+    children = children_of(client, experiment_id)
+    variants = expand(load_spec(SMOKE))
+    assert {r.data.tags["variant"]: r.info.run_name for r in children} == run_names({v.id: v.axes for v in variants})
+    heads = {r.info.run_name[:DISTINCT_CHARS] for r in children}
+    assert len(heads) == 8
+    assert "ffn b128 korean" in {r.info.run_name for r in children}
+
+
+def test_metrics_fall_in_sections_curves_before_summaries(smoke_sweep):
+    client, experiment_id, _, _ = smoke_sweep
+    for run in children_of(client, experiment_id):
+        keys = set(run.data.metrics)
+        sections = {key.split("/")[0] for key in keys}
+        assert sections <= {"loss", "opt", "summary", "system"}, sections
+        assert "loss" < "opt" < "summary"  # MLflow orders sections by name: the curves come first
+        assert {mlflow_key(k) for k in FINALS if mlflow_key(k) in keys} >= {"summary/val_loss", "summary/train_loss"}
+        # summaries sit at step 0, as MLflow's single-value metrics do: the chart view draws them as bars
+        assert {m.step for m in client.get_metric_history(run.info.run_id, "summary/val_loss")} == {SUMMARY_STEP}
+        assert not any(key in keys for key in (*CURVES, *FINALS))  # no flat trainer key leaks into MLflow
+
+
+def test_system_metrics_go_on_every_child_run(smoke_sweep):
+    client, experiment_id, _, _ = smoke_sweep
+    for run in children_of(client, experiment_id):
+        keys = set(run.data.metrics)
+        assert {"system/cpu_utilization_percentage", "system/system_memory_usage_megabytes"} <= keys, run.info.run_name
+
+
+def test_corpora_are_mlflow_datasets_with_their_sha256(smoke_sweep):
+    client, experiment_id, _, _ = smoke_sweep
+    for run in children_of(client, experiment_id):
+        dataset = run.data.params["data.dataset"]
+        inputs = {i.dataset.name: i for i in run.inputs.dataset_inputs}
+        assert set(inputs) == {f"{dataset}/train", f"{dataset}/val"}
+        for context in ("train", "val"):
+            entry = inputs[f"{dataset}/{context}"]
+            assert [(t.key, t.value) for t in entry.tags] == [("mlflow.data.context", context)]
+            assert entry.dataset.digest == CATALOG[dataset].sha256[:36]
+            assert json.loads(entry.dataset.profile)["sha256"] == CATALOG[dataset].sha256
+            assert CATALOG[dataset].url in entry.dataset.source
+
+
+def test_mlflow_conventions_source_note_and_experiment_kind(smoke_sweep):
+    client, experiment_id, _, _ = smoke_sweep
+    assert client.get_experiment(experiment_id).tags[EXPERIMENT_KIND_TAG] == EXPERIMENT_KIND
+    for run in children_of(client, experiment_id):
+        tags = run.data.tags
+        assert tags["identity_version"] == "2"
+        assert tags["mlflow.source.name"].endswith("harness") and tags["mlflow.source.type"] == "LOCAL"
+        if tags["git_commit"] != "unknown":
+            assert tags["git_commit"].startswith(tags["mlflow.source.git.commit"])
+        assert tags["variant"] in tags["mlflow.note.content"] and run.info.run_name in tags["mlflow.note.content"]
+
+
+def test_samples_table_has_one_row_per_run_and_the_text_files_are_wrapped(smoke_sweep, tmp_path):
+    client, experiment_id, _, _ = smoke_sweep
+    for run in children_of(client, experiment_id):
+        run_id = run.info.run_id
+        table = json.load(open(client.download_artifacts(run_id, SAMPLES_TABLE, str(tmp_path)), encoding="utf-8"))
+        rows = [dict(zip(table["columns"], row)) for row in table["data"]]
+        assert table["columns"] == ["prompt", "after", "before", "variant"] and len(rows) == 1
+        assert rows[0]["variant"] == run.data.tags["variant"] and rows[0]["prompt"] == " "
+        for name in ("before", "after"):
+            text = open(client.download_artifacts(run_id, f"samples/{name}.txt", str(tmp_path)), encoding="utf-8").read()
+            assert text == wrap(rows[0][name])
+
+
+def test_wrap_keeps_the_models_newlines_and_cuts_long_lines():
+    text = "x" * 250 + "\n\nshort line\n" + "word " * 30
+    wrapped = wrap(text, 100)
+    assert all(len(line) <= 100 for line in wrapped.split("\n"))
+    assert wrapped.split("\n")[:5] == ["x" * 100, "x" * 100, "x" * 50, "", "short line"]
+    assert wrapped.split() == text.split() or "".join(wrapped.split()) == "".join(text.split())
+    assert wrap("a line  \n  ", 100) == "a line  \n  "  # short lines stay exactly as sampled
 
 
 def test_samples_and_config_artifacts_are_readable(smoke_sweep, tmp_path):
@@ -92,7 +184,7 @@ def test_runs_csv_has_one_row_per_variant_and_the_axes(smoke_sweep):
     assert set(table["train.batch_size"]) == {32, 128}
     assert table["final_val_loss"].notna().all()
     for row in table.itertuples():
-        assert client.get_run(row.run_id).data.metrics["final_val_loss"] == pytest.approx(row.final_val_loss)
+        assert client.get_run(row.run_id).data.metrics["summary/val_loss"] == pytest.approx(row.final_val_loss)
     assert "wrote" in out and "final_train_loss" in out
 
 
