@@ -9,6 +9,7 @@ ARGS ?=
 TESTS ?=
 PORT ?= 5000
 EXTRAS ?= dev
+TEST_EXTRAS ?= dev,ray,ui
 TORCH ?= torch==2.13.0
 PYTHON3 ?= python3
 VENV ?= .venv
@@ -23,10 +24,13 @@ endif
 ifdef ENV_DIR
 PYTHON ?= $(ENV_DIR)/bin/python
 READY := env-check
+TEST_READY := env-check
 else
 PYTHON ?= $(VENV)/bin/python
 # One stamp per set of extras: `make test EXTRAS=dev,ray` installs Ray once, then finds it there.
 READY := $(VENV)/.installed-$(subst $(comma),-,$(EXTRAS))
+# The tests need Ray (tests/test_ray.py) and playwright (tests/test_ui.py) too.
+TEST_READY := $(VENV)/.installed-$(subst $(comma),-,$(TEST_EXTRAS))
 endif
 
 .DEFAULT_GOAL := help
@@ -47,7 +51,7 @@ $(VENV)/bin/python:
 
 $(VENV)/.installed-%: pyproject.toml | $(VENV)/bin/python
 	$(VENV)/bin/python -c "import torch" 2>/dev/null || $(VENV)/bin/python -m pip install $(TORCH)
-	$(VENV)/bin/python -m pip install -e ".[$(EXTRAS)]"
+	$(VENV)/bin/python -m pip install -e ".[$(subst -,$(comma),$*)]"
 	@touch $@
 
 env-check:
@@ -71,7 +75,7 @@ ablations: $(READY) ## run the write-up's 8-variant grid (SPEC) into MLflow and 
 smoke: $(READY) ## the same grid at 30 steps: the whole pipeline in seconds
 	$(PYTHON) -m harness run experiments/smoke.yaml $(ARGS)
 
-test: $(READY) ## the test suite (what CI runs); TESTS='tests/test_x.py -k y' picks some
+test: $(TEST_READY) ## the test suite (what CI runs); TESTS='tests/test_x.py -k y' picks some
 	$(PYTHON) -m pytest -q $(TESTS)
 
 bench: $(READY) ## step speed: the write-up's and the lecture's loops vs the harness loop; MLflow logging overhead
