@@ -72,7 +72,7 @@ def test_named_levels_appear_by_name_and_stay_apart_with_seeds():
 def test_make_builds_its_own_venv_unless_one_is_active():
     if shutil.which("make") is None:
         pytest.skip("make is not installed")
-    ours = ("VIRTUAL_ENV", "CONDA_PREFIX", "PYTHON", "TESTS", "EXTRAS", "VENV", "MAKEOVERRIDES")
+    ours = ("VIRTUAL_ENV", "CONDA_PREFIX", "PYTHON", "TESTS", "EXTRAS", "TEST_EXTRAS", "VENV", "MAKEOVERRIDES")
     env = {k: v for k, v in os.environ.items() if k not in ours and not k.startswith("MAKE")}  # also under make test
 
     def dry_run(*args, **more_env) -> list[str]:
@@ -83,7 +83,8 @@ def test_make_builds_its_own_venv_unless_one_is_active():
     fresh = dry_run("VENV=.no-such-venv")
     text = "\n".join(fresh)
     assert "-m venv .no-such-venv" in text
-    assert text.index("torch==2.13.0") < text.index('install -e ".[dev]"')  # torch's CPU wheel first, as CI does
+    # torch's CPU wheel first, then the harness with what the tests need (Ray, playwright)
+    assert text.index("torch==2.13.0") < text.index('install -e ".[dev,ray,ui]"')
     assert fresh[-1] == ".no-such-venv/bin/python -m pytest -q"
     active = dry_run(VIRTUAL_ENV="/opt/some-env")
     assert "pip install" not in "\n".join(active) and active[-1] == "/opt/some-env/bin/python -m pytest -q"
