@@ -108,7 +108,7 @@ def display_uri(uri: str) -> str:
     for scheme in ("sqlite:///", "file://", ""):
         if uri.startswith(scheme) and (scheme or "://" not in uri):
             shown = display_path(uri[len(scheme):])
-            return "a local store outside the project" if shown.startswith(".../") else f"`{scheme}{shown}`"
+            return "(a local store outside the project)" if shown.startswith(".../") else f"`{scheme}{shown}`"
     return f"`{uri}`"
 
 
