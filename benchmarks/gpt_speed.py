@@ -260,7 +260,8 @@ def main(argv: list[str] | None = None) -> pd.DataFrame:
     device = pick_device(args.device)
     if device.type == "cpu" and args.threads:
         torch.set_num_threads(args.threads)
-    corpus = load_corpus(DataConfig("tinyshakespeare").resolved(), resolve_data_dir(args.data_dir))
+    # the lecture's vocabulary: the corpus's 65 characters
+    corpus = load_corpus(DataConfig("tinyshakespeare", extra_chars=False).resolved(), resolve_data_dir(args.data_dir))
     rows = [r for r in ROWS if (r.name in args.rows if args.rows else (r.cpu or device.type == "cuda"))]
     results = []
     for row in rows:

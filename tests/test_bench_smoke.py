@@ -78,3 +78,19 @@ def test_rows_filter(bench):
     assert len(bench.select_rows(None)) == 8
     with pytest.raises(SystemExit):
         bench.select_rows(["korean,ffn"])
+
+
+def test_gpt_bench_runs_both_loops_from_the_same_weights_and_agrees(shakespeare_dir, tmp_path):
+    """benchmarks/gpt_speed.py: the lecture's modules and the harness GPT, same weights and batches, fp32."""
+    path = BENCH.parent / "gpt_speed.py"
+    spec = importlib.util.spec_from_file_location("gpt_speed", path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    out = tmp_path / "gpt_speed.csv"
+    module.main(["--steps", "8", "--warmup", "2", "--compare-steps", "8", "--rows", "ladder", "--out", str(out),
+                 *(["--data-dir", str(shakespeare_dir)] if shakespeare_dir else [])])
+    (row,) = pd.read_csv(out).to_dict("records")
+    assert row["row"] == "ladder" and row["params"] == 42_369  # the lecture's model at 0016836 has 42,369 (V = 65)
+    assert row["max_loss_diff"] < 1e-4
+    assert row["plain_steps_per_s"] > 0 and row["harness_steps_per_s"] > 0
