@@ -9,7 +9,8 @@ Rows (``--rows``; all three on a GPU, the first two on a CPU):
 
 The plain loop is the lecture's code (karpathy/ng-video-lecture v2.py @0016836, MIT) written out below: one
 ``Head`` module per head with its own key/query/value, a tril mask and softmax, ``torch.cat`` of the heads,
-batches stacked from a Python list, ``zero_grad`` and plain ``torch.optim.AdamW``. The harness loop is what
+trained by the lecture's loop (``step_speed.reference_loop``: batches stacked from a Python list, ``zero_grad``,
+plain ``torch.optim.AdamW``). The harness loop is what
 ``Trainer.run`` does per step (``sample_starts``, ``step_loss``, grads to None, backward, fused AdamW) without
 its evaluations. Both start from the same weights (the harness model's, copied head by head into the lecture's
 modules) and draw the same window starts, with dropout 0, so their per-step fp32 losses must agree: the first
@@ -44,7 +45,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from harness.data import DataConfig, load_corpus, resolve_data_dir  # noqa: E402
 from harness.models import ModelConfig, build_model, count_parameters  # noqa: E402
 from harness.train import TrainConfig, Trainer, pick_device  # noqa: E402
-from step_speed import StepClock, harness_loop, max_abs_diff, synchronize  # noqa: E402
+from step_speed import harness_loop, max_abs_diff, reference_loop, synchronize  # noqa: E402
 
 SEED = 1337
 LR = 1e-3
@@ -159,26 +160,6 @@ def copy_weights(ours, lecture: LectureGPT) -> None:
     lecture.lm_head.load_state_dict(ours.lm_head.state_dict())
 
 
-def lecture_loop(model, data: torch.Tensor, batch_size: int, block_size: int, lr: float, steps: int, warmup: int,
-                 device: torch.device):
-    """The lecture's training loop as written (batches stacked from a list, zero_grad, plain AdamW)."""
-    optimizer = torch.optim.AdamW(model.parameters(), lr=lr)
-    g = torch.Generator(device).manual_seed(SEED)
-    losses = torch.zeros(steps, device=device)
-    clock = StepClock(device, warmup)
-    for step in range(steps):
-        clock.at_step(step)
-        ix = torch.randint(len(data) - block_size, (batch_size,), generator=g, device=device)
-        x = torch.stack([data[i : i + block_size] for i in ix])
-        y = torch.stack([data[i + 1 : i + block_size + 1] for i in ix])
-        logits, loss = model(x, y)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        losses[step] = loss.detach()
-    return losses, clock.steps_per_s(steps)
-
-
 # -- rows -----------------------------------------------------------------------------------------------
 
 
@@ -212,7 +193,8 @@ def bench_row(row: GPTRow, corpus, device: torch.device, args) -> dict:
     copy_weights(trainer.model, lecture)
 
     compare = min(args.compare_steps, steps)
-    plain_losses, plain_speed = lecture_loop(lecture, data, row.batch_size, row.context_length, row.lr, steps, warmup, device)
+    plain_losses, plain_speed = reference_loop(lecture, data, row.batch_size, steps, warmup, device,
+                                               block_size=row.context_length, lr=row.lr)
     losses, speed = harness_loop(trainer, steps, warmup)
     n_params = count_parameters(trainer.model) - trainer.model.wpe.weight.numel()
     result = {
