@@ -134,8 +134,9 @@ def test_diverging_variant_fails_with_reason_and_the_others_finish(tmp_path, mlf
     assert {lr: r.info.status for lr, r in by_lr.items()} == {1e-3: "FINISHED", 1e6: "FAILED", 2e-3: "FINISHED"}
     reason = by_lr[1e6].data.tags["error"]
     assert "DivergedError" in reason and "lower train.lr" in reason
-    assert "lr=1.0e6" in err and "DivergedError" in err  # the CLI says which variant failed and why
-    assert "final_train_loss" in by_lr[2e-3].data.metrics
+    # the CLI says which variant failed and why (ids show the typed value: 1.0e6 is the number 1000000.0)
+    assert "FAILED lr=1000000.0: DivergedError" in err
+    assert "summary/train_loss" in by_lr[2e-3].data.metrics
 
 
 def test_exception_in_one_variant_does_not_stop_the_others(tmp_path, mlflow_store, data_dir, monkeypatch):
