@@ -68,11 +68,12 @@ def _trainer(variant, data_dir) -> Trainer:
 
 @pytest.mark.parametrize("kind", ["bigram", "ffn"])
 def test_trainer_resumed_from_a_checkpoint_matches_an_uninterrupted_run(tmp_path, data_dir, kind):
+    model = "{kind: ffn, hidden_sizes: [32]}" if kind == "ffn" else "{kind: bigram}"  # hidden_sizes is an ffn key
     spec = _write(tmp_path, f"""
         name: unit
         base:
           data: {{dataset: tinyshakespeare}}
-          model: {{kind: {kind}, hidden_sizes: [32]}}
+          model: {model}
           train: {{steps: 60, eval_interval: 10, checkpoint_interval: 20, device: cpu}}
     """)
     variant = expand(load_spec(spec))[0]
