@@ -260,6 +260,7 @@ def start_system_metrics(run_id: str, uri: str):
         from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
 
         monitor = SystemMetricsMonitor(run_id, sampling_interval=SYSTEM_METRICS_INTERVAL_S, tracking_uri=uri)
+        monitor.harness_first_step = monitor._logging_step  # to tell, at the end, whether it logged anything
     except Exception as exc:  # psutil missing, or a monitor that cannot start here: train without it
         log.warning("no system metrics for run %s: %s", run_id, exc)
         return None
@@ -268,13 +269,21 @@ def start_system_metrics(run_id: str, uri: str):
 
 
 def stop_system_metrics(monitor) -> None:
-    """Stop the monitor once (the success path stops it before closing the run; ``finally`` makes sure)."""
-    if monitor is not None and not getattr(monitor, "harness_stopped", False):
-        monitor.harness_stopped = True
-        try:
-            monitor.finish()
-        except Exception:  # the run's own outcome matters more than its system metrics
-            pass
+    """Stop the monitor once (the success path stops it before closing the run; ``finally`` makes sure).
+
+    A run shorter than one sampling interval would end with no sample at all: it gets one, taken now.
+    """
+    if monitor is None or getattr(monitor, "harness_stopped", False):
+        return
+    monitor.harness_stopped = True
+    try:
+        monitor.finish()
+        if monitor._logging_step == monitor.harness_first_step:  # nothing was published while it ran
+            monitor.collect_metrics()
+            monitor.publish_metrics(monitor.aggregate_metrics())
+            monitor.mlflow_logger.flush()
+    except Exception:  # the run's own outcome matters more than its system metrics
+        pass
 
 
 def run_variant(

@@ -117,7 +117,7 @@ def test_every_variant_runs_as_a_ray_task_into_one_store(ray_cluster, tmp_path, 
         assert run.data.tags["executor"] == "ray" and run.data.tags["ray_node_id"]
         assert run.data.tags["ray_node_ip"] == "127.0.0.1", "the test's Ray stays on loopback"
         assert run.data.tags["mlflow.parentRunId"] == parent.info.run_id
-        assert "final_train_loss" in run.data.metrics
+        assert "summary/train_loss" in run.data.metrics
     assert "finished 2, skipped 0, failed 0" in proc.stdout
 
     again = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)

@@ -88,8 +88,8 @@ def test_smoke_grid_against_a_real_tracking_server(server, tmp_path, data_dir):
     for run in children:
         assert run.data.tags["mlflow.parentRunId"] == parent.info.run_id
         assert run.data.params["train.steps"] == "20"
-        assert {"final_train_loss", "final_val_loss", "train_loss", "val_loss", "batch_loss"} <= set(run.data.metrics)
-        assert [m.step for m in client.get_metric_history(run.info.run_id, "train_loss")] == [0, 10, 20]
+        assert {"summary/train_loss", "summary/val_loss", "loss/train", "loss/val", "loss/batch"} <= set(run.data.metrics)
+        assert [m.step for m in client.get_metric_history(run.info.run_id, "loss/train")] == [0, 10, 20]
         names = {a.path for a in client.list_artifacts(run.info.run_id)}
         names |= {a.path for a in client.list_artifacts(run.info.run_id, "samples")}
         assert {"config.yaml", "samples/before.txt", "samples/after.txt"} <= names
