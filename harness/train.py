@@ -265,6 +265,7 @@ def bigram_floor(counts: torch.Tensor) -> float:
     return float(-(counts[nz] * conditional.log()).sum() / counts.sum())
 
 
+@torch.no_grad()
 def exact_loss(model: CharLanguageModel, counts: torch.Tensor) -> float:
     """The mean next-token loss over every position of a split, from its pair counts."""
     table = model.logits_table().float()
