@@ -29,6 +29,7 @@ from harness.tracking import (
     experiment_id_for,
     git_commit,
     retrying,
+    source_tags,
     tracking_uri,
 )
 
@@ -171,8 +172,7 @@ def run_sweep(
         SWEEP_TAG: "true", "spec": str(spec.path), "command": command, "git_commit": commit,
         "variants": str(len(variants)), "skipped": str(len(skip)),
         runs.NOTE_TAG: parent_note(command, overrides, spec.seeds),
-        "mlflow.source.name": str(spec.path), "mlflow.source.type": "LOCAL",
-        **({"mlflow.source.git.commit": commit.removesuffix("-dirty")} if commit != "unknown" else {}),
+        **source_tags(), "mlflow.source.name": str(spec.path),  # a sweep's source is its spec
         **runs.owner_tags(),
     }
     parent = retrying(lambda: client.create_run(experiment_id, run_name=f"{spec.name} sweep", tags=tags))
