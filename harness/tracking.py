@@ -199,10 +199,6 @@ class VariantResult:
     error: str | None = None
 
 
-def checkpoint_path(checkpoint_dir: Path, variant: Variant) -> Path:
-    return checkpoint_dir / f"{variant.config.config_hash()}.pt"
-
-
 def wrap(text: str, width: int = WRAP_COLUMNS) -> str:
     """``text`` with lines of at most ``width`` characters; the model's own newlines stay."""
     lines = text.split("\n")

@@ -20,7 +20,7 @@ from mlflow.tracking import MlflowClient
 from harness.cli import main
 from harness.executors.ray import absolute_uri, wants_gpu
 from harness.spec import expand, load_spec
-from harness.tracking import checkpoint_path
+from harness.checkpoints import LocalCheckpoints
 
 # Before Ray is imported: keep the test's Ray instance (and the sweeps that join it) on 127.0.0.1. On Linux
 # Ray otherwise binds to this machine's network address, and resolves even _node_ip_address="127.0.0.1" to it.
@@ -134,7 +134,7 @@ def test_ctrl_c_cancels_ray_tasks_and_their_runs_end_killed(ray_cluster, tmp_pat
                             start_new_session=True)
     try:
         deadline = time.monotonic() + 600
-        while not any(checkpoint_path(tmp_path / "ckpt", v).exists() for v in variants):  # a task is training
+        while not any(LocalCheckpoints(tmp_path / "ckpt").path(v).exists() for v in variants):  # a task is training
             assert proc.poll() is None and time.monotonic() < deadline, proc.stdout.read() if proc.poll() is not None else "timeout"
             time.sleep(0.05)
         os.killpg(proc.pid, signal.SIGINT)  # reaches the driver only: the tasks run in the cluster's workers

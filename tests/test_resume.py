@@ -24,9 +24,9 @@ from harness.data import load_corpus
 from harness.models import build_model
 from harness.spec import expand, load_spec
 from harness import runs
-from harness.checkpoints import LocalCheckpoints
 from harness.sweep import plan_sweep, run_sweep
-from harness.tracking import checkpoint_path, experiment_id_for, run_variant
+from harness.checkpoints import LocalCheckpoints
+from harness.tracking import experiment_id_for, run_variant
 from harness.train import CheckpointError, Trainer, load_checkpoint, save_checkpoint
 
 # Tiny Shakespeare bigram: thousands of steps a second, so a kill lands mid-run with time to spare.
@@ -255,7 +255,7 @@ def test_kill_9_mid_run_then_rerun_resumes_in_the_same_run_and_matches(tmp_path,
     first, second = expand(load_spec(spec))
     env = _env(tmp_path, data_dir)
     uri = env["MLFLOW_TRACKING_URI"]
-    ckpt = checkpoint_path(tmp_path / "ckpt", first)
+    ckpt = LocalCheckpoints(tmp_path / "ckpt").path(first)
 
     proc = subprocess.Popen(_command(spec, tmp_path), cwd=tmp_path, env=env, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True, start_new_session=True)
@@ -309,7 +309,7 @@ def test_ctrl_c_closes_running_variants_killed_and_exits_130(tmp_path, data_dir,
     proc = subprocess.Popen(_command(spec, tmp_path, "--jobs", str(jobs)), cwd=tmp_path, env=env, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True, start_new_session=True)
     try:
-        _wait_for(lambda: all(checkpoint_path(tmp_path / "ckpt", v).exists() for v in running), proc, "training")
+        _wait_for(lambda: all(LocalCheckpoints(tmp_path / "ckpt").path(v).exists() for v in running), proc, "training")
         os.killpg(proc.pid, signal.SIGINT)  # what Ctrl-C in a terminal does: the whole foreground group
         out, _ = proc.communicate(timeout=600)
     finally:
@@ -323,7 +323,7 @@ def test_ctrl_c_closes_running_variants_killed_and_exits_130(tmp_path, data_dir,
     assert {vid: [r.info.status for r in rs] for vid, rs in killed.items()} == {v.id: ["KILLED"] for v in running}
     for v in running:
         assert "interrupted" in killed[v.id][0].data.tags["error"]
-        assert checkpoint_path(tmp_path / "ckpt", v).exists(), "kept, so that the rerun resumes from it"
+        assert LocalCheckpoints(tmp_path / "ckpt").path(v).exists(), "kept, so that the rerun resumes from it"
     client = MlflowClient(env["MLFLOW_TRACKING_URI"])
     experiment_id = client.get_experiment_by_name("ctrl-c").experiment_id
     parents = client.search_runs([experiment_id], "tags.`harness.sweep` = 'true'")
