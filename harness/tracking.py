@@ -74,15 +74,29 @@ def check_tracking_reachable(uri: str, timeout_s: float = 5.0) -> None:
         ) from exc
 
 
-def retrying(call: Callable[[], Any], attempts: int = 8) -> Any:
-    """Retry a store call that lost a race for SQLite's write lock ("database is locked")."""
+LOST_WRITE_RACES = ("locked",)
+"""Store errors that mean "another writer was first": the same call, repeated, succeeds."""
+
+DATASET_RACE = "unique constraint failed: datasets"
+"""MLflow registers a dataset by check-then-insert; two runs logging one new corpus at once make the second
+insert fail. Repeated, the call finds the row the other run wrote and links to it."""
+
+
+def retrying(call: Callable[[], Any], attempts: int = 8, races: tuple[str, ...] = LOST_WRITE_RACES) -> Any:
+    """Retry a store call that lost a race with another writer (by default, for SQLite's write lock)."""
     for attempt in range(attempts):
         try:
             return call()
         except Exception as exc:  # MLflow wraps the sqlite error in its own exception types
-            if "locked" not in str(exc).lower() or attempt == attempts - 1:
+            message = str(exc).lower()
+            if not any(race in message for race in races) or attempt == attempts - 1:
                 raise
             time.sleep(0.05 * 2**attempt)
+
+
+def log_dataset_inputs(client: MlflowClient, run_id: str, inputs: list[DatasetInput]) -> None:
+    """``client.log_inputs``, safe when several runs log the same new dataset at the same moment."""
+    retrying(lambda: client.log_inputs(run_id, datasets=inputs), races=(*LOST_WRITE_RACES, DATASET_RACE))
 
 
 def default_artifact_location(uri: str, name: str) -> str | None:
@@ -359,7 +373,7 @@ def run_variant(
         corpus = load_corpus(config.data, data_dir)
         if saved is None:
             inputs = dataset_inputs(config.data, data_dir, corpus)
-            retrying(lambda: client.log_inputs(run_id, datasets=inputs))
+            log_dataset_inputs(client, run_id, inputs)
         torch.manual_seed(config.train.seed)
         model = build_model(config.model, corpus.tokenizer.vocab_size, config.train.context_length)
         trainer = Trainer(model, corpus, config.train, device)

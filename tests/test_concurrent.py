@@ -130,6 +130,45 @@ def test_contenders_released_together_leave_exactly_one_claim_per_variant(tmp_pa
     assert len(running) == 4 and all(r.data.tags[runs.CLAIM_TAG] == "won" for r in running)
 
 
+DATASET_LOGGER = textwrap.dedent("""
+    import sys, time
+    from mlflow.tracking import MlflowClient
+    from harness.data import DataConfig, load_corpus, resolve_data_dir
+    from harness.tracking import dataset_inputs, log_dataset_inputs, retrying
+    uri, experiment_id, start_at = sys.argv[1], sys.argv[2], float(sys.argv[3])
+    client = MlflowClient(uri)
+    config, data_dir = DataConfig(dataset="tinyshakespeare"), resolve_data_dir()
+    inputs = dataset_inputs(config, data_dir, load_corpus(config, data_dir))
+    run_id = retrying(lambda: client.create_run(experiment_id)).info.run_id
+    time.sleep(max(0.0, start_at - time.time()))  # every logger is released at the same instant
+    log_dataset_inputs(client, run_id, inputs)
+    print(run_id, flush=True)
+""")
+
+
+@pytest.mark.slow
+def test_runs_logging_one_new_corpus_at_the_same_instant_all_link_to_it(tmp_path, data_dir):
+    """MLflow registers a dataset by check-then-insert, so the loser of the race used to FAIL its variant."""
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    client = MlflowClient(uri)
+    experiment_id = experiment_id_for(client, "datasets")
+    start_at = time.time() + 10  # after every interpreter has imported mlflow and read the corpus
+    env = _env(tmp_path, data_dir)
+    procs = [subprocess.Popen([sys.executable, "-c", DATASET_LOGGER, uri, experiment_id, str(start_at)], cwd=tmp_path,
+                              env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(6)]
+    run_ids = []
+    for proc in procs:
+        out, err = proc.communicate(timeout=300)
+        assert proc.returncode == 0, err
+        run_ids.append(out.strip())
+    for run_id in run_ids:  # each run lists both splits, and every run points at the same two datasets
+        inputs = client.get_run(run_id).inputs.dataset_inputs
+        assert sorted(i.dataset.name for i in inputs) == ["tinyshakespeare/train", "tinyshakespeare/val"]
+    digests = {(i.dataset.name, i.dataset.digest) for r in run_ids for i in client.get_run(r).inputs.dataset_inputs}
+    assert digests == {("tinyshakespeare/train", "86c4e6aa9db7c042ec79f339dcb96d42b0075e16"[:36]),
+                       ("tinyshakespeare/val", "86c4e6aa9db7c042ec79f339dcb96d42b0075e16"[:36])}
+
+
 def _foreign_run(client, experiment_id, variant, heartbeat_age_s: float) -> str:
     """A run claimed by a process on another machine, last heard of ``heartbeat_age_s`` ago."""
     tags = {"variant": variant.id, "config_hash": variant.config.config_hash(), runs.OWNER_TAG: "elsewhere.example:4242",
