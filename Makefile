@@ -34,7 +34,7 @@ TEST_READY := $(VENV)/.installed-$(subst $(comma),-,$(TEST_EXTRAS))
 endif
 
 .DEFAULT_GOAL := help
-.PHONY: help install install-ui env-check ablations smoke test bench report ui ui-shots server clean schema
+.PHONY: help install install-ui env-check ablations smoke test bench bench-gpu report ui ui-shots server clean schema
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -81,6 +81,9 @@ test: $(TEST_READY) ## the test suite (what CI runs); TESTS='tests/test_x.py -k 
 bench: $(READY) ## step speed: the write-up's and the lecture's loops vs the harness loop; MLflow logging overhead
 	$(PYTHON) benchmarks/step_speed.py $(ARGS)
 	$(PYTHON) benchmarks/gpt_speed.py
+
+bench-gpu: $(READY) ## the seed grid on one GPU, lever by lever (no host syncs, stacked seeds, --jobs): results/bench/grid_gpu.csv
+	$(PYTHON) benchmarks/grid_gpu.py --device cuda $(ARGS)
 
 report: $(READY) ## rebuild results/<name>/ for SPEC from the local MLflow store
 	$(PYTHON) -m harness report $(SPEC)

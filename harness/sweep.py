@@ -23,6 +23,7 @@ from harness.naming import run_names
 from harness.executors import make_executor
 from harness.runs import SWEEP_TAG
 from harness.spec import Spec, SpecError, Variant
+from harness.train import pick_device
 from harness.tracking import (
     VariantResult,
     check_tracking_reachable,
@@ -121,6 +122,26 @@ def plan_sweep(client: MlflowClient, experiment_id: str, variants: list[Variant]
     return skip, elsewhere, todo
 
 
+def stacks_seeds(variant: Variant) -> bool:
+    """Whether ``variant`` may train stacked with its other seeds (``train.stack_seeds``; null: on a GPU)."""
+    choice = variant.config.train.stack_seeds
+    if choice is None:
+        return pick_device(variant.config.train.device).type == "cuda"
+    return choice
+
+
+def plan_units(todo: list[Variant]) -> list[list[Variant]]:
+    """The executor's units of work: variants that differ only in ``train.seed`` (and may stack) form one
+    unit, trained as one stacked model; every other variant is a unit of its own. Order of first appearance."""
+    from harness.stacking import stack_key
+
+    units: dict[str, list[Variant]] = {}
+    for variant in todo:
+        key = stack_key(variant.config) if stacks_seeds(variant) else f"alone:{variant.id}"
+        units.setdefault(key, []).append(variant)
+    return list(units.values())
+
+
 def parent_note(command: str, overrides: dict | None, seeds: list[int] | None) -> str:
     """The parent run's description in the MLflow UI: how to run this sweep again."""
     lines = ["Sweep run by:", "", f"    {command}", "", "Overrides (applied to every variant):", ""]
@@ -190,8 +211,9 @@ def run_sweep(
     train_kwargs = dict(experiment_id=experiment_id, parent_run_id=parent_id, data_dir=data_dir, uri=uri, names=names,
                         checkpoint_dir=checkpoint_dir, checkpoint_store=checkpoint_store, show_progress=show_progress,
                         finished_before_ms=parent.info.start_time if force else None)
-    if jobs > 1:
-        todo.sort(key=lambda v: -costs[v.id])  # longest first: the pool ends together
+    units = plan_units(todo)
+    if jobs > 1:  # longest first, so that the pool ends together (a stack costs what its seeds cost together)
+        units.sort(key=lambda unit: -sum(costs[v.id] for v in unit))
 
     def on_result(result: VariantResult) -> None:
         outcome.add(result)
@@ -200,7 +222,7 @@ def run_sweep(
         overall.update()
 
     try:
-        runner.run(todo, train_kwargs, on_result)
+        runner.run(units, train_kwargs, on_result)
     except KeyboardInterrupt:
         outcome.interrupted = True
     finally:

@@ -296,71 +296,72 @@ def stop_system_metrics(monitor) -> None:
         pass
 
 
-def run_variant(
-    variant: Variant,
-    *,
-    experiment_id: str,
-    parent_run_id: str | None = None,
-    data_dir: Path | None = None,
-    uri: str | None = None,
-    checkpoint_dir: Path | None = None,
-    checkpoint_store: str = "local",
-    finished_before_ms: int | None = None,
-    threads: int = 0,
-    progress_position: int = 1,
-    show_progress: bool = True,
-    names: dict[str, str] | None = None,
-) -> VariantResult:
-    """Train one variant into its own MLflow run; the run ends FINISHED, FAILED (with why) or KILLED.
+class _VariantRun:
+    """One variant's MLflow run while it trains, in phases, so that one run (``run_variant``) and a stack
+    of seeds (``run_stacked``) open, record and close their runs the same way."""
 
-    The run is claimed first (harness/runs.py): a variant FINISHED or live elsewhere comes back SKIPPED
-    with the reason; a stale or KILLED run with a checkpoint is resumed. ``names``: the sweep's run names
-    by variant id (``naming.run_names``), so that they differ early; without it the name is made from
-    this variant alone.
-    """
-    from tqdm.auto import tqdm
+    def __init__(self, variant: Variant, *, experiment_id: str, parent_run_id: str | None = None,
+                 data_dir: Path | None = None, uri: str | None = None, checkpoint_dir: Path | None = None,
+                 checkpoint_store: str = "local", finished_before_ms: int | None = None, progress_position: int = 1,
+                 show_progress: bool = True, names: dict[str, str] | None = None):
+        from harness import runs
+        from harness.checkpoints import checkpoint_store as make_checkpoint_store
 
-    from harness import runs
-    from harness.checkpoints import checkpoint_store as make_checkpoint_store
+        self.variant, self.experiment_id, self.parent_run_id = variant, experiment_id, parent_run_id
+        self.data_dir, self.finished_before_ms = data_dir, finished_before_ms
+        self.progress_position, self.show_progress = progress_position, show_progress
+        self.uri = uri or tracking_uri()
+        self.client = MlflowClient(self.uri)
+        self.config = variant.config
+        self.name = (names or {}).get(variant.id) or run_name(variant)
+        self.tags = {
+            "variant": variant.id,
+            "config_hash": self.config.config_hash(),
+            "identity_version": str(getattr(spec_module, "IDENTITY_VERSION", 2)),
+            "git_commit": git_commit(),
+            "torch_version": torch.__version__,
+            "python_version": platform.python_version(),
+            "mlflow.note.content": note(variant, self.name),
+            **source_tags(),
+        }
+        if parent_run_id:
+            self.tags[PARENT_TAG] = parent_run_id
+            self.tags[runs.DRIVER_TAG] = parent_run_id
+        self.store = (make_checkpoint_store(checkpoint_store, self.client, checkpoint_dir)
+                      if self.config.train.checkpoint_interval else None)
+        self.run_id = ""
+        self.heartbeat = self.metrics = self.monitor = self.bar = None
+        self.corpus = self.before = None
 
-    uri = uri or tracking_uri()
-    client = MlflowClient(uri)
-    config = variant.config
-    name = (names or {}).get(variant.id) or run_name(variant)
-    tags = {
-        "variant": variant.id,
-        "config_hash": config.config_hash(),
-        "identity_version": str(getattr(spec_module, "IDENTITY_VERSION", 2)),
-        "git_commit": git_commit(),
-        "torch_version": torch.__version__,
-        "python_version": platform.python_version(),
-        "mlflow.note.content": note(variant, name),
-        **source_tags(),
-    }
-    if parent_run_id:
-        tags[PARENT_TAG] = parent_run_id
-        tags[runs.DRIVER_TAG] = parent_run_id
-    store = make_checkpoint_store(checkpoint_store, client, checkpoint_dir) if config.train.checkpoint_interval else None
+    def claim(self) -> VariantResult | None:
+        """Claim the variant in the store (harness/runs.py); a VariantResult SKIPPED when it is not ours."""
+        from harness import runs
 
-    def create_run() -> str:
-        claim_tags = {**tags, **runs.owner_tags(), runs.CLAIM_TAG: "pending"}
-        return retrying(lambda: client.create_run(experiment_id, run_name=name, tags=claim_tags)).info.run_id
+        client = self.client
 
-    # Resume only from the run's own checkpoint: restarting at step 0 inside a run that already holds
-    # metrics would log its steps twice, so without one a stale run is closed and a new one started.
-    claim = runs.claim_variant(client, experiment_id, variant, create_run, driver=parent_run_id,
-                               load_checkpoint=(lambda rid: store.load(rid, variant)) if store else (lambda rid: None),
-                               finished_before_ms=finished_before_ms, log=tqdm.write)
-    if claim.skip:
-        return VariantResult(variant.id, claim.run_id, "SKIPPED", {}, claim.skip)
-    run_id, saved = claim.run_id, claim.saved
-    heartbeat = runs.Heartbeat(client, run_id).start()
+        def create_run() -> str:
+            claim_tags = {**self.tags, **runs.owner_tags(), runs.CLAIM_TAG: "pending"}
+            return retrying(lambda: client.create_run(self.experiment_id, run_name=self.name, tags=claim_tags)).info.run_id
 
-    metrics = BufferedMetrics(client, run_id, auto_flush=store is None)
-    bar = None
-    monitor = None
-    try:  # from here on, whatever happens (Ctrl-C during setup included) closes the run
-        monitor = start_system_metrics(run_id, uri)
+        store, variant = self.store, self.variant
+        # Resume only from the run's own checkpoint: restarting at step 0 inside a run that already holds
+        # metrics would log its steps twice, so without one a stale run is closed and a new one started.
+        claim = runs.claim_variant(client, self.experiment_id, variant, create_run, driver=self.parent_run_id,
+                                   load_checkpoint=(lambda rid: store.load(rid, variant)) if store else (lambda rid: None),
+                                   finished_before_ms=self.finished_before_ms, log=tqdm_write)
+        if claim.skip:
+            return VariantResult(variant.id, claim.run_id, "SKIPPED", {}, claim.skip)
+        self.run_id, self.saved = claim.run_id, claim.saved
+        self.heartbeat = runs.Heartbeat(client, self.run_id).start()
+        self.metrics = BufferedMetrics(client, self.run_id, auto_flush=store is None)
+        return None
+
+    def prepare(self, threads: int = 0) -> Trainer:
+        """Record the config and data, build the Trainer (resumed from the run's checkpoint), sample before."""
+        from tqdm.auto import tqdm
+
+        client, run_id, config, saved = self.client, self.run_id, self.config, self.saved
+        self.monitor = start_system_metrics(run_id, self.uri)
         if saved is None:
             params = [Param(k, _param_value(v)) for k, v in config.flat().items()]
             retrying(lambda: client.log_batch(run_id, params=params))
@@ -370,10 +371,9 @@ def run_variant(
         elif config.train.threads:
             torch.set_num_threads(config.train.threads)
         device = pick_device(config.train.device)
-        corpus = load_corpus(config.data, data_dir)
+        corpus = self.corpus = load_corpus(config.data, self.data_dir)
         if saved is None:
-            inputs = dataset_inputs(config.data, data_dir, corpus)
-            log_dataset_inputs(client, run_id, inputs)
+            log_dataset_inputs(client, run_id, dataset_inputs(config.data, self.data_dir, corpus))
         torch.manual_seed(config.train.seed)
         model = build_model(config.model, corpus.tokenizer.vocab_size, config.train.context_length)
         trainer = Trainer(model, corpus, config.train, device)
@@ -384,54 +384,174 @@ def run_variant(
             resumed_from = trainer.state.step
             # A kill between a checkpoint's flush and its save leaves points past the checkpoint in the
             # store; the resumed run recomputes them, and must not log them twice.
-            metrics.stored_through = _stored_through(client, run_id)
+            self.metrics.stored_through = _stored_through(client, run_id)
             retrying(lambda: client.set_tag(run_id, "resumed_from_step", str(resumed_from)))
         if resumed_from == 0:
-            before = trainer.sample(corpus.tokenizer, config.sample.prompt, config.sample.max_new_tokens)
-            retrying(lambda: client.log_text(run_id, wrap(before), "samples/before.txt"))
+            self.before = trainer.sample(corpus.tokenizer, config.sample.prompt, config.sample.max_new_tokens)
+            retrying(lambda: client.log_text(run_id, wrap(self.before), "samples/before.txt"))
         else:  # sampled by the run's first process; the wrapped text is what is left of it
-            before = _read_artifact(client, run_id, "samples/before.txt")
+            self.before = _read_artifact(client, run_id, "samples/before.txt")
+        self.bar = tqdm(total=config.train.steps, initial=resumed_from, desc=self.name, position=self.progress_position,
+                        leave=False, disable=not self.show_progress, dynamic_ncols=True, unit="step")
+        return trainer
 
-        bar = tqdm(total=config.train.steps, initial=resumed_from, desc=name, position=progress_position,
-                   leave=False, disable=not show_progress, dynamic_ncols=True, unit="step")
+    def on_progress(self, done: int, train_loss: float) -> None:
+        self.bar.update(done - self.bar.n)
+        self.bar.set_postfix(train_loss=f"{train_loss:.4f}")
 
-        def on_progress(done: int, train_loss: float) -> None:
-            bar.update(done - bar.n)
-            bar.set_postfix(train_loss=f"{train_loss:.4f}")
+    def on_checkpoint(self, trainer: Trainer) -> None:
+        self.metrics.flush()  # points up to here are stored before the state that produced them
+        self.store.save(self.run_id, self.variant, trainer.state_dict())
 
-        def on_checkpoint(t: Trainer) -> None:
-            metrics.flush()  # points up to here are stored before the state that produced them
-            store.save(run_id, variant, t.state_dict())
-
-        final = trainer.run(metrics, on_progress, on_checkpoint if store is not None else None)
-        after = trainer.sample(corpus.tokenizer, config.sample.prompt, config.sample.max_new_tokens)
+    def finish(self, trainer: Trainer, final: dict[str, float]) -> VariantResult:
+        """Sample after training, log the summary and samples, and close the run FINISHED."""
+        client, run_id, config = self.client, self.run_id, self.config
+        after = trainer.sample(self.corpus.tokenizer, config.sample.prompt, config.sample.max_new_tokens)
         retrying(lambda: client.log_text(run_id, wrap(after), "samples/after.txt"))
         # One row per run. The experiment page's artifact view pivots the runs' tables: grouped by its
         # first column (the prompt, the same in every run) and comparing the second, it lays the runs'
         # samples side by side.
-        row = {"prompt": [config.sample.prompt], "after": [after], "before": [before], "variant": [variant.id]}
+        row = {"prompt": [config.sample.prompt], "after": [after], "before": [self.before], "variant": [self.variant.id]}
         retrying(lambda: client.log_table(run_id, data=row, artifact_file=SAMPLES_TABLE))
-        metrics.log_dict(final, SUMMARY_STEP)
-        metrics.flush()
-        stop_system_metrics(monitor)
+        self.metrics.log_dict(final, SUMMARY_STEP)
+        self.metrics.flush()
+        stop_system_metrics(self.monitor)
         retrying(lambda: client.set_terminated(run_id, status="FINISHED"))
-        if store is not None:
-            store.discard(run_id, variant)
-        return VariantResult(variant.id, run_id, "FINISHED", final)
+        if self.store is not None:
+            self.store.discard(run_id, self.variant)
+        return VariantResult(self.variant.id, run_id, "FINISHED", final)
+
+    def fail(self, exc: BaseException) -> VariantResult:
+        """Close the run FAILED with why (and the traceback as error.txt)."""
+        stop_system_metrics(self.monitor)
+        reason = f"{type(exc).__name__}: {exc}"
+        details = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+        _close(self.client, self.metrics, self.run_id, "FAILED", reason, details)
+        return VariantResult(self.variant.id, self.run_id, "FAILED", {}, reason)
+
+    def kill(self) -> None:
+        stop_system_metrics(self.monitor)
+        _close(self.client, self.metrics, self.run_id, "KILLED", "interrupted (Ctrl-C)", None)
+
+    def release(self) -> None:
+        stop_system_metrics(self.monitor)
+        if self.heartbeat is not None:
+            self.heartbeat.stop()
+        if self.bar is not None:
+            self.bar.close()
+
+
+def tqdm_write(line: str) -> None:
+    from tqdm.auto import tqdm
+
+    tqdm.write(line)
+
+
+def run_variant(variant: Variant, *, threads: int = 0, **options) -> VariantResult:
+    """Train one variant into its own MLflow run; the run ends FINISHED, FAILED (with why) or KILLED.
+
+    The run is claimed first (harness/runs.py): a variant FINISHED or live elsewhere comes back SKIPPED
+    with the reason; a stale or KILLED run with a checkpoint is resumed. ``options`` are ``_VariantRun``'s:
+    ``experiment_id``, ``parent_run_id``, ``data_dir``, ``uri``, checkpoints, progress, and ``names`` (the
+    sweep's run names by variant id, ``naming.run_names``, so that they differ early).
+    """
+    run = _VariantRun(variant, **options)
+    skipped = run.claim()
+    if skipped is not None:
+        return skipped
+    try:  # from here on, whatever happens (Ctrl-C during setup included) closes the run
+        trainer = run.prepare(threads)
+        final = trainer.run(run.metrics, run.on_progress, run.on_checkpoint if run.store is not None else None)
+        return run.finish(trainer, final)
     except KeyboardInterrupt:
-        stop_system_metrics(monitor)
-        _close(client, metrics, run_id, "KILLED", "interrupted (Ctrl-C)", None)
+        run.kill()
         raise
     except Exception as exc:
-        stop_system_metrics(monitor)
-        reason = f"{type(exc).__name__}: {exc}"
-        _close(client, metrics, run_id, "FAILED", reason, traceback.format_exc())
-        return VariantResult(variant.id, run_id, "FAILED", {}, reason)
+        return run.fail(exc)
     finally:
-        stop_system_metrics(monitor)
-        heartbeat.stop()
-        if bar is not None:
-            bar.close()
+        run.release()
+
+
+STACKED_TAG = "stacked_seeds"  # on each run of a stack: the seeds that trained together
+
+
+def run_stacked(variants: list[Variant], *, threads: int = 0, **options) -> list[VariantResult]:
+    """Train variants that differ only in ``train.seed`` as one stack (harness/stacking.py), one run each.
+
+    Each seed is claimed, recorded and closed on its own, as by ``run_variant``: a seed claimed elsewhere is
+    skipped, one that diverges fails alone. Seeds that resume from a checkpoint train alone (their steps differ).
+    """
+    from harness.stacking import StackedTrainer
+
+    show_progress = options.pop("show_progress", True)
+    runs_ = [_VariantRun(v, **options, show_progress=show_progress and i == 0) for i, v in enumerate(variants)]
+    results: dict[str, VariantResult] = {}
+    claimed = []
+    for run in runs_:
+        skipped = run.claim()
+        if skipped is not None:
+            results[run.variant.id] = skipped
+        else:
+            claimed.append(run)
+    try:
+        trainers = {}
+        for run in claimed:
+            try:
+                trainers[run.variant.id] = run.prepare(threads)
+            except Exception as exc:
+                results[run.variant.id] = run.fail(exc)
+        fresh = [run for run in claimed if run.variant.id in trainers and trainers[run.variant.id].state.step == 0]
+        alone = [run for run in claimed if run.variant.id in trainers and run not in fresh]
+        if len(fresh) < 2:
+            alone, fresh = alone + fresh, []
+        if fresh:
+            seeds = ",".join(str(run.config.train.seed) for run in fresh)
+            for run in fresh:
+                retrying(lambda: run.client.set_tag(run.run_id, STACKED_TAG, seeds))
+            try:
+                stack = StackedTrainer([trainers[run.variant.id] for run in fresh])
+                checkpoint = (lambda s, t: fresh[s].on_checkpoint(t)) if fresh[0].store is not None else None
+                outcomes = stack.run([run.metrics for run in fresh], fresh[0].on_progress, checkpoint)
+            except KeyboardInterrupt:
+                raise
+            except Exception as exc:  # the stack itself failed (out of memory...): every seed in it did
+                outcomes = [exc] * len(fresh)
+            for run, outcome in zip(fresh, outcomes):
+                results[run.variant.id] = _finish_or_fail(run, trainers[run.variant.id], outcome)
+        for run in alone:
+            trainer = trainers[run.variant.id]
+            try:
+                final = trainer.run(run.metrics, run.on_progress, run.on_checkpoint if run.store is not None else None)
+            except KeyboardInterrupt:
+                raise
+            except Exception as exc:
+                final = exc
+            results[run.variant.id] = _finish_or_fail(run, trainer, final)
+    except KeyboardInterrupt:
+        for run in claimed:
+            if run.variant.id not in results:
+                run.kill()
+        raise
+    finally:
+        for run in claimed:
+            run.release()
+    return [results[v.id] for v in variants]
+
+
+def _finish_or_fail(run: _VariantRun, trainer: Trainer, outcome: dict | Exception) -> VariantResult:
+    if isinstance(outcome, Exception):
+        return run.fail(outcome)
+    try:
+        return run.finish(trainer, outcome)
+    except Exception as exc:
+        return run.fail(exc)
+
+
+def run_unit(variants: list[Variant], **options) -> list[VariantResult]:
+    """An executor's unit of work: one variant, or seeds that train as one stack (``sweep.plan_units``)."""
+    if len(variants) == 1:
+        return [run_variant(variants[0], **options)]
+    return run_stacked(variants, **options)
 
 
 def _read_artifact(client: MlflowClient, run_id: str, path: str) -> str:

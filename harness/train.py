@@ -87,6 +87,9 @@ class TrainConfig:
     compile: bool = field(default=False, metadata=EXECUTION)
     threads: int = field(default=0, metadata=EXECUTION)  # torch CPU threads; 0 = torch's default
     checkpoint_interval: int = field(default=0, metadata=EXECUTION)  # steps between checkpoints; 0 = none
+    # Variants that differ only in train.seed train as one stacked model (harness/stacking.py): true, false,
+    # or null (the default) for "where it helps": on a GPU, where a step of these small models is launch-bound.
+    stack_seeds: bool | None = field(default=None, metadata=EXECUTION)
 
     def problems(self) -> list[tuple[str, str]]:
         found = []
@@ -234,9 +237,25 @@ def table_pair_loss(table: torch.Tensor, pair_counts: torch.Tensor, n_positions:
     return _TablePairNLL.apply(table, pair_counts.sum(dim=1), pair_counts, n_positions)
 
 
-def batch_loss_fast(model: CharLanguageModel, x: torch.Tensor, y: torch.Tensor, vocab: int, subset_rows: bool) -> torch.Tensor:
-    """The batch loss from a logits table over the batch's distinct tokens (or all ``vocab`` tokens)."""
-    row_counts = torch.bincount(x.reshape(-1), minlength=vocab)
+def count_ids(ids: torch.Tensor, size: int, sync_free: bool) -> torch.Tensor:
+    """How often each of ``size`` ids occurs in ``ids``, as float32.
+
+    ``torch.bincount`` reads the largest id back to the host to size its output, a sync per call on a GPU;
+    ``sync_free`` counts with ``index_add_`` into a fixed-size buffer instead (counts below 2**24 are exact
+    in float32, so the order of the atomic adds does not matter). On a CPU bincount is faster and syncs nothing.
+    """
+    if not sync_free:
+        return torch.bincount(ids, minlength=size).to(torch.float32)
+    ones = torch.ones(ids.shape, dtype=torch.float32, device=ids.device)
+    return torch.zeros(size, dtype=torch.float32, device=ids.device).index_add_(0, ids, ones)
+
+
+def batch_loss_fast(model: CharLanguageModel, x: torch.Tensor, y: torch.Tensor, vocab: int, subset_rows: bool,
+                    sync_free: bool = False) -> torch.Tensor:
+    """The batch loss from a logits table over the batch's distinct tokens (or all ``vocab`` tokens).
+
+    ``subset_rows`` finds the distinct tokens with ``nonzero``, a host sync: only for a CPU."""
+    row_counts = count_ids(x.reshape(-1), vocab, sync_free)
     if subset_rows:
         present = row_counts > 0
         tokens = present.nonzero().squeeze(1)
@@ -389,16 +408,19 @@ class PairTableLoss:
     exact evaluation but takes each step the write-up's way, ``cross_entropy`` over B x T."""
 
     def __init__(self, model: CharLanguageModel, train_data: torch.Tensor, windows: torch.Tensor, train_counts: torch.Tensor,
-                 val_data: torch.Tensor, vocab: int, device: torch.device, fast_step: bool = True, compile: bool = False):
+                 val_data: torch.Tensor, vocab: int, device: torch.device, fast_step: bool = True, compile: bool = False,
+                 sync_free: bool = False):
         self.model = model
         self.windows = windows
         self.vocab = vocab
         self.fast_step = fast_step
+        self.sync_free = sync_free
         self.train_counts = train_counts
         self.val_counts = pair_counts(val_data, vocab)
         self.eval_tokens = len(val_data) - 1
-        # On a CPU, a table row of a large vocabulary costs more than finding the batch's distinct tokens.
-        self.subset_rows = device.type == "cpu" and vocab >= SUBSET_ROWS_MIN_VOCAB
+        # On a CPU, a table row of a large vocabulary costs more than finding the batch's distinct tokens
+        # (a host sync, which only a CPU can afford).
+        self.subset_rows = device.type == "cpu" and not sync_free and vocab >= SUBSET_ROWS_MIN_VOCAB
         self.dense_pairs = fast_step and not self.subset_rows and vocab**2 <= DENSE_PAIRS_MAX_CELLS
         if self.dense_pairs:  # the same windows as (current, next) pair ids, for a bincount per batch
             ids = (train_data[:-1] * vocab + train_data[1:]).to(torch.int32)
@@ -410,12 +432,12 @@ class PairTableLoss:
     def step_loss(self, starts: torch.Tensor) -> torch.Tensor:
         if self.dense_pairs:
             pairs = self.pair_windows.index_select(0, starts).view(-1)
-            counts = torch.bincount(pairs, minlength=self.vocab**2).view(self.vocab, self.vocab).to(torch.float32)
+            counts = count_ids(pairs, self.vocab**2, self.sync_free).view(self.vocab, self.vocab)
             return table_pair_loss(self.model.logits_table(), counts, pairs.numel())
         chunk = self.windows.index_select(0, starts)
         x, y = chunk[:, :-1], chunk[:, 1:]
         if self.fast_step:
-            return batch_loss_fast(self.model, x, y, self.vocab, self.subset_rows)
+            return batch_loss_fast(self.model, x, y, self.vocab, self.subset_rows, self.sync_free)
         _, loss = self.model(x, y)
         return loss.float()
 
@@ -529,9 +551,14 @@ class TrainState:
 class Trainer:
     """Trains one model on one corpus; ``run`` returns the final metrics."""
 
-    def __init__(self, model: CharLanguageModel, corpus: Corpus, config: TrainConfig, device: torch.device):
+    def __init__(self, model: CharLanguageModel, corpus: Corpus, config: TrainConfig, device: torch.device,
+                 sync_free: bool | None = None):
+        """``sync_free`` (default: on any device but a CPU): a training step never waits for the device, so
+        that a GPU runs ahead of Python. Batches are drawn on the device into a fixed buffer, and the loss is
+        read back only at evaluations, in blocks."""
         self.config = config
         self.device = device
+        self.sync_free = device.type != "cpu" if sync_free is None else sync_free
         self.model = model.to(device)
         self.vocab = corpus.tokenizer.vocab_size
         self.train_data = corpus.train.to(device)
@@ -541,6 +568,7 @@ class Trainer:
             model.parameters(), lr=config.lr, betas=tuple(config.betas), weight_decay=config.weight_decay, fused=fused
         )
         self.generator = torch.Generator(device=device).manual_seed(config.seed)
+        self._starts = torch.empty(config.batch_size, dtype=torch.long, device=device)  # each step's batch, in place
         self.train_counts = pair_counts(self.train_data, self.vocab)  # the bigram floor, for every model
         self.state = TrainState(0, torch.zeros(config.steps, device=device))
         self.params = [p for p in model.parameters() if p.requires_grad]
@@ -550,7 +578,7 @@ class Trainer:
         self.windows = self.train_data.as_strided((self.n_windows, T + 1), (1, 1))
         if model.position_wise:
             self.loss = PairTableLoss(model, self.train_data, self.windows, self.train_counts, self.val_data, self.vocab, device,
-                                      fast_step=config.fast_path, compile=config.compile)
+                                      fast_step=config.fast_path, compile=config.compile, sync_free=self.sync_free)
         else:
             self.loss = PerPositionLoss(model, self.windows, self.train_data, self.val_data, T, compile=config.compile,
                                         scoring=config.eval_scoring)
@@ -574,7 +602,7 @@ class Trainer:
 
     def sample_starts(self) -> torch.Tensor:
         """Window starts as ``get_batch`` draws them: same generator, same batches."""
-        return torch.randint(self.n_windows, (self.config.batch_size,), generator=self.generator, device=self.device)
+        return torch.randint(self.n_windows, (self.config.batch_size,), generator=self.generator, out=self._starts)
 
     def step_loss(self, starts: torch.Tensor) -> torch.Tensor:
         """The minibatch loss of the windows at ``starts``, as the loss strategy computes it."""
@@ -623,6 +651,24 @@ class Trainer:
         self.state = TrainState(saved["step"], saved["step_losses"].to(self.device), float(saved["train_time_s"]))
 
     # -- the loop -------------------------------------------------------------------------------
+    def train_step(self, i: int) -> None:
+        """Step ``i`` (0-based): one AdamW update; its minibatch loss stays on the device in ``step_losses``.
+
+        With ``sync_free`` nothing here waits for the device (tests/test_train.py records the ops to check).
+        """
+        if self.config.scheduled:
+            lr = learning_rate(self.config, i)
+            for group in self.optimizer.param_groups:
+                group["lr"] = lr
+        loss = self.step_loss(self.sample_starts())
+        for p in self.params:  # zero_grad(set_to_none=True) without its per-call overhead
+            p.grad = None
+        loss.backward()
+        if self.config.grad_clip > 0:
+            torch.nn.utils.clip_grad_norm_(self.params, self.config.grad_clip)
+        self.optimizer.step()
+        self.state.step_losses[i] = loss.detach()
+
     def run(
         self,
         metrics: MetricSink,
@@ -642,18 +688,7 @@ class Trainer:
         last_logged_batch = start_step
         checkpoint_every = cfg.checkpoint_interval if on_checkpoint else 0
         for i in range(start_step, cfg.steps):
-            if cfg.scheduled:
-                lr = learning_rate(cfg, i)
-                for group in self.optimizer.param_groups:
-                    group["lr"] = lr
-            loss = self.step_loss(self.sample_starts())
-            for p in self.params:  # zero_grad(set_to_none=True) without its per-call overhead
-                p.grad = None
-            loss.backward()
-            if cfg.grad_clip > 0:
-                torch.nn.utils.clip_grad_norm_(self.params, cfg.grad_clip)
-            self.optimizer.step()
-            self.state.step_losses[i] = loss.detach()
+            self.train_step(i)
             done = i + 1
             self.state.step = done
             if done % self.eval_every == 0 or done == cfg.steps:
@@ -669,7 +704,11 @@ class Trainer:
         if self.device.type == "cuda":
             torch.cuda.synchronize()
         self.state.train_time_s = time_before + time.perf_counter() - started
-        final = evaluated if evaluated is not None else self.evaluate()  # the last step was just evaluated
+        return self.final_metrics(evaluated if evaluated is not None else self.evaluate())  # the last step was just evaluated
+
+    def final_metrics(self, final: dict[str, float]) -> dict[str, float]:
+        """The run's summary from its last evaluation and ``state`` (time, per-step losses)."""
+        cfg = self.config
         elapsed = self.state.train_time_s
         result = {
             "final_train_loss": final["train_loss"],

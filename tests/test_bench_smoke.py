@@ -94,3 +94,29 @@ def test_gpt_bench_runs_both_loops_from_the_same_weights_and_agrees(shakespeare_
     assert row["row"] == "ladder" and row["params"] == 42_369  # the lecture's model at 0016836 has 42,369 (V = 65)
     assert row["max_loss_diff"] < 1e-4
     assert row["plain_steps_per_s"] > 0 and row["harness_steps_per_s"] > 0
+
+
+GRID_COLUMNS = ["lever", "measures", "seeds", "variants", "steps", "wall_s", "wall_50k_s", "wall_50k_is", "device",
+                "gpu", "torch_version"]
+
+
+@pytest.mark.slow
+def test_grid_benchmark_times_every_lever_and_a_harness_run(shakespeare_dir, tmp_path):
+    """benchmarks/grid_gpu.py on a CPU, shrunk to one variant x 2 seeds: every row it promises, with times > 0."""
+    spec = importlib.util.spec_from_file_location("grid_gpu", BENCH.parent / "grid_gpu.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    out = tmp_path / "grid.csv"
+    argv = ["--device", "cpu", "--steps", "10", "--run-steps", "10", "--seeds", "1", "2", "--out", str(out),
+            "--set", "model.kind=ffn", "train.batch_size=32", "data.dataset=tinyshakespeare"]
+    if shakespeare_dir is not None:
+        argv += ["--data-dir", str(shakespeare_dir)]
+    module.main(argv)
+    table = pd.read_csv(out)
+    assert list(table.columns) == GRID_COLUMNS
+    assert list(table.lever) == ["baseline", "sync-free", "sync-free+stacked", "harness-run-jobs-1", "harness-run-jobs-2"]
+    assert (table.variants == 2).all() and (table.wall_s > 0).all()
+    assert (table.wall_50k_is == "projected from 10 steps").all()
+    # wall_s is rounded to 0.01 s, and 50,000 / 10 steps scales that rounding by 5,000
+    assert ((table.wall_50k_s - table.wall_s * 5000).abs() <= 0.005 * 5000 + 0.05).all()

@@ -299,6 +299,24 @@ def test_kill_9_mid_run_then_rerun_resumes_in_the_same_run_and_matches(tmp_path,
     assert resumed.data.metrics["summary/val_loss"] == pytest.approx(straight.metrics["final_val_loss"], abs=1e-4)
 
 
+def _ctrl_c_once_checkpointed(command: list[str], tmp_path: Path, env: dict, variants) -> tuple[int, str]:
+    """Run ``command`` as a terminal's foreground group; once each of ``variants`` has a checkpoint, press Ctrl-C.
+
+    Returns the exit code and what the command printed.
+    """
+    proc = subprocess.Popen(command, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            start_new_session=True)
+    try:
+        _wait_for(lambda: all(LocalCheckpoints(tmp_path / "ckpt").path(v).exists() for v in variants), proc, "training")
+        os.killpg(proc.pid, signal.SIGINT)  # what Ctrl-C in a terminal does: the whole foreground group
+        out, _ = proc.communicate(timeout=600)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    return proc.returncode, out
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("jobs", [1, 2])
 def test_ctrl_c_closes_running_variants_killed_and_exits_130(tmp_path, data_dir, jobs):
@@ -306,17 +324,8 @@ def test_ctrl_c_closes_running_variants_killed_and_exits_130(tmp_path, data_dir,
     variants = expand(load_spec(spec))
     env = _env(tmp_path, data_dir)
     running = variants[:jobs]
-    proc = subprocess.Popen(_command(spec, tmp_path, "--jobs", str(jobs)), cwd=tmp_path, env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True, start_new_session=True)
-    try:
-        _wait_for(lambda: all(LocalCheckpoints(tmp_path / "ckpt").path(v).exists() for v in running), proc, "training")
-        os.killpg(proc.pid, signal.SIGINT)  # what Ctrl-C in a terminal does: the whole foreground group
-        out, _ = proc.communicate(timeout=600)
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
-    assert proc.returncode == 130, out
+    code, out = _ctrl_c_once_checkpointed(_command(spec, tmp_path, "--jobs", str(jobs)), tmp_path, env, running)
+    assert code == 130, out
     assert "interrupted: 0 variant(s) finished before Ctrl-C" in out
     assert "Traceback" not in out
     killed = _variant_runs(env["MLFLOW_TRACKING_URI"], "ctrl-c")
@@ -352,3 +361,25 @@ def test_a_checkpoint_in_the_runs_artifacts_round_trips_and_is_removed_when_done
     assert store.load(other, variant) is None, "a checkpoint belongs to its own run"
     store.discard(run_id, variant)
     assert store.load(run_id, variant) is None
+
+
+@pytest.mark.slow
+def test_ctrl_c_of_stacked_seeds_closes_each_seed_killed_with_its_checkpoint(tmp_path, data_dir):
+    """Seeds trained as one stack stop as separate runs do: each KILLED, each checkpoint kept for the rerun."""
+    text = KILL_SPEC.format(name="ctrl-c-stacked", steps=200_000, every=500).replace("threads: 1}", "threads: 1, stack_seeds: true}")
+    text = text.replace("train.batch_size: [16, 32]", "train.batch_size: [16]") + "    seeds: [1, 2]\n"
+    spec = _write(tmp_path, text)
+    variants = expand(load_spec(spec))
+    assert [v.config.train.seed for v in variants] == [1, 2]
+    env = _env(tmp_path, data_dir)
+    code, out = _ctrl_c_once_checkpointed(_command(spec, tmp_path), tmp_path, env, variants)
+    assert code == 130, out
+    assert "Traceback" not in out
+    killed = _variant_runs(env["MLFLOW_TRACKING_URI"], "ctrl-c-stacked")
+    assert {vid: [r.info.status for r in rs] for vid, rs in killed.items()} == {v.id: ["KILLED"] for v in variants}
+    store = LocalCheckpoints(tmp_path / "ckpt")
+    for v in variants:
+        run = killed[v.id][0]
+        assert run.data.tags["stacked_seeds"] == "1,2" and "interrupted" in run.data.tags["error"]
+        saved = store.load(run.info.run_id, v)
+        assert saved is not None and saved["step"] % 500 == 0 and saved["step"] > 0

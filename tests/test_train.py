@@ -439,3 +439,83 @@ def test_a_token_cap_scores_a_fixed_subset_of_both_splits(data_dir):
     a, b = (PerPositionLoss(PreviousTokenModel(96, 16), None, corpus.train, corpus.val, 16, max_tokens=1000) for _ in range(2))
     assert a.val_windows.tokens == a.train_windows.tokens == a.eval_tokens == 1000
     assert torch.equal(a.val_windows.starts, b.val_windows.starts) and torch.equal(a.val_windows.first, b.val_windows.first)
+
+
+# -- no host syncs inside a step ----------------------------------------------------------------------
+
+# Ops that make the host wait for a GPU: reading a value back (.item(), float(), a Python if on a tensor),
+# or sizing an output from the data (nonzero, bincount, unique, masked_select, boolean indexing).
+SYNCING_OPS = ("aten._local_scalar_dense", "aten.nonzero", "aten.bincount", "aten._unique", "aten.unique",
+               "aten.masked_select", "aten.repeat_interleave", "aten.item", "aten.equal", "aten.is_nonzero")
+
+
+class OpRecorder(torch.utils._python_dispatch.TorchDispatchMode):
+    """Every ATen op that runs while it is active (what the device would be asked to do)."""
+
+    def __init__(self):
+        super().__init__()
+        self.ops = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.ops.append(str(func))
+        return func(*args, **(kwargs or {}))
+
+
+def _syncing(ops):
+    return sorted({op for op in ops if op.startswith(SYNCING_OPS)})
+
+
+SYNC_FREE_CASES = {
+    "bigram-english": ("tinyshakespeare", {"kind": "bigram"}, {}),  # dense pair counts
+    "bigram-korean": ("korean-chatbot", {"kind": "bigram"}, {}),  # a large vocabulary: table rows + pair ids
+    "ffn-korean": ("korean-chatbot", {"kind": "ffn"}, {}),
+    "gpt-clip-cosine": ("tinyshakespeare", {"kind": "gpt", "n_layer": 1, "n_head": 2, "n_embd": 16},
+                        {"grad_clip": 1.0, "lr_schedule": "cosine", "warmup_steps": 2}),
+}
+
+
+@pytest.mark.parametrize("case", list(SYNC_FREE_CASES))
+def test_a_sync_free_step_asks_the_device_for_nothing_and_computes_the_same_losses(case, data_dir):
+    """The check a GPU needs, on a CPU: the step records no op that reads a value back to the host."""
+    dataset, model, train = SYNC_FREE_CASES[case]
+    corpus = load_corpus(DataConfig(dataset), data_dir)
+    config = TrainConfig(**{"steps": 30, "batch_size": 8, "context_length": 16, **train})
+    made = {}
+    for sync_free in (False, True):
+        torch.manual_seed(0)
+        model_ = build_model(ModelConfig(**model), corpus.tokenizer.vocab_size, config.context_length)
+        made[sync_free] = Trainer(model_, corpus, config, torch.device("cpu"), sync_free=sync_free)
+    for i in range(25):
+        made[False].train_step(i)
+        made[True].train_step(i)
+    with OpRecorder() as recorded:
+        for i in range(25, 30):
+            made[True].train_step(i)
+    assert recorded.ops, "the recorder saw the step"
+    assert _syncing(recorded.ops) == [], f"{case}: the step syncs with the device"
+    for i in range(25, 30):
+        made[False].train_step(i)
+    difference = (made[True].state.step_losses - made[False].state.step_losses).abs().max().item()
+    assert difference <= 1e-5
+    if case == "bigram-korean":  # the CPU default takes the subset-rows path, which does sync: the recorder sees it
+        with OpRecorder() as default_path:
+            made[False].loss.step_loss(made[False].sample_starts())
+        assert "aten.nonzero.default" in default_path.ops
+
+
+def test_a_stacked_step_asks_the_device_for_nothing(data_dir):
+    from harness.stacking import StackedTrainer
+
+    corpus = load_corpus(DataConfig("tinyshakespeare"), data_dir)
+    for model in ({"kind": "ffn"}, {"kind": "gpt", "n_layer": 1, "n_head": 2, "n_embd": 16}):
+        trainers = []
+        for seed in (1, 2):
+            config = TrainConfig(steps=10, batch_size=8, context_length=16, seed=seed, grad_clip=1.0)
+            torch.manual_seed(seed)
+            trainers.append(Trainer(build_model(ModelConfig(**model), corpus.tokenizer.vocab_size, 16), corpus, config,
+                                    torch.device("cpu"), sync_free=True))
+        stack = StackedTrainer(trainers)
+        stack.train_step(0)
+        with OpRecorder() as recorded:
+            stack.train_step(1)
+        assert recorded.ops and _syncing(recorded.ops) == [], model["kind"]

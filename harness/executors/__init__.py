@@ -1,8 +1,8 @@
 """Executors: where the variants of a sweep train. One small interface, one file per kind.
 
-An executor gets the variants to train and ``train_kwargs`` for ``run_variant`` (experiment, parent run,
-store, data, checkpoints) and calls ``on_result(VariantResult)`` as each variant ends. ``run_variant``
-claims each variant itself (harness/runs.py), so two sweeps, or two executors, never train one twice;
+An executor gets the units to train (``sweep.plan_units``: a variant alone, or seeds that train as one
+stacked model) and ``train_kwargs`` for ``run_unit`` (experiment, parent run, store, data, checkpoints), and
+calls ``on_result(VariantResult)`` as each variant ends. ``run_unit`` claims each variant itself (harness/runs.py), so two sweeps, or two executors, never train one twice;
 an executor's own duties are only to run it somewhere, and to close the run of a worker that died
 before reporting (``harness.runs.close_lost_run``). On Ctrl-C it closes what runs KILLED and re-raises
 KeyboardInterrupt.
@@ -11,7 +11,7 @@ To add one (SLURM, Kubernetes), write ``harness/executors/<name>.py`` with a cla
 
 - ``name``: the ``--executor`` choice;
 - ``prepare()``: fail with ``ExecutorError`` before any run exists (missing package, unreachable cluster);
-- ``run(variants, train_kwargs, on_result)``.
+- ``run(units, train_kwargs, on_result)``: ``run_unit(unit, **train_kwargs)`` somewhere, for each unit.
 
 and register it in ``EXECUTORS`` below.
 """
@@ -33,7 +33,7 @@ class Executor(Protocol):
 
     def prepare(self) -> None: ...
 
-    def run(self, variants: list[Variant], train_kwargs: dict, on_result: Callable[[VariantResult], None]) -> None: ...
+    def run(self, units: list[list[Variant]], train_kwargs: dict, on_result: Callable[[VariantResult], None]) -> None: ...
 
 
 EXECUTORS = ("local", "ray")  # --executor choices; "local" with --jobs N > 1 means worker processes

@@ -1,8 +1,8 @@
-"""In this process, one variant after the other (the default)."""
+"""In this process, one unit after the other (the default)."""
 
 from __future__ import annotations
 
-from harness.tracking import VariantResult, run_variant
+from harness.tracking import VariantResult, run_unit
 
 
 class InProcessExecutor:
@@ -11,10 +11,11 @@ class InProcessExecutor:
     def prepare(self) -> None:
         pass
 
-    def run(self, variants, train_kwargs: dict, on_result) -> None:
-        for variant in variants:
+    def run(self, units, train_kwargs: dict, on_result) -> None:
+        for unit in units:
             try:
-                result = run_variant(variant, **train_kwargs)
-            except Exception as exc:  # the run could not even be opened; the next variants still train
-                result = VariantResult(variant.id, "", "FAILED", {}, f"could not start: {type(exc).__name__}: {exc}")
-            on_result(result)
+                results = run_unit(unit, **train_kwargs)
+            except Exception as exc:  # the runs could not even be opened; the next units still train
+                results = [VariantResult(v.id, "", "FAILED", {}, f"could not start: {type(exc).__name__}: {exc}") for v in unit]
+            for result in results:
+                on_result(result)

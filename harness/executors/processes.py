@@ -1,7 +1,9 @@
-"""``--jobs N``: N variants at a time, each in a spawned worker process.
+"""``--jobs N``: N units at a time (a variant, or seeds stacked as one model), each in a spawned worker process.
 
-One spawned process per variant rather than a ProcessPoolExecutor: a worker that dies (out of memory,
-a crash in native code) then takes down only its own variant, where a broken pool fails them all.
+One spawned process per unit rather than a ProcessPoolExecutor: a worker that dies (out of memory,
+a crash in native code) then takes down only its own unit, where a broken pool fails them all.
+On a machine with one GPU the workers share it: each trains on ``train.device`` as it resolves there,
+and the sweep hands out the costliest units first (``sweep.estimated_cost``).
 """
 
 from __future__ import annotations
@@ -17,11 +19,11 @@ from mlflow.tracking import MlflowClient
 
 from harness.runs import close_lost_run
 from harness.spec import Variant
-from harness.tracking import VariantResult, run_variant
+from harness.tracking import VariantResult, run_unit
 
 
-def _worker_main(conn, variant: Variant, kwargs: dict) -> None:
-    """A worker process: train one variant and send its VariantResult back through ``conn``."""
+def _worker_main(conn, unit: list[Variant], kwargs: dict) -> None:
+    """A worker process: train one unit and send its VariantResults back through ``conn``."""
 
     def on_interrupt(signum, frame):  # Ctrl-C, or SIGTERM from a scheduler: close the run KILLED
         signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not cut the run's closing short
@@ -39,11 +41,11 @@ def _worker_main(conn, variant: Variant, kwargs: dict) -> None:
 
     threading.Thread(target=watch_parent, daemon=True).start()
     try:
-        result = run_variant(variant, **kwargs)
+        result = run_unit(unit, **kwargs)
     except KeyboardInterrupt:
-        result = VariantResult(variant.id, "", "KILLED", {}, "interrupted (Ctrl-C)")
+        result = [VariantResult(v.id, "", "KILLED", {}, "interrupted (Ctrl-C)") for v in unit]
     except Exception as exc:
-        result = VariantResult(variant.id, "", "FAILED", {}, f"could not start: {type(exc).__name__}: {exc}")
+        result = [VariantResult(v.id, "", "FAILED", {}, f"could not start: {type(exc).__name__}: {exc}") for v in unit]
     try:
         conn.send(result)
         conn.close()
@@ -61,50 +63,54 @@ class ProcessExecutor:
     def prepare(self) -> None:
         pass
 
-    def run(self, variants, train_kwargs: dict, on_result) -> None:
-        """Train ``jobs`` variants at a time, calling ``on_result`` as each one ends.
+    def run(self, units, train_kwargs: dict, on_result) -> None:
+        """Train ``jobs`` units at a time, calling ``on_result`` as each variant ends.
 
         On Ctrl-C the running workers close their runs KILLED (they get SIGINT too, or from here), nothing
         new starts, and KeyboardInterrupt is re-raised once they have stopped.
         """
         jobs = self.jobs
         context = multiprocessing.get_context("spawn")
-        queue = list(variants)
-        running: dict = {}  # receiving end of a worker's pipe -> (process, variant, progress bar row)
+        queue = list(units)
+        running: dict = {}  # receiving end of a worker's pipe -> (process, unit, progress bar row)
         client = MlflowClient(train_kwargs["uri"])
         experiment_id, parent_run_id = train_kwargs["experiment_id"], train_kwargs["parent_run_id"]
         threads = max(1, (os.cpu_count() or 1) // jobs)
 
         def collect(conn, interrupted: bool) -> None:
-            process, variant, _ = running.pop(conn)
+            process, unit, _ = running.pop(conn)
             try:
-                result = conn.recv()
+                results = conn.recv()
             except (EOFError, OSError):
-                result = None
+                results = None
             conn.close()
             process.join()
-            if result is None and interrupted:  # stopped by Ctrl-C before it reported (or before it began)
-                run_id = close_lost_run(client, experiment_id, parent_run_id, variant, "KILLED", "interrupted (Ctrl-C)")
-                result = VariantResult(variant.id, run_id, "KILLED", {}, "interrupted (Ctrl-C)") if run_id else None
-            elif result is None:
-                reason = (f"worker process died (exit code {process.exitcode}) before reporting: "
-                          "killed by the OS (out of memory?) or a crash in native code")
-                run_id = close_lost_run(client, experiment_id, parent_run_id, variant, "FAILED", reason)
-                result = VariantResult(variant.id, run_id, "FAILED", {}, reason)
-            if result is not None:
+            if results is None:
+                results = []
+                for variant in unit:
+                    if interrupted:  # stopped by Ctrl-C before it reported (or before it began)
+                        run_id = close_lost_run(client, experiment_id, parent_run_id, variant, "KILLED", "interrupted (Ctrl-C)")
+                        if run_id:
+                            results.append(VariantResult(variant.id, run_id, "KILLED", {}, "interrupted (Ctrl-C)"))
+                    else:
+                        reason = (f"worker process died (exit code {process.exitcode}) before reporting: "
+                                  "killed by the OS (out of memory?) or a crash in native code")
+                        run_id = close_lost_run(client, experiment_id, parent_run_id, variant, "FAILED", reason)
+                        results.append(VariantResult(variant.id, run_id, "FAILED", {}, reason))
+            for result in results:
                 on_result(result)
 
         try:
             while queue or running:
                 while queue and len(running) < jobs:
-                    variant = queue.pop(0)
+                    unit = queue.pop(0)
                     receive, send = context.Pipe(duplex=False)
                     row = min(set(range(1, jobs + 1)) - {r[2] for r in running.values()})  # a free progress bar row
                     kwargs = dict(train_kwargs, threads=threads, progress_position=row)
-                    process = context.Process(target=_worker_main, args=(send, variant, kwargs), name=f"harness {variant.id}")
+                    process = context.Process(target=_worker_main, args=(send, unit, kwargs), name=f"harness {unit[0].id}")
                     process.start()
                     send.close()  # only the worker's end stays open, so a dead worker reads as EOF
-                    running[receive] = (process, variant, row)
+                    running[receive] = (process, unit, row)
                 for conn in multiprocessing.connection.wait(list(running)):
                     collect(conn, interrupted=False)
         except KeyboardInterrupt:

@@ -109,7 +109,9 @@ class RayExecutor:
     def prepare(self) -> None:
         connect(self.ray_address)
 
-    def run(self, variants, train_kwargs: dict, on_result) -> None:
+    def run(self, units, train_kwargs: dict, on_result) -> None:
+        """One task per variant, seeds of a stack included: Ray places each where it has room."""
+        variants = [variant for unit in units for variant in unit]
         for result in run_on_ray(variants, ray_address=self.ray_address, **train_kwargs):
             on_result(result)
 

@@ -1,0 +1,224 @@
+"""Seed stacking: a stack of seeds follows, seed by seed, the path of separate runs; one seed's NaN stays its own.
+
+Each separate run is a plain ``Trainer`` (the path every variant took before stacking); its losses are the
+expected values, and the stack must reproduce them.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import os
+
+import pytest
+import torch
+from mlflow.tracking import MlflowClient
+
+from harness.data import DataConfig, load_corpus
+from harness.models import ModelConfig, build_model
+from harness.stacking import StackedTrainer
+from harness.metrics import mlflow_key
+from harness.tracking import PARENT_TAG, STACKED_TAG
+from harness.train import DivergedError, TrainConfig, Trainer
+
+from conftest import EXPERIMENTS, shrink_args
+
+SEEDS = (1337, 1338, 1339)
+STEPS = 200
+TINY_GPT = dict(kind="gpt", n_layer=2, n_head=2, n_embd=32, dropout=0.0)
+
+
+class Recorder:
+    def __init__(self):
+        self.points = {}
+
+    def log(self, key, value, step):
+        self.points[(key, step)] = value
+
+
+def trainers(data_dir, dataset: str, model: dict, dtype=torch.float32, **train) -> list[Trainer]:
+    """One Trainer per seed, each model initialised under its own seed, as ``run_variant`` does."""
+    corpus = load_corpus(DataConfig(dataset), data_dir)
+    made = []
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(dtype)
+    try:
+        for seed in SEEDS:
+            config = TrainConfig(**{"steps": STEPS, "batch_size": 16, "context_length": 32, "device": "cpu", "seed": seed, **train})
+            torch.manual_seed(seed)
+            made.append(Trainer(build_model(ModelConfig(**model), corpus.tokenizer.vocab_size, config.context_length),
+                                corpus, config, torch.device("cpu")))
+    finally:
+        torch.set_default_dtype(previous)
+    return made
+
+
+def separate_losses(data_dir, dataset, model, dtype=torch.float32, **train) -> torch.Tensor:
+    rows = []
+    for trainer in trainers(data_dir, dataset, model, dtype, **train):
+        for i in range(STEPS):
+            trainer.train_step(i)
+        rows.append(trainer.state.step_losses.clone())
+    return torch.stack(rows)
+
+
+# The GPT runs in float64. In float32 the batched matmuls of the stack round differently from the separate
+# runs' (5e-7 at step 0), and 200 AdamW steps of a GPT amplify that to ~2e-3; in float64 the stack is the
+# separate runs' path bit for bit, which is what shows that its math is the same.
+CASES = {
+    "bigram-english": ("tinyshakespeare", {"kind": "bigram"}, torch.float32, {}),
+    "bigram-korean": ("korean-chatbot", {"kind": "bigram"}, torch.float32, {}),  # separate CPU runs: subset rows
+    "ffn-english": ("tinyshakespeare", {"kind": "ffn"}, torch.float32, {}),
+    "ffn-clip": ("tinyshakespeare", {"kind": "ffn"}, torch.float32, {"grad_clip": 0.05}),
+    "gpt-english": ("tinyshakespeare", TINY_GPT, torch.float64, {}),
+    # every training key that acts per step: warmup + cosine lr, and a clip small enough to act at every step
+    "gpt-schedule-clip": ("tinyshakespeare", TINY_GPT, torch.float64, {"lr_schedule": "cosine", "warmup_steps": 20,
+                                                                        "min_lr": 1e-4, "grad_clip": 0.05, "lr": 3e-3}),
+}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("case", list(CASES))
+def test_a_stack_of_three_seeds_follows_three_separate_runs(case, data_dir):
+    dataset, model, dtype, train = CASES[case]
+    expected = separate_losses(data_dir, dataset, model, dtype, **train)
+    stack = StackedTrainer(trainers(data_dir, dataset, model, dtype, **train))
+    for i in range(STEPS):
+        stack.train_step(i)
+    assert stack.step_losses.shape == (len(SEEDS), STEPS)
+    difference = (stack.step_losses - expected).abs().max().item()
+    assert difference <= 1e-5, f"{case}: the stack drifts from separate runs by {difference:.2e}"
+    # the seeds did differ (a stack that trained one seed three times would pass the check above for no seed)
+    assert (expected[0] - expected[1]).abs().max().item() > 1e-3
+    assert expected[:, -20:].mean() < expected[:, :20].mean() - 0.1, "the runs must have learned something"
+
+
+@pytest.mark.slow
+def test_each_seed_logs_its_own_curves_and_a_poisoned_seed_fails_alone(data_dir):
+    model, train = TINY_GPT, {"steps": 60, "eval_interval": 20}
+    alone = trainers(data_dir, "tinyshakespeare", model, **train)
+    expected = [t.run(Recorder()) for t in alone]
+
+    stacked = trainers(data_dir, "tinyshakespeare", model, **train)
+    stack = StackedTrainer(stacked)
+    with torch.no_grad():  # seed 1338 is NaN from the start: it must not leak into the others
+        for value in stack.params.values():
+            value[1].fill_(math.nan)
+    sinks = [Recorder() for _ in SEEDS]
+    outcomes = stack.run(sinks)
+
+    assert isinstance(outcomes[1], DivergedError) and "val_loss" in str(outcomes[1]) or "train_loss" in str(outcomes[1])
+    for s in (0, 2):
+        got, want = outcomes[s], expected[s]
+        assert abs(got["final_val_loss"] - want["final_val_loss"]) <= 1e-5
+        assert abs(got["final_train_loss"] - want["final_train_loss"]) <= 1e-5
+        assert {k for k, _ in sinks[s].points} == {"train_loss", "val_loss", "batch_loss"}
+        assert sorted(step for k, step in sinks[s].points if k == "val_loss") == [0, 20, 40, 60]
+        assert sinks[s].points[("val_loss", 60)] == pytest.approx(want["final_val_loss"], abs=1e-5)
+    assert not any(k == "val_loss" and step > 0 for k, step in sinks[1].points), "a failed seed logs nothing more"
+
+
+@pytest.mark.slow
+def test_a_stacked_seed_checkpoints_as_a_separate_run_and_resumes_alone(data_dir, tmp_path):
+    """A seed's checkpoint from the stack is an ordinary Trainer checkpoint: a lone Trainer resumes it exactly."""
+    model, train = {"kind": "ffn"}, {"steps": 80, "eval_interval": 40, "checkpoint_interval": 40}
+    expected = [t.run(Recorder()) for t in trainers(data_dir, "tinyshakespeare", model, **train)]
+
+    saved = {}
+    stack = StackedTrainer(trainers(data_dir, "tinyshakespeare", model, **train))
+    stack.run([Recorder() for _ in SEEDS], on_checkpoint=lambda s, t: saved.setdefault(s, copy.deepcopy(t.state_dict())))
+    assert sorted(saved) == [0, 1, 2] and all(state["step"] == 40 for state in saved.values())
+
+    for s, resumed in enumerate(trainers(data_dir, "tinyshakespeare", model, **train)):
+        resumed.load_state_dict(saved[s])
+        final = resumed.run(Recorder())
+        assert abs(final["final_val_loss"] - expected[s]["final_val_loss"]) <= 1e-5, SEEDS[s]
+
+
+def test_a_stack_refuses_trainers_that_differ_in_more_than_the_seed(data_dir):
+    corpus = load_corpus(DataConfig("tinyshakespeare"), data_dir)
+    made = [Trainer(build_model(ModelConfig("bigram"), corpus.tokenizer.vocab_size, 8), corpus,
+                    TrainConfig(steps=5, context_length=8, seed=seed, lr=lr), torch.device("cpu"))
+            for seed, lr in ((1, 1e-3), (2, 2e-3))]
+    with pytest.raises(ValueError, match="every setting but train.seed"):
+        StackedTrainer(made)
+
+
+# -- stacked seeds in a sweep: one MLflow run per seed -------------------------------------------------
+
+def _sweep(tmp_path, data_dir, name: str, *extra: str, code: int = 0) -> MlflowClient:
+    from harness.cli import main
+
+    results = tmp_path / "results"
+    args = ["run", str(EXPERIMENTS / "smoke.yaml"), *shrink_args(**{"train.steps": 60, "train.eval_interval": 20}),
+            "model.kind=ffn", "train.batch_size=16", "data.dataset=tinyshakespeare", *extra,
+            "--seeds", "1337", "1338", "1339", "--data-dir", str(data_dir), "--results-dir", str(results), "--no-progress"]
+    assert main(args) == code
+    client = MlflowClient(os.environ["MLFLOW_TRACKING_URI"])
+    return client
+
+
+def _children(client, name: str) -> dict[str, object]:
+    experiment_id = client.get_experiment_by_name(name).experiment_id
+    return {r.data.tags["variant"]: r for r in client.search_runs([experiment_id]) if PARENT_TAG in r.data.tags}
+
+
+@pytest.mark.slow
+def test_a_sweep_stacks_seeds_into_one_run_per_seed_with_the_curves_of_separate_runs(tmp_path, data_dir, mlflow_store):
+    stacked = _children(_sweep(tmp_path, data_dir, "smoke", "train.stack_seeds=true"), "smoke")
+    client = MlflowClient(mlflow_store)
+    experiment_id = client.get_experiment_by_name("smoke").experiment_id
+    client.rename_experiment(experiment_id, "smoke-stacked")
+    alone = _children(_sweep(tmp_path, data_dir, "smoke", "train.stack_seeds=false"), "smoke")
+
+    assert len(stacked) == len(alone) == 3  # the smoke grid is pinned to one variant, times three seeds
+    for variant, run in stacked.items():
+        assert run.info.status == "FINISHED"
+        assert run.data.tags[STACKED_TAG] == "1337,1338,1339"
+        assert STACKED_TAG not in alone[variant].data.tags
+        for key in ("loss/val", "loss/train", "loss/batch"):
+            got = {m.step: m.value for m in client.get_metric_history(run.info.run_id, key)}
+            want = {m.step: m.value for m in client.get_metric_history(alone[variant].info.run_id, key)}
+            assert got.keys() == want.keys() and len(got) >= 4, key
+            assert max(abs(got[step] - want[step]) for step in got) <= 1e-5, (variant, key)
+        artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
+        assert {"config.yaml", "samples"} <= artifacts
+    # the three seeds differ (each drew its own batches and its own initial weights)
+    finals = {round(run.data.metrics[mlflow_key("final_val_loss")], 4) for run in stacked.values()}
+    assert len(finals) == 3
+
+
+def test_units_stack_only_seeds_of_one_config_and_only_where_asked(data_dir):
+    from harness.spec import expand, load_spec, with_seeds
+    from harness.sweep import plan_units
+
+    spec_seeds = with_seeds(load_spec(EXPERIMENTS / "seed.yaml"), [1, 2])
+    on = plan_units(expand(spec_seeds, {"train.stack_seeds": True}))
+    assert len(on) == 8 and all(len(unit) == 2 for unit in on)
+    assert all({v.config.train.seed for v in unit} == {1, 2} for unit in on)
+    assert all(len({v.id.rsplit(",", 1)[0] for v in unit}) == 1 for unit in on)  # same variant but the seed
+    off = plan_units(expand(spec_seeds, {"train.stack_seeds": False}))
+    assert len(off) == 16 and all(len(unit) == 1 for unit in off)
+    cpu_default = plan_units(expand(spec_seeds, {"train.device": "cpu"}))  # null: only where it helps, a GPU
+    assert len(cpu_default) == 16
+
+
+@pytest.mark.slow
+def test_in_a_sweep_a_seed_that_diverges_fails_its_run_only(tmp_path, data_dir, mlflow_store, monkeypatch):
+    """Seed 1338's weights turn to NaN at step 30 (as a diverging run's would): its run FAILED with why, the others FINISHED."""
+    original = StackedTrainer.train_step
+
+    def diverging_step(self, i):
+        original(self, i)
+        if i == 30:
+            with torch.no_grad():
+                for value in self.params.values():
+                    value[1].fill_(math.inf)
+
+    monkeypatch.setattr(StackedTrainer, "train_step", diverging_step)
+    runs = _children(_sweep(tmp_path, data_dir, "smoke", "train.stack_seeds=true", code=1), "smoke")
+    status = {variant: run.info.status for variant, run in runs.items()}
+    assert status == {"seed=1337": "FINISHED", "seed=1338": "FAILED", "seed=1339": "FINISHED"}
+    assert "DivergedError" in runs["seed=1338"].data.tags["error"] and "lower train.lr" in runs["seed=1338"].data.tags["error"]
+    for variant in ("seed=1337", "seed=1339"):
+        assert math.isfinite(runs[variant].data.metrics[mlflow_key("final_val_loss")])
