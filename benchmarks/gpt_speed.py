@@ -45,7 +45,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from harness.data import DataConfig, load_corpus, resolve_data_dir  # noqa: E402
 from harness.models import ModelConfig, build_model, count_parameters  # noqa: E402
 from harness.train import TrainConfig, Trainer, pick_device  # noqa: E402
-from step_speed import harness_loop, max_abs_diff, reference_loop, synchronize  # noqa: E402
+from step_speed import harness_loop, max_abs_diff, reference_loop, synchronize, write_csv  # noqa: E402
 
 SEED = 1337
 LR = 1e-3
@@ -259,9 +259,7 @@ def main(argv: list[str] | None = None) -> pd.DataFrame:
             print(f"  FAIL: the two loops' losses differ by {result['max_loss_diff']:.2e} > {LOSS_TOLERANCE}", flush=True)
     table = pd.DataFrame(results)
     table.insert(0, "torch", torch.__version__)
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    table.to_csv(args.out, index=False)
-    print(f"wrote {args.out}")
+    write_csv(table, args.out)
     return table
 
 

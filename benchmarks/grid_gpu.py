@@ -37,6 +37,7 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # run from a checkout without installing
+sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from harness.data import load_corpus, resolve_data_dir  # noqa: E402
 from harness.models import build_model  # noqa: E402
@@ -44,6 +45,7 @@ from harness.spec import expand, load_spec, parse_overrides, with_seeds  # noqa:
 from harness.stacking import StackedTrainer  # noqa: E402
 from harness.sweep import plan_units  # noqa: E402
 from harness.train import Trainer, pick_device  # noqa: E402
+from step_speed import synchronize, write_csv  # noqa: E402
 
 SPEC = ROOT / "experiments" / "seed.yaml"
 SPEC_STEPS = 50_000
@@ -70,11 +72,6 @@ def trainer_for(variant, data_dir, corpora: dict, sync_free: bool) -> Trainer:
     torch.manual_seed(config.train.seed)
     model = build_model(config.model, corpus.tokenizer.vocab_size, config.train.context_length)
     return Trainer(model, corpus, config.train, pick_device(config.train.device), sync_free=sync_free)
-
-
-def synchronize(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def time_lever(units, data_dir, device: torch.device, sync_free: bool, stacked: bool) -> float:
@@ -154,9 +151,7 @@ def main(argv: list[str] | None = None) -> pd.DataFrame:
             wall = time_harness_run(args.seeds, args.run_steps, jobs, str(device), data_dir, pinned)
             add(f"harness-run-jobs-{jobs}", args.run_steps, wall, "end to end")
     table = pd.DataFrame(rows)
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    table.to_csv(args.out, index=False)
-    print(f"wrote {args.out}")
+    write_csv(table, args.out)
     return table
 
 

@@ -109,6 +109,15 @@ def steps_for(row: Row, default: int, overrides: list[str]) -> int:
 # -- timing -------------------------------------------------------------------------------------------
 
 
+def write_csv(table: pd.DataFrame, path: str | Path) -> Path:
+    """Write a benchmark table (its folder made if needed) and say where."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    table.to_csv(path, index=False)
+    print(f"wrote {path}")
+    return path
+
+
 def synchronize(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
@@ -420,21 +429,16 @@ def main(argv: list[str] | None = None) -> tuple[pd.DataFrame, pd.DataFrame | No
                   f"final {r['final_loss_diff_vs_fp32']:.1e} ({verdict} for {BF16_COMPILE_TOLERANCE:g}){graphs}")
 
     table = pd.DataFrame(results)
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    table.to_csv(out, index=False)
     shown = [c for c in table.columns if c not in ("device", "threads", "torch_version", "precision", "compile")]
     print()
     print(table[shown].to_string(index=False, float_format=lambda v: f"{v:.3g}"))
-    print(f"wrote {out}")
+    out = write_csv(table, args.out)
 
     overhead = None
     if not args.skip_logging:
         corpus = load_corpus(DataConfig(dataset="tinyshakespeare"), data_dir)
         overhead = pd.DataFrame([logging_overhead(corpus, device, args)])
-        log_out = Path(args.log_out) if args.log_out else out.parent / "logging_overhead.csv"
-        log_out.parent.mkdir(parents=True, exist_ok=True)
-        overhead.to_csv(log_out, index=False)
+        log_out = write_csv(overhead, Path(args.log_out) if args.log_out else out.parent / "logging_overhead.csv")
         o = overhead.iloc[0]
         verdict = "within" if o.overhead_pct <= 3 else "ABOVE"
         print(f"\nlogging overhead, {o.log_steps} steps tinyshakespeare/bigram/B32 (best of {o.repeats}): "
@@ -442,7 +446,6 @@ def main(argv: list[str] | None = None) -> tuple[pd.DataFrame, pd.DataFrame | No
               f"({verdict} the 3% target; {o.metric_points} points)")
         print(f"one log_metric call {o.log_metric_ms_per_call:.2f} ms; one point in log_batch "
               f"{o.log_batch_ms_per_point:.4f} ms ({o.log_metric_ms_per_call / o.log_batch_ms_per_point:.0f}x cheaper)")
-        print(f"wrote {log_out}")
     return table, overhead
 
 
