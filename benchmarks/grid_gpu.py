@@ -15,6 +15,8 @@ Then, end to end with every lever at its default (MLflow store, samples, reports
 
 Columns: ``wall_s`` is measured at ``steps`` steps per variant. ``wall_50k_s`` is ``wall_s`` scaled to the
 spec's 50,000 steps, a projection (the column says so), equal to the measurement when ``--steps 50000``.
+``max_loss_diff_vs_cpu``: before any timing, every variant trains ``--check-steps`` (200) steps on the device path
+(no host syncs, seeds stacked) and as a separate run on the CPU; the largest per-step fp32 loss difference.
 
 Run:
     python benchmarks/grid_gpu.py --device cuda --seeds 1337 1338          # levers at 5,000 steps, end to end at 50,000
@@ -95,6 +97,28 @@ def time_lever(units, data_dir, device: torch.device, sync_free: bool, stacked: 
     return total
 
 
+def loss_gap_vs_cpu(units, data_dir, device: torch.device, steps: int) -> float:
+    """Largest per-step fp32 loss difference, over every variant and ``steps`` steps, between the device path
+    (no host syncs, seeds stacked) and separate runs on the CPU (the issue's bar: 1e-4 over 200 steps)."""
+    corpora: dict = {}
+    gap = 0.0
+    for unit in units:
+        on_device = [trainer_for(v, data_dir, corpora, sync_free=True) for v in unit]
+        stack = StackedTrainer(on_device) if len(on_device) > 1 else None
+        for i in range(steps):
+            stack.train_step(i) if stack else on_device[0].train_step(i)
+        for variant, trainer in zip(unit, on_device):
+            cpu_variant = variant.config.train.__class__(**{**vars(variant.config.train), "device": "cpu"})
+            corpus = corpora[variant.config.data.dataset]
+            torch.manual_seed(cpu_variant.seed)
+            model = build_model(variant.config.model, corpus.tokenizer.vocab_size, cpu_variant.context_length)
+            on_cpu = Trainer(model, corpus, cpu_variant, torch.device("cpu"))
+            for i in range(steps):
+                on_cpu.train_step(i)
+            gap = max(gap, (trainer.state.step_losses[:steps].cpu() - on_cpu.state.step_losses[:steps]).abs().max().item())
+    return gap
+
+
 def time_harness_run(seeds: list[int], steps: int, jobs: int, device: str, data_dir, pinned: dict) -> float:
     """Wall seconds of ``harness run experiments/seed.yaml`` into a fresh store (what ``make ablations`` runs)."""
     with tempfile.TemporaryDirectory() as tmp:
@@ -120,6 +144,8 @@ def main(argv: list[str] | None = None) -> pd.DataFrame:
     parser.add_argument("--steps", type=int, default=5000, help="steps per variant for the lever rows")
     parser.add_argument("--run-steps", type=int, default=SPEC_STEPS, help="steps per variant for the harness-run rows (0: skip)")
     parser.add_argument("--jobs", type=int, default=2, help="workers sharing the device in the last row")
+    parser.add_argument("--check-steps", type=int, default=200,
+                        help="steps of the device-vs-CPU loss comparison of every variant (0: skip)")
     parser.add_argument("--levers", default="baseline,sync-free,sync-free+stacked")
     parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
                         help="overrides that pin grid axes (a smaller grid for a smoke run), as harness run takes them")
@@ -133,10 +159,16 @@ def main(argv: list[str] | None = None) -> pd.DataFrame:
     gpu = torch.cuda.get_device_name(device) if device.type == "cuda" else ""
     rows = []
 
+    check_units = plan_units(variants(args.seeds, args.check_steps, str(device), pinned)) if args.check_steps else []
+    gap = loss_gap_vs_cpu(check_units, data_dir, device, args.check_steps) if args.check_steps else float("nan")
+    print(f"device path vs separate CPU runs: max per-step fp32 loss difference {gap:.2e} over {args.check_steps} steps",
+          flush=True)
+
     def add(lever: str, steps: int, wall: float, what: str) -> None:
         rows.append({"lever": lever, "measures": what, "seeds": len(args.seeds), "variants": n_variants,
                      "steps": steps, "wall_s": round(wall, 2), "wall_50k_s": round(wall * SPEC_STEPS / steps, 1),
                      "wall_50k_is": "measured" if steps == SPEC_STEPS else f"projected from {steps} steps",
+                     "max_loss_diff_vs_cpu": gap, "check_steps": args.check_steps,
                      "device": str(device), "gpu": gpu, "torch_version": torch.__version__})
         print(f"{lever:24s} {steps:6d} steps  {wall:8.2f} s  (50k steps: {wall * SPEC_STEPS / steps:8.1f} s)", flush=True)
 

@@ -96,8 +96,8 @@ def test_gpt_bench_runs_both_loops_from_the_same_weights_and_agrees(shakespeare_
     assert row["plain_steps_per_s"] > 0 and row["harness_steps_per_s"] > 0
 
 
-GRID_COLUMNS = ["lever", "measures", "seeds", "variants", "steps", "wall_s", "wall_50k_s", "wall_50k_is", "device",
-                "gpu", "torch_version"]
+GRID_COLUMNS = ["lever", "measures", "seeds", "variants", "steps", "wall_s", "wall_50k_s", "wall_50k_is",
+                "max_loss_diff_vs_cpu", "check_steps", "device", "gpu", "torch_version"]
 
 
 @pytest.mark.slow
@@ -108,7 +108,7 @@ def test_grid_benchmark_times_every_lever_and_a_harness_run(shakespeare_dir, tmp
     sys.modules[spec.name] = module
     spec.loader.exec_module(module)
     out = tmp_path / "grid.csv"
-    argv = ["--device", "cpu", "--steps", "10", "--run-steps", "10", "--seeds", "1", "2", "--out", str(out),
+    argv = ["--device", "cpu", "--steps", "10", "--run-steps", "10", "--check-steps", "30", "--seeds", "1", "2", "--out", str(out),
             "--set", "model.kind=ffn", "train.batch_size=32", "data.dataset=tinyshakespeare"]
     if shakespeare_dir is not None:
         argv += ["--data-dir", str(shakespeare_dir)]
@@ -118,5 +118,7 @@ def test_grid_benchmark_times_every_lever_and_a_harness_run(shakespeare_dir, tmp
     assert list(table.lever) == ["baseline", "sync-free", "sync-free+stacked", "harness-run-jobs-1", "harness-run-jobs-2"]
     assert (table.variants == 2).all() and (table.wall_s > 0).all()
     assert (table.wall_50k_is == "projected from 10 steps").all()
+    # the stacked FFN seeds against separate runs (here both on the CPU): the same path, so within fp32 rounding
+    assert (table.check_steps == 30).all() and (table.max_loss_diff_vs_cpu <= 1e-5).all()
     # wall_s is rounded to 0.01 s, and 50,000 / 10 steps scales that rounding by 5,000
     assert ((table.wall_50k_s - table.wall_s * 5000).abs() <= 0.005 * 5000 + 0.05).all()
