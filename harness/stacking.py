@@ -62,7 +62,6 @@ class StackedTrainer:
         self.template = first.model
         self.position_wise = first.model.position_wise
         self.params, self.buffers = stack_module_state([t.model for t in trainers])
-        self.names = list(self.params)
         cfg = self.config
         self.optimizer = torch.optim.AdamW(list(self.params.values()), lr=cfg.lr, betas=tuple(cfg.betas),
                                            weight_decay=cfg.weight_decay, fused=self.device.type in ("cpu", "cuda"))
