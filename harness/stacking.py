@@ -9,9 +9,9 @@ and gradient clipping is done per seed, so each slice follows the path of a sepa
 operation mixes slices.
 
 Everything but the step stays per seed and unchanged. Each seed keeps its own ``Trainer`` (its batch
-generator, evaluation, samples, checkpoints); ``sync(s)`` gives that Trainer's model and optimizer the
-seed's slice before they are read. A checkpoint of a stacked seed is an ordinary one, so it resumes either
-stacked or alone.
+generator, evaluation, samples, checkpoints); ``sync(s)`` gives that Trainer's model (and, for a
+checkpoint, its optimizer) the seed's slice before they are read. A checkpoint of a stacked seed is an
+ordinary one, so it resumes either stacked or alone.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ import torch
 import torch.nn as nn
 from torch.func import functional_call, stack_module_state, vmap
 
-from harness.train import DivergedError, MetricSink, Trainer, _at_least_fp32, count_ids, learning_rate
+from harness.train import DivergedError, MetricSink, Trainer, count_ids, learning_rate, table_pair_loss
 
 SeedOutcome = dict | Exception  # a seed's final metrics, or why it failed
 
@@ -89,29 +89,29 @@ class StackedTrainer:
         if not any(states[0]):
             return
         for i, stacked in enumerate(self.params.values()):
-            merged = {}
-            for key, value in states[0][i].items():
-                if torch.is_tensor(value) and value.shape == stacked.shape[1:] and value.dim() > 0:
-                    merged[key] = torch.stack([seed[i][key] for seed in states]).to(stacked.device)
-                else:  # the step count, one for all seeds (they are at one step)
-                    merged[key] = value.clone() if torch.is_tensor(value) else value
-            self.optimizer.state[stacked] = merged
+            self.optimizer.state[stacked] = {
+                key: (torch.stack([seed[i][key] for seed in states]).to(stacked.device)
+                      if _per_element(value, stacked.shape[1:]) else _copy(value))  # else: the step count, shared
+                for key, value in states[0][i].items()
+            }
 
     @torch.no_grad()
-    def sync(self, s: int) -> Trainer:
-        """Seed ``s``'s Trainer, its model and optimizer set to the seed's slice of the stack."""
+    def sync(self, s: int, optimizer: bool = True) -> Trainer:
+        """Seed ``s``'s Trainer, its model (and, with ``optimizer``, its AdamW state, which only a checkpoint
+        reads) set to the seed's slice of the stack."""
         trainer = self.trainers[s]
         for name, p in trainer.model.named_parameters():
             p.copy_(self.params[name][s])
         for name, b in trainer.model.named_buffers():
             if name in self.buffers:
                 b.copy_(self.buffers[name][s])
+        if not optimizer:
+            return trainer
         for p, stacked in zip(trainer.model.parameters(), self.params.values()):
             state = self.optimizer.state.get(stacked)
             if state:
                 trainer.optimizer.state[p] = {
-                    key: (value[s].clone() if torch.is_tensor(value) and value.dim() > 0 and value.shape == stacked.shape
-                          else value.clone() if torch.is_tensor(value) else value)
+                    key: value[s].clone() if _per_element(value, stacked.shape) else _copy(value)
                     for key, value in state.items()
                 }
         return trainer
@@ -135,10 +135,8 @@ class StackedTrainer:
         offsets = torch.arange(self.seeds, device=self.device).view(-1, 1, 1) * (V * V)
         ids = (chunk[..., :-1] * V + chunk[..., 1:] + offsets).reshape(-1)
         counts = count_ids(ids, self.seeds * V * V, self.sync_free).view(self.seeds, V, V)
-        tables = _at_least_fp32(self._table_of(self.params, self.buffers))  # (S, V, V)
-        picked = (counts * tables).sum(dim=(1, 2))
         n_positions = chunk.shape[1] * (chunk.shape[2] - 1)
-        return ((counts.sum(dim=2) * torch.logsumexp(tables, dim=2)).sum(dim=1) - picked) / n_positions
+        return table_pair_loss(self._table_of(self.params, self.buffers), counts, n_positions)  # (S, V, V) -> (S,)
 
     def train_step(self, i: int) -> None:
         """Step ``i`` of every seed: one AdamW update of the stack; the losses stay on the device."""
@@ -198,8 +196,9 @@ class StackedTrainer:
                 t.state.step = done
             if done % every == 0 or done == cfg.steps:
                 for s in self._live():
-                    evaluated[s] = self._guarded(s, lambda t: (t._log_batch_losses(sinks[s], last_logged, done),
-                                                               t._log_eval(sinks[s], done))[1])
+                    self._guarded(s, lambda t: t._log_batch_losses(sinks[s], last_logged, done), weights=False)
+                    if s not in self.failed:  # a seed whose steps diverged is not evaluated
+                        evaluated[s] = self._guarded(s, lambda t: t._log_eval(sinks[s], done))
                 last_logged = done
                 live = self._live()
                 if live:
@@ -207,7 +206,7 @@ class StackedTrainer:
             if checkpoint_every and done % checkpoint_every == 0 and done < cfg.steps:
                 elapsed = time.perf_counter() - started
                 for s in self._live():
-                    self._guarded(s, lambda t: t._log_batch_losses(sinks[s], last_logged, done))
+                    self._guarded(s, lambda t: t._log_batch_losses(sinks[s], last_logged, done), weights=False)
                 for s in self._live():
                     self.trainers[s].state.train_time_s = time_before[s] + elapsed
                     on_checkpoint(s, self.sync(s))
@@ -228,13 +227,23 @@ class StackedTrainer:
     def _live(self) -> list[int]:
         return [s for s in range(self.seeds) if s not in self.failed]
 
-    def _guarded(self, s: int, action: Callable[[Trainer], dict | None]):
-        """``action`` on seed ``s``'s synced Trainer; a DivergedError marks that seed failed, and only it."""
+    def _guarded(self, s: int, action: Callable[[Trainer], dict | None], weights: bool = True):
+        """``action`` on seed ``s``'s Trainer (given the seed's weights first, unless ``weights`` is False: its
+        per-step losses are a row of the stack's already); a DivergedError marks that seed failed, and only it."""
         try:
-            return action(self.sync(s))
+            return action(self.sync(s, optimizer=False) if weights else self.trainers[s])
         except DivergedError as exc:
             self.failed[s] = exc
             return None
+
+
+def _per_element(value, shape: torch.Size) -> bool:
+    """Whether an AdamW state entry has one value per parameter element (exp_avg...), not one per tensor (step)."""
+    return torch.is_tensor(value) and value.dim() > 0 and value.shape == shape
+
+
+def _copy(value):
+    return value.clone() if torch.is_tensor(value) else value
 
 
 def _without_seed(config) -> str:

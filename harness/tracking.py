@@ -403,6 +403,25 @@ class _VariantRun:
         self.metrics.flush()  # points up to here are stored before the state that produced them
         self.store.save(self.run_id, self.variant, trainer.state_dict())
 
+    def train(self, trainer: Trainer) -> VariantResult:
+        """Train alone and close the run: FINISHED, or FAILED with why (Ctrl-C is the caller's to handle)."""
+        try:
+            final = trainer.run(self.metrics, self.on_progress, self.on_checkpoint if self.store is not None else None)
+        except KeyboardInterrupt:
+            raise
+        except Exception as exc:
+            return self.fail(exc)
+        return self.conclude(trainer, final)
+
+    def conclude(self, trainer: Trainer, outcome: dict | Exception) -> VariantResult:
+        """Close the run from a training outcome: its final metrics (FINISHED) or why it stopped (FAILED)."""
+        if isinstance(outcome, Exception):
+            return self.fail(outcome)
+        try:
+            return self.finish(trainer, outcome)
+        except Exception as exc:
+            return self.fail(exc)
+
     def finish(self, trainer: Trainer, final: dict[str, float]) -> VariantResult:
         """Sample after training, log the summary and samples, and close the run FINISHED."""
         client, run_id, config = self.client, self.run_id, self.config
@@ -460,9 +479,7 @@ def run_variant(variant: Variant, *, threads: int = 0, **options) -> VariantResu
     if skipped is not None:
         return skipped
     try:  # from here on, whatever happens (Ctrl-C during setup included) closes the run
-        trainer = run.prepare(threads)
-        final = trainer.run(run.metrics, run.on_progress, run.on_checkpoint if run.store is not None else None)
-        return run.finish(trainer, final)
+        return run.train(run.prepare(threads))
     except KeyboardInterrupt:
         run.kill()
         raise
@@ -517,16 +534,9 @@ def run_stacked(variants: list[Variant], *, threads: int = 0, **options) -> list
             except Exception as exc:  # the stack itself failed (out of memory...): every seed in it did
                 outcomes = [exc] * len(fresh)
             for run, outcome in zip(fresh, outcomes):
-                results[run.variant.id] = _finish_or_fail(run, trainers[run.variant.id], outcome)
+                results[run.variant.id] = run.conclude(trainers[run.variant.id], outcome)
         for run in alone:
-            trainer = trainers[run.variant.id]
-            try:
-                final = trainer.run(run.metrics, run.on_progress, run.on_checkpoint if run.store is not None else None)
-            except KeyboardInterrupt:
-                raise
-            except Exception as exc:
-                final = exc
-            results[run.variant.id] = _finish_or_fail(run, trainer, final)
+            results[run.variant.id] = run.train(trainers[run.variant.id])
     except KeyboardInterrupt:
         for run in claimed:
             if run.variant.id not in results:
@@ -536,15 +546,6 @@ def run_stacked(variants: list[Variant], *, threads: int = 0, **options) -> list
         for run in claimed:
             run.release()
     return [results[v.id] for v in variants]
-
-
-def _finish_or_fail(run: _VariantRun, trainer: Trainer, outcome: dict | Exception) -> VariantResult:
-    if isinstance(outcome, Exception):
-        return run.fail(outcome)
-    try:
-        return run.finish(trainer, outcome)
-    except Exception as exc:
-        return run.fail(exc)
 
 
 def run_unit(variants: list[Variant], **options) -> list[VariantResult]:

@@ -199,27 +199,29 @@ class _TablePairNLL(torch.autograd.Function):
     Equal to ``cross_entropy`` over the positions the pairs came from: each row's log-sum-exp is
     counted once per occurrence of that row, and each pair's logit is subtracted once. Pairs come as
     flat indices into the table (large tables) or as a dense count matrix (small ones, fewer ops).
+    Dense counts may carry leading dimensions, one table per stacked seed (harness/stacking.py): the loss
+    then has those dimensions, one mean per table.
     """
 
     @staticmethod
     def forward(ctx, table, row_counts, pairs, n_positions):
         lse = torch.logsumexp(table, dim=-1)
         dense = pairs.dtype != torch.long
-        picked = (pairs * table).sum() if dense else table.reshape(-1).index_select(0, pairs).sum()
+        picked = (pairs * table).sum(dim=(-2, -1)) if dense else table.reshape(-1).index_select(0, pairs).sum()
         ctx.save_for_backward(table, lse, row_counts, pairs)
         ctx.n_positions = n_positions
-        return ((row_counts * lse).sum() - picked) / n_positions
+        return ((row_counts * lse).sum(dim=-1) - picked) / n_positions
 
     @staticmethod
     def backward(ctx, grad_output):
         table, lse, row_counts, pairs = ctx.saved_tensors
         n = ctx.n_positions
-        grad = torch.exp(table - lse[:, None]).mul_((row_counts / n)[:, None])
+        grad = torch.exp(table - lse[..., None]).mul_((row_counts / n)[..., None])
         if pairs.dtype != torch.long:
             grad.sub_(pairs, alpha=1.0 / n)
         else:
             grad.view(-1).index_add_(0, pairs, torch.full(pairs.shape, -1.0 / n, dtype=grad.dtype, device=grad.device))
-        return grad * grad_output, None, None, None
+        return grad * grad_output[..., None, None], None, None, None
 
 
 def _at_least_fp32(t: torch.Tensor) -> torch.Tensor:
@@ -231,10 +233,11 @@ DENSE_PAIRS_MAX_CELLS = 1 << 16  # up to a 256-token vocabulary, count pairs den
 
 
 def table_pair_loss(table: torch.Tensor, pair_counts: torch.Tensor, n_positions: int) -> torch.Tensor:
-    """Mean NLL from a full (vocab x vocab) logits table and the batch's dense pair counts."""
+    """Mean NLL from a full (vocab x vocab) logits table and the batch's dense pair counts; with a leading
+    dimension on both, (S, vocab, vocab), one mean per table: (S,)."""
     table = _at_least_fp32(table)
     pair_counts = pair_counts.to(table.dtype)
-    return _TablePairNLL.apply(table, pair_counts.sum(dim=1), pair_counts, n_positions)
+    return _TablePairNLL.apply(table, pair_counts.sum(dim=-1), pair_counts, n_positions)
 
 
 def count_ids(ids: torch.Tensor, size: int, sync_free: bool) -> torch.Tensor:
