@@ -82,7 +82,7 @@ bench: $(READY) ## step speed: the write-up's and the lecture's loops vs the har
 	$(PYTHON) benchmarks/step_speed.py $(ARGS)
 	$(PYTHON) benchmarks/gpt_speed.py
 
-bench-gpu: $(READY) ## the seed grid on one GPU, lever by lever (no host syncs, stacked seeds, --jobs): results/bench/grid_gpu.csv
+bench-gpu: $(READY) ## the seed grid on one GPU, lever by lever (no host syncs, stacked seeds, CUDA graphs, --jobs): results/bench/grid_gpu.csv
 	$(PYTHON) benchmarks/grid_gpu.py --device cuda $(ARGS)
 
 report: $(READY) ## rebuild results/<name>/ for SPEC from the local MLflow store

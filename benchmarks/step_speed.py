@@ -50,7 +50,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a check
 
 from harness.data import Corpus, DataConfig, load_corpus, resolve_data_dir  # noqa: E402
 from harness.models import ModelConfig, build_model  # noqa: E402
-from harness.train import TrainConfig, Trainer, exact_loss, pick_device  # noqa: E402
+from harness.train import TrainConfig, Trainer, WindowDraws, exact_loss, pick_device  # noqa: E402
 
 CORPORA = ("tinyshakespeare", "korean-chatbot")
 MODELS = ("bigram", "ffn")
@@ -149,12 +149,12 @@ def reference_loop(model, data: torch.Tensor, batch_size: int, steps: int, warmu
                    block_size: int = CONTEXT_LENGTH, lr: float = LR):
     """The write-up's loop (the lecture's too), kept as written so that the speedup is measured against what people ran."""
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr)
-    g = torch.Generator(device).manual_seed(SEED)
+    g = torch.Generator().manual_seed(SEED)  # on the CPU, as the lecture's get_batch draws (and the Trainer)
     losses = torch.zeros(steps, device=device)
     clock = StepClock(device, warmup)
     for step in range(steps):
         clock.at_step(step)
-        ix = torch.randint(len(data) - block_size, (batch_size,), generator=g, device=device)
+        ix = torch.randint(len(data) - block_size, (batch_size,), generator=g)
         x = torch.stack([data[i : i + block_size] for i in ix])
         y = torch.stack([data[i + 1 : i + block_size + 1] for i in ix])
         logits, loss = model(x, y)
@@ -171,7 +171,7 @@ def harness_loop(trainer: Trainer, steps: int, warmup: int):
     clock = StepClock(trainer.device, warmup)
     for step in range(steps):
         clock.at_step(step)
-        loss = trainer.step_loss(trainer.sample_starts())
+        loss = trainer.step_loss(trainer.sample_starts(step))
         for p in trainer.params:
             p.grad = None
         loss.backward()
@@ -195,15 +195,12 @@ def new_trainer(row: Row, corpus: Corpus, device: torch.device, steps: int, prec
 
 def check_same_windows(trainer: Trainer, data: torch.Tensor, device: torch.device, draws: int = 3) -> None:
     """The reference's ``randint`` must draw the Trainer's window starts, or the loss comparison means nothing."""
-    saved = trainer.generator.get_state()
-    g = torch.Generator(device).manual_seed(SEED)
-    try:
-        for draw in range(draws):
-            ref = torch.randint(len(data) - CONTEXT_LENGTH, (trainer.config.batch_size,), generator=g, device=device)
-            if not torch.equal(ref, trainer.sample_starts()):
-                raise AssertionError(f"batch {draw}: the reference and the Trainer draw different window starts")
-    finally:
-        trainer.generator.set_state(saved)
+    g = torch.Generator().manual_seed(SEED)
+    fresh = WindowDraws(trainer.n_windows, trainer.config.batch_size, trainer.config.seed, device)  # the Trainer's own draws
+    for draw in range(draws):
+        ref = torch.randint(len(data) - CONTEXT_LENGTH, (trainer.config.batch_size,), generator=g)
+        if not torch.equal(ref, fresh(draw).cpu()):
+            raise AssertionError(f"batch {draw}: the reference and the Trainer draw different window starts")
 
 
 @contextlib.contextmanager

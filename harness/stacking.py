@@ -24,7 +24,8 @@ import torch
 import torch.nn as nn
 from torch.func import functional_call, stack_module_state, vmap
 
-from harness.train import DivergedError, MetricSink, Trainer, count_ids, learning_rate, table_pair_loss
+from harness.graphs import CapturedStep
+from harness.train import DivergedError, MetricSink, Trainer, count_ids, learning_rate, set_lr, table_pair_loss
 
 SeedOutcome = dict | Exception  # a seed's final metrics, or why it failed
 
@@ -63,16 +64,22 @@ class StackedTrainer:
         self.position_wise = first.model.position_wise
         self.params, self.buffers = stack_module_state([t.model for t in trainers])
         cfg = self.config
-        self.optimizer = torch.optim.AdamW(list(self.params.values()), lr=cfg.lr, betas=tuple(cfg.betas),
-                                           weight_decay=cfg.weight_decay, fused=self.device.type in ("cpu", "cuda"))
+        self.graph_backend = first.graph_backend
+        self.optimizer = torch.optim.AdamW(list(self.params.values()), lr=first._lr_value(cfg.lr), betas=tuple(cfg.betas),
+                                           weight_decay=cfg.weight_decay, fused=self.device.type in ("cpu", "cuda"),
+                                           capturable=self.graph_backend is not None)
         self._stack_optimizer_state()
         # One (S, steps) tensor; each Trainer's step_losses is its row, so its checks and checkpoints see it.
         self.step_losses = torch.stack([t.state.step_losses for t in trainers])
         for s, t in enumerate(trainers):
             t.state.step_losses = self.step_losses[s]
-        self.starts = torch.empty(self.seeds, cfg.batch_size, dtype=torch.long, device=self.device)
+        self.starts = torch.empty(self.seeds, cfg.batch_size, dtype=torch.long, device=self.device)  # static: graphs
+        self.captured = (None if self.graph_backend is None
+                         else CapturedStep(self._update, list(self.params.values()), self.graph_backend))
         self.failed: dict[int, Exception] = {}
         if self.position_wise:
+            V = first.vocab  # seed s counts its pairs in table s of one (S * V * V) buffer
+            self._table_offsets = torch.arange(self.seeds, device=self.device).view(-1, 1, 1) * (V * V)
             self._table = _LogitsTable(self.template)
             self._table_of = vmap(lambda p, b: functional_call(self._table, ({f"model.{k}": v for k, v in p.items()},
                                                                               {f"model.{k}": v for k, v in b.items()}), ()))
@@ -118,10 +125,8 @@ class StackedTrainer:
 
     # -- the step -----------------------------------------------------------------------------------
     def seed_losses(self) -> torch.Tensor:
-        """Each seed's minibatch loss (S,), each from its own generator's windows."""
+        """Each seed's minibatch loss (S,) on the windows at ``self.starts`` (one row per seed)."""
         first = self.trainers[0]
-        for s, t in enumerate(self.trainers):
-            torch.randint(first.n_windows, (self.config.batch_size,), generator=t.generator, out=self.starts[s])
         T = self.config.context_length
         chunk = first.windows.index_select(0, self.starts.view(-1)).view(self.seeds, self.config.batch_size, T + 1)
         with first._autocast():
@@ -132,8 +137,7 @@ class StackedTrainer:
     def _pair_table_losses(self, chunk: torch.Tensor) -> torch.Tensor:
         """Position-wise models: each seed's loss from its (vocab x vocab) logits table and its batch's pair counts."""
         V = self.trainers[0].vocab
-        offsets = torch.arange(self.seeds, device=self.device).view(-1, 1, 1) * (V * V)
-        ids = (chunk[..., :-1] * V + chunk[..., 1:] + offsets).reshape(-1)
+        ids = (chunk[..., :-1] * V + chunk[..., 1:] + self._table_offsets).reshape(-1)
         counts = count_ids(ids, self.seeds * V * V, self.sync_free).view(self.seeds, V, V)
         n_positions = chunk.shape[1] * (chunk.shape[2] - 1)
         return table_pair_loss(self._table_of(self.params, self.buffers), counts, n_positions)  # (S, V, V) -> (S,)
@@ -142,16 +146,23 @@ class StackedTrainer:
         """Step ``i`` of every seed: one AdamW update of the stack; the losses stay on the device."""
         cfg = self.config
         if cfg.scheduled:
-            for group in self.optimizer.param_groups:
-                group["lr"] = learning_rate(cfg, i)
+            set_lr(self.optimizer, learning_rate(cfg, i))
+        torch.stack([t.sample_starts(i) for t in self.trainers], out=self.starts)  # each seed's own draws
+        if self.captured is None:
+            for p in self.params.values():
+                p.grad = None
+            self.step_losses[:, i] = self._update()
+        else:
+            self.step_losses[:, i] = self.captured()
+
+    def _update(self) -> torch.Tensor:
+        """Forward, backward, per-seed clipping and AdamW of the whole stack: what a graph captures."""
         losses = self.seed_losses()
-        for p in self.params.values():
-            p.grad = None
         losses.sum().backward()
-        if cfg.grad_clip > 0:
-            self._clip_per_seed(cfg.grad_clip)
+        if self.config.grad_clip > 0:
+            self._clip_per_seed(self.config.grad_clip)
         self.optimizer.step()
-        self.step_losses[:, i] = losses.detach()
+        return losses.detach()
 
     @torch.no_grad()
     def _clip_per_seed(self, max_norm: float) -> None:

@@ -29,6 +29,7 @@ import torch.nn.functional as F
 
 from harness.config import ADDED_V2, EXECUTION
 from harness.data import Corpus
+from harness.graphs import CapturedStep, CudaGraphs, GraphBackend
 from harness.models import CharLanguageModel
 
 DEVICE_CHOICES = ("auto", "cpu", "cuda", "mps")
@@ -90,6 +91,9 @@ class TrainConfig:
     # Variants that differ only in train.seed train as one stacked model (harness/stacking.py): true, false,
     # or null (the default) for "where it helps": on a GPU, where a step of these small models is launch-bound.
     stack_seeds: bool | None = field(default=None, metadata=EXECUTION)
+    # On a CUDA device, capture a whole training step as a CUDA graph and replay it (harness/graphs.py): one
+    # launch per step. Off by default until measured on a GPU; ignored on other devices.
+    cuda_graphs: bool = field(default=False, metadata=EXECUTION)
 
     def problems(self) -> list[tuple[str, str]]:
         found = []
@@ -140,6 +144,15 @@ def _two_betas(betas) -> bool:
     if not isinstance(betas, (list, tuple)) or len(betas) != 2:
         return False
     return all(isinstance(b, (int, float)) and not isinstance(b, bool) and 0 <= b < 1 for b in betas)
+
+
+def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
+    """Every group's lr; a tensor lr (a CUDA graph reads it from memory) is filled in place."""
+    for group in optimizer.param_groups:
+        if torch.is_tensor(group["lr"]):
+            group["lr"].fill_(lr)
+        else:
+            group["lr"] = lr
 
 
 def learning_rate(config: TrainConfig, step: int) -> float:
@@ -489,7 +502,7 @@ class CheckpointError(Exception):
     """A checkpoint that cannot be read or trusted; the message names the file and why."""
 
 
-CHECKPOINT_KEYS = ("model", "optimizer", "generator", "step", "step_losses", "train_time_s")
+CHECKPOINT_KEYS = ("model", "optimizer", "generator", "step", "step_losses", "train_time_s")  # + "generator_step"
 _PLAIN = (torch.Tensor, str, int, float, bool, type(None))
 
 
@@ -539,6 +552,75 @@ def load_checkpoint(path: str | os.PathLike) -> dict:
     return saved
 
 
+# -- batches ------------------------------------------------------------------------------------------
+
+DRAW_BLOCK_STEPS = 256  # steps of window starts drawn, and copied to the device, at once
+
+
+class WindowDraws:
+    """Each step's window starts as the lecture's ``get_batch`` draws them: ``torch.randint`` on a CPU
+    generator seeded with ``train.seed``, on every device.
+
+    Why the CPU: a CUDA generator (Philox) draws other numbers than a CPU one (Mersenne Twister) from the same
+    seed, and ``train.device`` is not part of a run's identity, so a run must train on the same batches
+    wherever it runs; its checkpoint then resumes on any device too. Starts are drawn DRAW_BLOCK_STEPS steps at
+    a time (one ``randint`` of (k, B) draws what k draws of (B,) draw, tests/test_train.py) and copied to the
+    device once per block, without waiting, so a step never waits for the host.
+    """
+
+    def __init__(self, n_windows: int, batch_size: int, seed: int, device: torch.device):
+        self.n_windows = n_windows
+        self.batch_size = batch_size
+        self.device = device
+        self.generator = torch.Generator().manual_seed(seed)
+        self.drawn_to = 0  # the step whose starts the generator draws next
+        self._resume_point = (0, self.generator.get_state())  # (step, generator state) the current block came from
+        self._block: torch.Tensor | None = None
+        self._block_start = 0
+
+    def __call__(self, step: int) -> torch.Tensor:
+        """The (batch_size,) window starts of step ``step`` (0-based), on the device."""
+        offset = step - self._block_start
+        if self._block is None or not 0 <= offset < len(self._block):
+            self._draw_from(step)
+            offset = 0
+        return self._block[offset]
+
+    def _draw_from(self, step: int) -> None:
+        if step < self.drawn_to:
+            raise ValueError(f"window starts of step {step} were drawn already (the generator is at step "
+                             f"{self.drawn_to}); draws only go forward")
+        self._resume_point = (self.drawn_to, self.generator.get_state())
+        drawn = torch.randint(self.n_windows, (step - self.drawn_to + DRAW_BLOCK_STEPS, self.batch_size),
+                              generator=self.generator)
+        self.drawn_to += len(drawn)
+        block = drawn[len(drawn) - DRAW_BLOCK_STEPS:]  # the rows before ``step`` belong to steps already trained
+        if self.device.type == "cuda":  # pinned: the copy runs behind the queued steps instead of waiting for them
+            block = block.pin_memory().to(self.device, non_blocking=True)
+        else:
+            block = block.to(self.device)
+        self._block, self._block_start = block, step
+
+    def state_dict(self) -> dict:
+        """A step at or before the current one and the generator's state there (a resume redraws from it)."""
+        step, state = self._resume_point if self._block is not None else (self.drawn_to, self.generator.get_state())
+        return {"generator": state, "generator_step": step}
+
+    def load_state_dict(self, saved: dict) -> None:
+        """``generator_step`` is absent from checkpoints older than block draws: their state is at ``step``."""
+        state = saved["generator"]
+        if state.numel() != self.generator.get_state().numel():
+            raise CheckpointError(
+                f"checkpoint: its batch generator state is not a CPU generator's ({state.numel()} bytes); it was "
+                "written on a GPU by a harness that drew batches there, and cannot resume the same batches; "
+                "delete it to train the variant from the start"
+            )
+        self.generator.set_state(state)
+        self.drawn_to = int(saved.get("generator_step", saved["step"]))
+        self._resume_point = (self.drawn_to, state)
+        self._block = None
+
+
 # -- the trainer ------------------------------------------------------------------------------------
 
 
@@ -555,30 +637,41 @@ class Trainer:
     """Trains one model on one corpus; ``run`` returns the final metrics."""
 
     def __init__(self, model: CharLanguageModel, corpus: Corpus, config: TrainConfig, device: torch.device,
-                 sync_free: bool | None = None):
+                 sync_free: bool | None = None, graphs: GraphBackend | None = None):
         """``sync_free`` (default: on any device but a CPU): a training step never waits for the device, so
-        that a GPU runs ahead of Python. Batches are drawn on the device into a fixed buffer, and the loss is
-        read back only at evaluations, in blocks."""
+        that a GPU runs ahead of Python. Window starts are copied to the device in blocks, and the loss is
+        read back only at evaluations, in blocks.
+
+        ``graphs``: capture the step as a graph and replay it (default: ``CudaGraphs`` when
+        ``config.cuda_graphs`` and the device is CUDA; tests pass a CPU stand-in). Implies ``sync_free``.
+        """
         self.config = config
         self.device = device
-        self.sync_free = device.type != "cpu" if sync_free is None else sync_free
+        if graphs is None and config.cuda_graphs and device.type == "cuda":
+            graphs = CudaGraphs()
+        self.graph_backend = graphs
+        self.sync_free = (device.type != "cpu" if sync_free is None else sync_free) or graphs is not None
         self.model = model.to(device)
         self.vocab = corpus.tokenizer.vocab_size
         self.train_data = corpus.train.to(device)
         self.val_data = corpus.val.to(device)
         fused = device.type in ("cpu", "cuda")
-        self.optimizer = torch.optim.AdamW(
-            model.parameters(), lr=config.lr, betas=tuple(config.betas), weight_decay=config.weight_decay, fused=fused
+        self.optimizer = torch.optim.AdamW(  # a graph replays the lr it finds in memory, and AdamW's step count there
+            model.parameters(), lr=self._lr_value(config.lr), betas=tuple(config.betas), weight_decay=config.weight_decay,
+            fused=fused, capturable=graphs is not None,
         )
-        self.generator = torch.Generator(device=device).manual_seed(config.seed)
-        self._starts = torch.empty(config.batch_size, dtype=torch.long, device=device)  # each step's batch, in place
         self.train_counts = pair_counts(self.train_data, self.vocab)  # the bigram floor, for every model
         self.state = TrainState(0, torch.zeros(config.steps, device=device))
         self.params = [p for p in model.parameters() if p.requires_grad]
+        self.captured = None
+        if graphs is not None:  # the graph reads each step's batch from one buffer that train_step refreshes
+            self._starts = torch.empty(config.batch_size, dtype=torch.long, device=device)
+            self.captured = CapturedStep(lambda: self._update(self._starts), self.params, graphs)
         # Every window of the train split as a strided view: a batch is one index_select of B rows.
         T = config.context_length
         self.n_windows = len(self.train_data) - T
         self.windows = self.train_data.as_strided((self.n_windows, T + 1), (1, 1))
+        self.draws = WindowDraws(self.n_windows, config.batch_size, config.seed, device)
         if model.position_wise:
             self.loss = PairTableLoss(model, self.train_data, self.windows, self.train_counts, self.val_data, self.vocab, device,
                                       fast_step=config.fast_path, compile=config.compile, sync_free=self.sync_free)
@@ -603,9 +696,9 @@ class Trainer:
             return torch.autocast(self.device.type, dtype=torch.bfloat16)
         return contextlib.nullcontext()  # fp32: not even a disabled autocast on the hot path
 
-    def sample_starts(self) -> torch.Tensor:
-        """Window starts as ``get_batch`` draws them: same generator, same batches."""
-        return torch.randint(self.n_windows, (self.config.batch_size,), generator=self.generator, out=self._starts)
+    def sample_starts(self, step: int) -> torch.Tensor:
+        """Step ``step``'s window starts, as ``get_batch`` draws them (``WindowDraws``)."""
+        return self.draws(step)
 
     def step_loss(self, starts: torch.Tensor) -> torch.Tensor:
         """The minibatch loss of the windows at ``starts``, as the loss strategy computes it."""
@@ -635,10 +728,12 @@ class Trainer:
     # -- checkpoints ----------------------------------------------------------------------------
     def state_dict(self) -> dict:
         """Tensors and plain containers only (see ``save_checkpoint``)."""
+        optimizer = self.optimizer.state_dict()  # the lr as a number: the checkpoint resumes with or without graphs
+        optimizer["param_groups"] = [{**group, "lr": float(group["lr"])} for group in optimizer["param_groups"]]
         return {
             "model": self.model.state_dict(),
-            "optimizer": self.optimizer.state_dict(),
-            "generator": self.generator.get_state(),
+            "optimizer": optimizer,
+            **self.draws.state_dict(),  # "generator", "generator_step"
             "step": self.state.step,
             "step_losses": self.state.step_losses.cpu(),
             "train_time_s": self.state.train_time_s,
@@ -650,7 +745,10 @@ class Trainer:
             raise CheckpointError(f"checkpoint lacks {', '.join(missing)}; it was not written by this harness's Trainer")
         self.model.load_state_dict(saved["model"])
         self.optimizer.load_state_dict(saved["optimizer"])
-        self.generator.set_state(saved["generator"])
+        for group in self.optimizer.param_groups:  # this trainer's way of running AdamW, not the writer's
+            group["capturable"] = self.graph_backend is not None
+            group["lr"] = self._lr_value(group["lr"])
+        self.draws.load_state_dict(saved)
         self.state = TrainState(saved["step"], saved["step_losses"].to(self.device), float(saved["train_time_s"]))
 
     # -- the loop -------------------------------------------------------------------------------
@@ -660,17 +758,26 @@ class Trainer:
         With ``sync_free`` nothing here waits for the device (tests/test_train.py records the ops to check).
         """
         if self.config.scheduled:
-            lr = learning_rate(self.config, i)
-            for group in self.optimizer.param_groups:
-                group["lr"] = lr
-        loss = self.step_loss(self.sample_starts())
-        for p in self.params:  # zero_grad(set_to_none=True) without its per-call overhead
-            p.grad = None
+            set_lr(self.optimizer, learning_rate(self.config, i))
+        if self.captured is None:
+            for p in self.params:  # zero_grad(set_to_none=True) without its per-call overhead
+                p.grad = None
+            self.state.step_losses[i] = self._update(self.sample_starts(i))
+        else:  # the graph reads its batch from one static buffer
+            self._starts.copy_(self.sample_starts(i))
+            self.state.step_losses[i] = self.captured()
+
+    def _update(self, starts: torch.Tensor) -> torch.Tensor:
+        """Forward, backward, clipping and AdamW on the windows at ``starts``: what a graph captures."""
+        loss = self.step_loss(starts)
         loss.backward()
         if self.config.grad_clip > 0:
             torch.nn.utils.clip_grad_norm_(self.params, self.config.grad_clip)
         self.optimizer.step()
-        self.state.step_losses[i] = loss.detach()
+        return loss.detach()
+
+    def _lr_value(self, lr: float) -> float | torch.Tensor:
+        return torch.tensor(float(lr), device=self.device) if self.graph_backend is not None else float(lr)
 
     def run(
         self,

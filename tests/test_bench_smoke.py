@@ -96,29 +96,54 @@ def test_gpt_bench_runs_both_loops_from_the_same_weights_and_agrees(shakespeare_
     assert row["plain_steps_per_s"] > 0 and row["harness_steps_per_s"] > 0
 
 
-GRID_COLUMNS = ["lever", "measures", "seeds", "variants", "steps", "wall_s", "wall_50k_s", "wall_50k_is",
-                "max_loss_diff_vs_cpu", "check_steps", "device", "gpu", "torch_version"]
+def _load_grid_benchmark():
+    spec = importlib.util.spec_from_file_location("grid_gpu", BENCH.parent / "grid_gpu.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def _run_grid_benchmark(data_dir, out, kind: str, *args: str) -> pd.DataFrame:
+    """grid_gpu.py on the CPU, one English variant of ``kind`` (batch 32) x seeds 1 and 2; the table it wrote."""
+    argv = ["--device", "cpu", "--seeds", "1", "2", "--out", str(out), *args,
+            "--set", f"model.kind={kind}", "train.batch_size=32", "data.dataset=tinyshakespeare"]
+    if data_dir is not None:
+        argv += ["--data-dir", str(data_dir)]
+    _load_grid_benchmark().main(argv)
+    return pd.read_csv(out)
+
+
+GRID_COLUMNS = ["lever", "measures", "seeds", "variants", "steps", "wall_s", "wall_50k_s", "wall_50k_is", "error",
+                "max_loss_diff_vs_cpu", "max_loss_diff_graphs_vs_cpu", "syncs_in_checked_steps",
+                "syncs_in_checked_graph_steps", "check_steps", "device", "gpu", "torch_version"]
 
 
 @pytest.mark.slow
 def test_grid_benchmark_times_every_lever_and_a_harness_run(shakespeare_dir, tmp_path):
     """benchmarks/grid_gpu.py on a CPU, shrunk to one variant x 2 seeds: every row it promises, with times > 0."""
-    spec = importlib.util.spec_from_file_location("grid_gpu", BENCH.parent / "grid_gpu.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
     out = tmp_path / "grid.csv"
-    argv = ["--device", "cpu", "--steps", "10", "--run-steps", "10", "--check-steps", "30", "--seeds", "1", "2", "--out", str(out),
-            "--set", "model.kind=ffn", "train.batch_size=32", "data.dataset=tinyshakespeare"]
-    if shakespeare_dir is not None:
-        argv += ["--data-dir", str(shakespeare_dir)]
-    module.main(argv)
-    table = pd.read_csv(out)
+    table = _run_grid_benchmark(shakespeare_dir, out, "ffn", "--steps", "10", "--run-steps", "10", "--check-steps", "30",
+                                "--jobs", "1", "2", "--levers", "baseline,sync-free,sync-free+stacked")
     assert list(table.columns) == GRID_COLUMNS
     assert list(table.lever) == ["baseline", "sync-free", "sync-free+stacked", "harness-run-jobs-1", "harness-run-jobs-2"]
-    assert (table.variants == 2).all() and (table.wall_s > 0).all()
+    assert (table.variants == 2).all() and (table.wall_s > 0).all() and table.error.isna().all()
     assert (table.wall_50k_is == "projected from 10 steps").all()
     # the stacked FFN seeds against separate runs (here both on the CPU): the same path, so within fp32 rounding
     assert (table.check_steps == 30).all() and (table.max_loss_diff_vs_cpu <= 1e-5).all()
     # wall_s is rounded to 0.01 s, and 50,000 / 10 steps scales that rounding by 5,000
     assert ((table.wall_50k_s - table.wall_s * 5000).abs() <= 0.005 * 5000 + 0.05).all()
+
+
+def test_a_lever_that_fails_records_why_and_the_next_one_still_runs(shakespeare_dir, tmp_path):
+    """A device run has one slot: one broken lever must not cost the other rows (the CSV is written per row).
+    On a CPU the graphs lever cannot run, which makes it the failing row here."""
+    out = tmp_path / "grid.csv"
+    table = _run_grid_benchmark(shakespeare_dir, out, "bigram", "--steps", "5", "--run-steps", "0", "--check-steps", "0",
+                                "--levers", "graphs+stacked,sync-free")
+    assert list(table.lever) == ["graphs+stacked", "sync-free"]
+    assert table.error[0] == "RuntimeError: CUDA graphs need a CUDA device, not cpu" and math.isnan(table.wall_s[0])
+    assert pd.isna(table.error[1]) and table.wall_s[1] > 0
+    assert table.max_loss_diff_graphs_vs_cpu.isna().all()
+    with pytest.raises(SystemExit):
+        _load_grid_benchmark().main(["--levers", "graph", "--out", str(out)])

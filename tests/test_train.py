@@ -3,6 +3,7 @@ models are scored on fixed windows, and the schedule keys do what they say."""
 
 from __future__ import annotations
 
+import copy
 import math
 from collections import Counter
 
@@ -17,8 +18,11 @@ from harness.train import (
     LOSS_NOISE_MIN_STEPS,
     PairTableLoss,
     PerPositionLoss,
+    DRAW_BLOCK_STEPS,
+    CheckpointError,
     TrainConfig,
     Trainer,
+    WindowDraws,
     batch_loss_fast,
     bigram_floor,
     exact_loss,
@@ -82,7 +86,7 @@ def context_trainer(corpus, model_seed=0, **train):
 def test_one_step_loss_and_every_gradient_equal_the_direct_computation(data_dir, dataset, kind):
     trainer = make_trainer(data_dir, dataset, kind)
     model, vocab = trainer.model, trainer.vocab
-    chunk = trainer.windows.index_select(0, trainer.sample_starts())
+    chunk = trainer.windows.index_select(0, trainer.sample_starts(0))
     x, y = chunk[:, :-1], chunk[:, 1:]
     _, direct = model(x, y)
     direct_grads = torch.autograd.grad(direct, list(model.parameters()))
@@ -205,6 +209,67 @@ def test_same_seed_same_losses(data_dir):
     a = _losses_after(data_dir, "tinyshakespeare", "ffn", True, torch.float32, steps=50)
     b = _losses_after(data_dir, "tinyshakespeare", "ffn", True, torch.float32, steps=50)
     assert torch.equal(a, b)
+
+
+def lecture_starts(n_windows: int, batch_size: int, seed: int, steps: int) -> torch.Tensor:
+    """The lecture's get_batch, one step at a time: randint(len(data) - block_size, (batch_size,)) on the CPU."""
+    g = torch.Generator().manual_seed(seed)
+    return torch.stack([torch.randint(n_windows, (batch_size,), generator=g) for _ in range(steps)])
+
+
+def test_window_starts_are_the_lectures_draws_across_blocks():
+    steps = 2 * DRAW_BLOCK_STEPS + 37
+    draws = WindowDraws(1_003_725, 32, 1337, torch.device("cpu"))
+    assert torch.equal(torch.stack([draws(i) for i in range(steps)]), lecture_starts(1_003_725, 32, 1337, steps))
+
+
+@pytest.mark.parametrize("stop", [1, DRAW_BLOCK_STEPS - 1, DRAW_BLOCK_STEPS, DRAW_BLOCK_STEPS + 44])
+def test_window_draws_resume_anywhere_in_a_block(stop):
+    expected = lecture_starts(5000, 8, 7, 3 * DRAW_BLOCK_STEPS)
+    first = WindowDraws(5000, 8, 7, torch.device("cpu"))
+    for i in range(stop):
+        first(i)
+    saved = {**first.state_dict(), "step": stop}
+    assert saved["generator_step"] <= stop
+    resumed = WindowDraws(5000, 8, 7, torch.device("cpu"))
+    resumed.load_state_dict(saved)
+    assert torch.equal(torch.stack([resumed(i) for i in range(stop, len(expected))]), expected[stop:])
+    with pytest.raises(ValueError, match="draws only go forward"):
+        resumed(stop)
+
+
+def test_a_checkpoint_from_before_block_draws_resumes_at_its_step():
+    """Older checkpoints hold the generator as it stood after their last step, and no generator_step."""
+    g = torch.Generator().manual_seed(7)
+    for _ in range(100):
+        torch.randint(5000, (8,), generator=g)
+    resumed = WindowDraws(5000, 8, 7, torch.device("cpu"))
+    resumed.load_state_dict({"generator": g.get_state(), "step": 100})
+    assert torch.equal(resumed(100), lecture_starts(5000, 8, 7, 101)[100])
+
+
+def test_a_gpu_generator_state_in_a_checkpoint_is_refused_by_name():
+    draws = WindowDraws(5000, 8, 7, torch.device("cpu"))
+    philox_state = torch.zeros(16, dtype=torch.uint8)  # what torch.Generator("cuda").get_state() returns
+    with pytest.raises(CheckpointError, match="not a CPU generator's.*delete it"):
+        draws.load_state_dict({"generator": philox_state, "step": 10})
+
+
+def test_a_trainer_checkpointed_mid_block_ends_where_an_uninterrupted_one_does(data_dir):
+    stop, steps = DRAW_BLOCK_STEPS + 44, DRAW_BLOCK_STEPS + 120
+    whole = make_trainer(data_dir, "tinyshakespeare", "ffn", steps=steps)
+    for i in range(steps):
+        whole.train_step(i)
+    first = make_trainer(data_dir, "tinyshakespeare", "ffn", steps=steps)
+    for i in range(stop):
+        first.train_step(i)
+    first.state.step = stop
+    saved = copy.deepcopy(first.state_dict())
+    resumed = make_trainer(data_dir, "tinyshakespeare", "ffn", steps=steps)
+    resumed.load_state_dict(saved)
+    for i in range(stop, steps):
+        resumed.train_step(i)
+    assert torch.equal(resumed.state.step_losses, whole.state.step_losses)
 
 
 def test_samples_decode_and_start_with_the_prompt(data_dir):
@@ -499,7 +564,7 @@ def test_a_sync_free_step_asks_the_device_for_nothing_and_computes_the_same_loss
     assert difference <= 1e-5
     if case == "bigram-korean":  # the CPU default takes the subset-rows path, which does sync: the recorder sees it
         with OpRecorder() as default_path:
-            made[False].loss.step_loss(made[False].sample_starts())
+            made[False].loss.step_loss(made[False].sample_starts(30))
         assert "aten.nonzero.default" in default_path.ops
 
 

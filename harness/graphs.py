@@ -1,0 +1,97 @@
+"""Whole-step CUDA graphs (``train.cuda_graphs``): one launch per training step instead of one per op.
+
+A step of these small models is some 25-80 ATen ops, each a kernel launch that costs more than the kernel runs;
+a CUDA graph captures one step's kernels once and replays them with one launch. A replay runs the captured
+kernels on the captured memory with the captured arguments, so everything that changes from step to step lives
+in a static tensor that the caller refreshes before each replay (the window starts, the learning rate) or reads
+after it (the loss). Nothing in a step may read a value back to the host (the sync-free step guarantees it).
+
+``CapturedStep`` runs the step eagerly for its first ``WARMUP_STEPS`` calls (CUDA wants lazy initialisation,
+the AdamW state included, done outside a capture), captures it on the next call, and replays it from then on. If
+the capture fails, it says why once and the run goes on eagerly: same math, only slower.
+
+The capture backend is pluggable: ``CudaGraphs`` on a GPU; tests/test_graphs.py replays recorded ATen ops with
+the same static-memory rules on a CPU, so the trainer's use of a graph is tested where there is no GPU.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Callable
+from typing import Protocol
+
+import torch
+
+WARMUP_STEPS = 2  # eager steps before the capture (cuBLAS handles, AdamW state, autograd's lazy setup)
+
+
+class GraphBackend(Protocol):
+    def eager(self, body: Callable[[], torch.Tensor]) -> torch.Tensor:
+        """Run ``body`` once, as a warmup step."""
+
+    def capture(self, body: Callable[[], torch.Tensor]) -> tuple[Callable[[], None], torch.Tensor]:
+        """Capture ``body`` without running it; return (replay, the static tensor its result lands in)."""
+
+
+class CudaGraphs:
+    """``torch.cuda.CUDAGraph``: warmup on a side stream, as PyTorch's whole-network capture recipe asks."""
+
+    def eager(self, body):
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):
+            out = body()
+        torch.cuda.current_stream().wait_stream(side)
+        return out
+
+    def capture(self, body):
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            out = body()
+        return graph.replay, out
+
+
+class CapturedStep:
+    """``body`` (one training step reading only static tensors; returns its loss) run eagerly, then replayed.
+
+    ``params``' gradients are set to None before every eager run and before the capture, so that the captured
+    backward writes fresh gradient buffers instead of adding into old ones; after the capture they are the
+    graph's and stay put.
+    """
+
+    def __init__(self, body: Callable[[], torch.Tensor], params: list[torch.Tensor], backend: GraphBackend,
+                 warmup: int = WARMUP_STEPS):
+        self.body = body
+        self.params = params
+        self.backend = backend
+        self.warmup = warmup
+        self.calls = 0
+        self.replay: Callable[[], None] | None = None
+        self.out: torch.Tensor | None = None
+        self.failure: str | None = None  # why the capture failed, if it did: the run goes on eagerly
+
+    @property
+    def captured(self) -> bool:
+        return self.replay is not None
+
+    def __call__(self) -> torch.Tensor:
+        """One step; the returned loss tensor is overwritten by the next step (copy it to keep it)."""
+        self.calls += 1
+        if self.replay is None and (self.calls <= self.warmup or self.failure is not None):
+            self._clear_grads()
+            return self.backend.eager(self.body) if self.failure is None else self.body()
+        if self.replay is None:
+            self._clear_grads()
+            try:
+                self.replay, self.out = self.backend.capture(self.body)
+            except Exception as exc:  # noqa: BLE001 - any model the graph cannot hold still trains, eagerly
+                self.failure = f"{type(exc).__name__}: {exc}".splitlines()[0]
+                warnings.warn(f"CUDA graph capture failed, training eagerly instead: {self.failure}", stacklevel=2)
+                self._clear_grads()
+                return self.body()
+        self.replay()
+        return self.out
+
+    def _clear_grads(self) -> None:
+        for p in self.params:
+            p.grad = None
