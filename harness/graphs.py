@@ -22,7 +22,8 @@ from typing import Protocol
 
 import torch
 
-WARMUP_STEPS = 2  # eager steps before the capture (cuBLAS handles, AdamW state, autograd's lazy setup)
+WARMUP_STEPS = 3  # eager steps before the capture (cuBLAS handles, AdamW state, autograd's lazy setup), as
+# torch.cuda.make_graphed_callables warms up
 
 
 class GraphBackend(Protocol):

@@ -413,18 +413,22 @@ class _VariantRun:
             return self.fail(exc)
         return self.conclude(trainer, final)
 
-    def conclude(self, trainer: Trainer, outcome: dict | Exception) -> VariantResult:
-        """Close the run from a training outcome: its final metrics (FINISHED) or why it stopped (FAILED)."""
+    def conclude(self, trainer: Trainer, outcome: dict | Exception, stepper=None) -> VariantResult:
+        """Close the run from a training outcome: its final metrics (FINISHED) or why it stopped (FAILED).
+        ``stepper``: what ran the steps, if not ``trainer`` (a ``StackedTrainer``)."""
         if isinstance(outcome, Exception):
             return self.fail(outcome)
         try:
-            return self.finish(trainer, outcome)
+            return self.finish(trainer, outcome, stepper or trainer)
         except Exception as exc:
             return self.fail(exc)
 
-    def finish(self, trainer: Trainer, final: dict[str, float]) -> VariantResult:
+    def finish(self, trainer: Trainer, final: dict[str, float], stepper=None) -> VariantResult:
         """Sample after training, log the summary and samples, and close the run FINISHED."""
         client, run_id, config = self.client, self.run_id, self.config
+        graphs = graph_status(stepper or trainer)
+        if graphs is not None:  # asked for: say whether the steps were replayed or why they ran eagerly
+            retrying(lambda: client.set_tag(run_id, GRAPHS_TAG, graphs))
         after = trainer.sample(self.corpus.tokenizer, config.sample.prompt, config.sample.max_new_tokens)
         retrying(lambda: client.log_text(run_id, wrap(after), "samples/after.txt"))
         # One row per run. The experiment page's artifact view pivots the runs' tables: grouped by its
@@ -490,6 +494,17 @@ def run_variant(variant: Variant, *, threads: int = 0, **options) -> VariantResu
 
 
 STACKED_TAG = "stacked_seeds"  # on each run of a stack: the seeds that trained together
+GRAPHS_TAG = "cuda_graphs"  # on a run whose steps were to be CUDA graphs: "replayed", or "eager: why"
+
+
+def graph_status(stepper) -> str | None:
+    """``GRAPHS_TAG``'s value for what ran a run's steps (a Trainer or a StackedTrainer); None: graphs were off."""
+    captured = getattr(stepper, "captured", None)
+    if captured is None:
+        return None
+    if captured.failure is not None:
+        return f"eager: capture failed: {captured.failure}"[:5000]
+    return "replayed" if captured.captured else "eager: the run ended before the capture"
 
 
 def run_stacked(variants: list[Variant], *, threads: int = 0, **options) -> list[VariantResult]:
@@ -525,6 +540,7 @@ def run_stacked(variants: list[Variant], *, threads: int = 0, **options) -> list
             seeds = ",".join(str(run.config.train.seed) for run in fresh)
             for run in fresh:
                 retrying(lambda: run.client.set_tag(run.run_id, STACKED_TAG, seeds))
+            stack = None
             try:
                 stack = StackedTrainer([trainers[run.variant.id] for run in fresh])
                 checkpoint = (lambda s, t: fresh[s].on_checkpoint(t)) if fresh[0].store is not None else None
@@ -534,7 +550,7 @@ def run_stacked(variants: list[Variant], *, threads: int = 0, **options) -> list
             except Exception as exc:  # the stack itself failed (out of memory...): every seed in it did
                 outcomes = [exc] * len(fresh)
             for run, outcome in zip(fresh, outcomes):
-                results[run.variant.id] = run.conclude(trainers[run.variant.id], outcome)
+                results[run.variant.id] = run.conclude(trainers[run.variant.id], outcome, stack)
         for run in alone:
             results[run.variant.id] = run.train(trainers[run.variant.id])
     except KeyboardInterrupt:

@@ -20,6 +20,7 @@ from harness.data import DataConfig, load_corpus
 from harness.graphs import WARMUP_STEPS
 from harness.models import ModelConfig, build_model
 from harness.stacking import StackedTrainer
+from harness.tracking import graph_status
 from harness.train import TrainConfig, Trainer
 
 from test_train import SYNCING_OPS
@@ -116,6 +117,7 @@ def test_a_replayed_step_trains_exactly_as_the_eager_step(case, data_dir):
             t.train_step(i)
     assert graphs.captures == 1 and graphs.replays == STEPS - WARMUP_STEPS
     assert graphed.captured.failure is None
+    assert graph_status(graphed) == "replayed" and graph_status(eager) is None  # the run's cuda_graphs tag
     # bit for bit against the same steps run eagerly with the same optimizer
     assert torch.equal(graphed.state.step_losses, same_optimizer.state.step_losses)
     for a, b in zip(graphed.model.parameters(), same_optimizer.model.parameters()):
@@ -153,6 +155,7 @@ def test_a_step_that_reads_a_value_back_is_not_captured_and_trains_eagerly(data_
         eager.train_step(i)
         graphed.train_step(i)
     assert not graphed.captured.captured
+    assert graph_status(graphed).startswith("eager: capture failed: RuntimeError: aten.bincount")
     torch.testing.assert_close(graphed.state.step_losses, eager.state.step_losses, rtol=0, atol=1e-5)
 
 
@@ -190,6 +193,7 @@ def test_a_replayed_stack_trains_as_separate_eager_runs(case, data_dir):
         for t in alone:
             t.train_step(i)
     assert graphs.captures == 1 and graphs.replays == STEPS - WARMUP_STEPS
+    assert graph_status(stack) == "replayed"
     for s, t in enumerate(alone):
         torch.testing.assert_close(stack.step_losses[s], t.state.step_losses, rtol=0, atol=1e-5)
 
@@ -198,3 +202,11 @@ def test_cuda_graphs_is_ignored_off_a_gpu(data_dir):
     corpus = load_corpus(DataConfig("tinyshakespeare"), data_dir)
     plain = trainer(corpus, {"kind": "bigram"}, {"cuda_graphs": True})
     assert plain.captured is None and plain.graph_backend is None
+
+
+def test_a_run_shorter_than_the_warmup_says_it_was_never_captured(data_dir):
+    corpus = load_corpus(DataConfig("tinyshakespeare"), data_dir)
+    short = trainer(corpus, {"kind": "bigram"}, {"steps": WARMUP_STEPS}, ReplayedOps())
+    for i in range(WARMUP_STEPS):
+        short.train_step(i)
+    assert graph_status(short) == "eager: the run ended before the capture"
