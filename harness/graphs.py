@@ -96,3 +96,8 @@ class CapturedStep:
     def _clear_grads(self) -> None:
         for p in self.params:
             p.grad = None
+
+
+# The warmup steps run a capturable AdamW outside a capture by design, and a failed capture says so itself;
+# torch's advice to drop capturable=True is for optimizers that are never captured.
+warnings.filterwarnings("ignore", message=r".*capturable=True.*running without CUDA graph capture", category=UserWarning)
