@@ -42,9 +42,10 @@ import sys
 import tempfile
 import time
 import warnings
+from collections.abc import Callable
 from dataclasses import replace
+from functools import partial
 from pathlib import Path
-from typing import Callable
 
 import pandas as pd
 import torch
@@ -265,11 +266,11 @@ def main(argv: list[str] | None = None) -> pd.DataFrame:
     units = plan_units(variants(args.seeds, args.steps, str(device), pinned))
     for lever in args.levers.split(","):
         sync_free, stacked, graphs = levers[lever]
-        add(lever, args.steps, lambda: time_lever(units, data_dir, device, sync_free, stacked, graphs), "training loops")
+        add(lever, args.steps, partial(time_lever, units, data_dir, device, sync_free, stacked, graphs), "training loops")
     if args.run_steps:
         for jobs in dict.fromkeys(args.jobs):
             add(f"harness-run-jobs-{jobs}", args.run_steps,
-                lambda: time_harness_run(args.seeds, args.run_steps, jobs, str(device), data_dir, pinned), "end to end")
+                partial(time_harness_run, args.seeds, args.run_steps, jobs, str(device), data_dir, pinned), "end to end")
     return pd.DataFrame(rows)
 
 

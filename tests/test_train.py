@@ -15,11 +15,11 @@ import torch.nn.functional as F
 from harness.data import CharTokenizer, Corpus, DataConfig, load_corpus
 from harness.models import CharLanguageModel, ModelConfig, build_model
 from harness.train import (
+    DRAW_BLOCK_STEPS,
     LOSS_NOISE_MIN_STEPS,
+    CheckpointError,
     PairTableLoss,
     PerPositionLoss,
-    DRAW_BLOCK_STEPS,
-    CheckpointError,
     TrainConfig,
     Trainer,
     WindowDraws,
