@@ -57,7 +57,7 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 from harness.data import load_corpus, resolve_data_dir  # noqa: E402
 from harness.models import build_model  # noqa: E402
 from harness.spec import expand, load_spec, parse_overrides, with_seeds  # noqa: E402
-from harness.graphs import WARMUP_STEPS  # noqa: E402
+from harness.graphs import WARMUP_STEPS, graph_status  # noqa: E402
 from harness.stacking import StackedTrainer  # noqa: E402
 from harness.sweep import plan_units  # noqa: E402
 from harness.train import Trainer, pick_device  # noqa: E402
@@ -115,9 +115,9 @@ def time_lever(units, data_dir, device: torch.device, sync_free: bool, stacked: 
             steppers = trainers
         synchronize(device)
         total += time.perf_counter() - started
-        why = [s.captured.failure for s in steppers if s.captured is not None and s.captured.failure]
-        if why:  # the row would time the eager step under the graphs' name
-            raise RuntimeError(f"CUDA graph capture failed, so this lever ran eagerly: {why[0]}")
+        eager = [status for status in map(graph_status, steppers) if status not in (None, "replayed")]
+        if eager:  # the row would time the eager step under the graphs' name
+            raise RuntimeError(f"this lever's steps were not CUDA graphs: {eager[0]}")
     return total
 
 
@@ -223,7 +223,8 @@ def main(argv: list[str] | None = None) -> pd.DataFrame:
     gpu = torch.cuda.get_device_name(device) if device.type == "cuda" else ""
     rows = []
 
-    n_variants = len(variants(args.seeds, 1, str(device), pinned))
+    units = plan_units(variants(args.seeds, args.steps, str(device), pinned))
+    n_variants = sum(len(unit) for unit in units)
 
     def add(lever: str, steps: int, measure: Callable[[], float], what: str) -> None:
         """Time one row and write the table so far (a row that fails says why, and the next one runs)."""
@@ -263,7 +264,6 @@ def main(argv: list[str] | None = None) -> pd.DataFrame:
     sync_counts = {"sync-free": float("nan"), "graphs": float("nan")}
     gap, gap_graphs = check(graphs=False), check(graphs=True)
 
-    units = plan_units(variants(args.seeds, args.steps, str(device), pinned))
     for lever in args.levers.split(","):
         sync_free, stacked, graphs = levers[lever]
         add(lever, args.steps, partial(time_lever, units, data_dir, device, sync_free, stacked, graphs), "training loops")

@@ -78,11 +78,12 @@ class CapturedStep:
     def __call__(self) -> torch.Tensor:
         """One step; the returned loss tensor is overwritten by the next step (copy it to keep it)."""
         self.calls += 1
-        if self.replay is None and (self.calls <= self.warmup or self.failure is not None):
-            self._clear_grads()
-            return self.backend.eager(self.body) if self.failure is None else self.body()
         if self.replay is None:
             self._clear_grads()
+            if self.failure is not None:
+                return self.body()
+            if self.calls <= self.warmup:
+                return self.backend.eager(self.body)
             try:
                 self.replay, self.out = self.backend.capture(self.body)
             except Exception as exc:  # noqa: BLE001 - any model the graph cannot hold still trains, eagerly
@@ -96,6 +97,17 @@ class CapturedStep:
     def _clear_grads(self) -> None:
         for p in self.params:
             p.grad = None
+
+
+def graph_status(stepper) -> str | None:
+    """How a run's steps ran, for its ``cuda_graphs`` tag: "replayed", or "eager: why"; None where graphs were off.
+    ``stepper`` is what ran them: a Trainer or a StackedTrainer (each has ``captured``)."""
+    captured = getattr(stepper, "captured", None)
+    if captured is None:
+        return None
+    if captured.failure is not None:
+        return f"eager: capture failed: {captured.failure}"[:5000]
+    return "replayed" if captured.captured else "eager: the run ended before the capture"
 
 
 # The warmup steps run a capturable AdamW outside a capture by design, and a failed capture says so itself;

@@ -30,6 +30,7 @@ from mlflow.tracking import MlflowClient
 
 from harness import spec as spec_module
 from harness.data import CATALOG, Corpus, DataConfig, content_sha256, load_corpus
+from harness.graphs import graph_status
 from harness.metrics import SUMMARY_STEP, mlflow_key
 from harness.models import build_model
 from harness.naming import run_name
@@ -423,10 +424,11 @@ class _VariantRun:
         except Exception as exc:
             return self.fail(exc)
 
-    def finish(self, trainer: Trainer, final: dict[str, float], stepper=None) -> VariantResult:
-        """Sample after training, log the summary and samples, and close the run FINISHED."""
+    def finish(self, trainer: Trainer, final: dict[str, float], stepper) -> VariantResult:
+        """Sample after training, log the summary and samples, and close the run FINISHED. ``stepper``: what
+        ran the steps (``trainer`` or its stack)."""
         client, run_id, config = self.client, self.run_id, self.config
-        graphs = graph_status(stepper or trainer)
+        graphs = graph_status(stepper)
         if graphs is not None:  # asked for: say whether the steps were replayed or why they ran eagerly
             retrying(lambda: client.set_tag(run_id, GRAPHS_TAG, graphs))
         after = trainer.sample(self.corpus.tokenizer, config.sample.prompt, config.sample.max_new_tokens)
@@ -494,17 +496,7 @@ def run_variant(variant: Variant, *, threads: int = 0, **options) -> VariantResu
 
 
 STACKED_TAG = "stacked_seeds"  # on each run of a stack: the seeds that trained together
-GRAPHS_TAG = "cuda_graphs"  # on a run whose steps were to be CUDA graphs: "replayed", or "eager: why"
-
-
-def graph_status(stepper) -> str | None:
-    """``GRAPHS_TAG``'s value for what ran a run's steps (a Trainer or a StackedTrainer); None: graphs were off."""
-    captured = getattr(stepper, "captured", None)
-    if captured is None:
-        return None
-    if captured.failure is not None:
-        return f"eager: capture failed: {captured.failure}"[:5000]
-    return "replayed" if captured.captured else "eager: the run ended before the capture"
+GRAPHS_TAG = "cuda_graphs"  # on a run whose steps were to be CUDA graphs: graph_status's "replayed" or "eager: why"
 
 
 def run_stacked(variants: list[Variant], *, threads: int = 0, **options) -> list[VariantResult]:

@@ -574,7 +574,7 @@ class WindowDraws:
         self.device = device
         self.generator = torch.Generator().manual_seed(seed)
         self.drawn_to = 0  # the step whose starts the generator draws next
-        self._resume_point = (0, self.generator.get_state())  # (step, generator state) the current block came from
+        self._resume_point = (0, self.generator.get_state())  # (step, generator state) of the last draw, or the start
         self._block: torch.Tensor | None = None
         self._block_start = 0
 
@@ -603,7 +603,7 @@ class WindowDraws:
 
     def state_dict(self) -> dict:
         """A step at or before the current one and the generator's state there (a resume redraws from it)."""
-        step, state = self._resume_point if self._block is not None else (self.drawn_to, self.generator.get_state())
+        step, state = self._resume_point
         return {"generator": state, "generator_step": step}
 
     def load_state_dict(self, saved: dict) -> None:

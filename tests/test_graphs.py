@@ -17,10 +17,9 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_leaves
 
 from harness.data import DataConfig, load_corpus
-from harness.graphs import WARMUP_STEPS
+from harness.graphs import WARMUP_STEPS, graph_status
 from harness.models import ModelConfig, build_model
 from harness.stacking import StackedTrainer
-from harness.tracking import graph_status
 from harness.train import TrainConfig, Trainer
 
 from test_train import SYNCING_OPS
