@@ -36,9 +36,10 @@ def _parser() -> argparse.ArgumentParser:
     run = sub.add_parser("run", help="train every variant, log to MLflow, write results/<name>/runs.csv")
     add_spec(run)
     run.add_argument("--results-dir", type=Path, default=Path("results"))
-    run.add_argument("--jobs", type=int, default=1, help="variants trained at once in worker processes")
-    run.add_argument("--executor", choices=("local", "ray"), default="local",
-                     help="local: this process, or --jobs worker processes; ray: one Ray task per variant")
+    run.add_argument("--jobs", type=int, default=1, help="units trained at once (worker processes, or threads with --executor threads)")
+    run.add_argument("--executor", choices=("local", "threads", "ray"), default="local",
+                     help="local: this process, or --jobs worker processes; threads: --jobs threads of this process, "
+                          "each on its own CUDA stream (units run side by side on one GPU); ray: one Ray task per variant")
     run.add_argument("--ray-address", default=None, help="Ray cluster address (default: start a local Ray)")
     run.add_argument("--force", action="store_true", help="rerun variants that already FINISHED")
     run.add_argument("--checkpoint-dir", type=Path, default=Path(".harness") / "checkpoints")

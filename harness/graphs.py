@@ -16,6 +16,8 @@ the same static-memory rules on a CPU, so the trainer's use of a graph is tested
 
 from __future__ import annotations
 
+import contextlib
+import threading
 import warnings
 from collections.abc import Callable
 from typing import Protocol
@@ -24,6 +26,9 @@ import torch
 
 WARMUP_STEPS = 3  # eager steps before the capture (cuBLAS handles, AdamW state, autograd's lazy setup), as
 # torch.cuda.make_graphed_callables warms up
+
+
+CAPTURE_LOCK = threading.Lock()
 
 
 class GraphBackend(Protocol):
@@ -35,21 +40,52 @@ class GraphBackend(Protocol):
 
 
 class CudaGraphs:
-    """``torch.cuda.CUDAGraph``: warmup on a side stream, as PyTorch's whole-network capture recipe asks."""
+    """``torch.cuda.CUDAGraph``, warmed up and captured off the default stream, as PyTorch's whole-network capture
+    recipe asks: on the caller's own stream (a worker of ``--executor threads``), or, from the default stream, on
+    one side stream kept for the purpose.
+
+    Never on a fresh ``torch.cuda.Stream()``: those come round-robin from a pool of 32 per device, so under
+    ``--executor threads`` a fresh one can be a stream another thread is training or capturing on, and one thread's
+    kernels then land in the other's graph. On an H200, stacked seeds in 8 threads did exactly that: captures
+    failed with "capturing stream has unjoined work" and an index_add went out of range.
+    """
 
     def eager(self, body):
-        side = torch.cuda.Stream()
-        side.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(side):
-            out = body()
-        torch.cuda.current_stream().wait_stream(side)
-        return out
+        with off_default_stream():
+            return body()
 
     def capture(self, body):
         graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph):
+        # One capture at a time in a process, each checked only against its own thread's calls: other threads
+        # (--executor threads) may go on training on their own streams meanwhile.
+        with CAPTURE_LOCK, off_default_stream() as stream, torch.cuda.graph(graph, stream=stream,
+                                                                           capture_error_mode="thread_local"):
             out = body()
         return graph.replay, out
+
+
+_SIDE_STREAMS: dict[int, torch.cuda.Stream] = {}
+_SIDE_LOCK = threading.Lock()
+
+
+@contextlib.contextmanager
+def off_default_stream():
+    """The current CUDA stream if it is not the device's default stream (which cannot be captured), else the
+    device's side stream, ordered after and before the default stream's work."""
+    current = torch.cuda.current_stream()
+    if current != torch.cuda.default_stream(current.device):
+        yield current
+        return
+    with _SIDE_LOCK:
+        if current.device.index not in _SIDE_STREAMS:
+            _SIDE_STREAMS[current.device.index] = torch.cuda.Stream(current.device)
+        side = _SIDE_STREAMS[current.device.index]
+    side.wait_stream(current)
+    try:
+        with torch.cuda.stream(side):
+            yield side
+    finally:
+        current.wait_stream(side)
 
 
 class CapturedStep:

@@ -223,7 +223,7 @@ class StackedTrainer:
                     on_checkpoint(s, self.sync(s))
                 last_logged = done
         if self.device.type == "cuda":
-            torch.cuda.synchronize()
+            torch.cuda.current_stream(self.device).synchronize()  # this stack's stream only (--executor threads)
         elapsed = time.perf_counter() - started
         outcomes: list[SeedOutcome] = []
         for s, trainer in enumerate(self.trainers):

@@ -14,6 +14,7 @@ import os
 import platform
 import subprocess
 import textwrap
+import threading
 import time
 import traceback
 import urllib.error
@@ -37,6 +38,9 @@ from harness.naming import run_name
 from harness.spec import Variant
 from harness.train import Trainer, pick_device
 
+# Held from ``torch.manual_seed`` to the built model and Trainer, so that runs trained by threads of one process
+# (--executor threads) each start from exactly the weights their seed gives alone.
+SEEDED_BUILD = threading.Lock()
 PARENT_TAG = "mlflow.parentRunId"
 METRICS_PER_BATCH = 1000  # MLflow's limit for one log_batch call
 FLUSH_SECONDS = 15.0
@@ -304,13 +308,15 @@ class _VariantRun:
     def __init__(self, variant: Variant, *, experiment_id: str, parent_run_id: str | None = None,
                  data_dir: Path | None = None, uri: str | None = None, checkpoint_dir: Path | None = None,
                  checkpoint_store: str = "local", finished_before_ms: int | None = None, progress_position: int = 1,
-                 show_progress: bool = True, names: dict[str, str] | None = None):
+                 show_progress: bool = True, names: dict[str, str] | None = None,
+                 should_stop: Callable[[], bool] | None = None):
         from harness import runs
         from harness.checkpoints import checkpoint_store as make_checkpoint_store
 
         self.variant, self.experiment_id, self.parent_run_id = variant, experiment_id, parent_run_id
         self.data_dir, self.finished_before_ms = data_dir, finished_before_ms
         self.progress_position, self.show_progress = progress_position, show_progress
+        self.should_stop = should_stop  # asked at every evaluation; True stops the run as Ctrl-C does (--executor threads)
         self.uri = uri or tracking_uri()
         self.client = MlflowClient(self.uri)
         self.config = variant.config
@@ -375,9 +381,10 @@ class _VariantRun:
         corpus = self.corpus = load_corpus(config.data, self.data_dir)
         if saved is None:
             log_dataset_inputs(client, run_id, dataset_inputs(config.data, self.data_dir, corpus))
-        torch.manual_seed(config.train.seed)
-        model = build_model(config.model, corpus.tokenizer.vocab_size, config.train.context_length)
-        trainer = Trainer(model, corpus, config.train, device)
+        with SEEDED_BUILD:  # the global generator is this run's from the seed to the built model
+            torch.manual_seed(config.train.seed)
+            model = build_model(config.model, corpus.tokenizer.vocab_size, config.train.context_length)
+            trainer = Trainer(model, corpus, config.train, device)
         retrying(lambda: client.log_batch(run_id, tags=[RunTag("device", str(device)), RunTag("vocab_size", str(corpus.tokenizer.vocab_size))]))
         resumed_from = 0
         if saved is not None:
@@ -397,6 +404,8 @@ class _VariantRun:
         return trainer
 
     def on_progress(self, done: int, train_loss: float) -> None:
+        if self.should_stop is not None and self.should_stop():
+            raise KeyboardInterrupt  # closes the run KILLED, as Ctrl-C does
         self.bar.update(done - self.bar.n)
         self.bar.set_postfix(train_loss=f"{train_loss:.4f}")
 

@@ -89,10 +89,12 @@ class TrainConfig:
     threads: int = field(default=0, metadata=EXECUTION)  # torch CPU threads; 0 = torch's default
     checkpoint_interval: int = field(default=0, metadata=EXECUTION)  # steps between checkpoints; 0 = none
     # Variants that differ only in train.seed train as one stacked model (harness/stacking.py): true, false,
-    # or null (the default) for "where it helps": on a GPU, where a step of these small models is launch-bound.
+    # or null (the default) for "where it helps": on a GPU, where a step of these small models is launch-bound
+    # (not for a GPT there: vmap over CUDA attention failed on an H200; see harness/sweep.py stacks_seeds).
     stack_seeds: bool | None = field(default=None, metadata=EXECUTION)
     # On a CUDA device, capture a whole training step as a CUDA graph and replay it (harness/graphs.py): one
-    # launch per step. Off by default until measured on a GPU; ignored on other devices.
+    # launch per step; 6.7x faster on the seed grid on an H200 (results/bench/grid_gpu.csv). Off by default until
+    # the path as fixed since (graphs captured on a thread's own stream) is measured there too; ignored elsewhere.
     cuda_graphs: bool = field(default=False, metadata=EXECUTION)
 
     def problems(self) -> list[tuple[str, str]]:
@@ -811,8 +813,8 @@ class Trainer:
                 last_logged_batch = done
                 self.state.train_time_s = time_before + time.perf_counter() - started
                 on_checkpoint(self)
-        if self.device.type == "cuda":
-            torch.cuda.synchronize()
+        if self.device.type == "cuda":  # this run's stream only: other threads' runs may share the device
+            torch.cuda.current_stream(self.device).synchronize()
         self.state.train_time_s = time_before + time.perf_counter() - started
         return self.final_metrics(evaluated if evaluated is not None else self.evaluate())  # the last step was just evaluated
 

@@ -114,9 +114,12 @@ def _run_grid_benchmark(data_dir, out, kind: str, *args: str) -> pd.DataFrame:
     return pd.read_csv(out)
 
 
-GRID_COLUMNS = ["lever", "measures", "seeds", "variants", "steps", "wall_s", "wall_50k_s", "wall_50k_is", "error",
-                "max_loss_diff_vs_cpu", "max_loss_diff_graphs_vs_cpu", "syncs_in_checked_steps",
-                "syncs_in_checked_graph_steps", "check_steps", "device", "gpu", "torch_version"]
+GRID_COLUMNS = ["lever", "measures", "spec", "seeds", "variants", "steps", "wall_s", "wall_50k_s", "wall_50k_is", "error",
+                "runs_cuda_graphs", "max_loss_diff_vs_cpu", "max_loss_diff_graphs_vs_cpu", "max_loss_diff_first_10_steps",
+                "max_loss_diff_cpu_1ulp", "syncs_in_checked_steps", "syncs_in_checked_graph_steps", "check_steps",
+                "overrides", "device", "gpu", "torch_version"]
+CHECK_COLUMNS = ["variant", "seed", "steps", "max_diff", "max_diff_first_10", "cpu_1ulp", "cpu_1ulp_first_10", "spec",
+                 "path", "device", "gpu", "torch_version"]
 
 
 @pytest.mark.slow
@@ -124,15 +127,21 @@ def test_grid_benchmark_times_every_lever_and_a_harness_run(shakespeare_dir, tmp
     """benchmarks/grid_gpu.py on a CPU, shrunk to one variant x 2 seeds: every row it promises, with times > 0."""
     out = tmp_path / "grid.csv"
     table = _run_grid_benchmark(shakespeare_dir, out, "ffn", "--steps", "10", "--run-steps", "10", "--check-steps", "30",
-                                "--jobs", "1", "2", "--levers", "baseline,sync-free,sync-free+stacked")
+                                "--jobs", "2", "--executors", "local", "threads",
+                                "--levers", "baseline,sync-free,sync-free+stacked")
     assert list(table.columns) == GRID_COLUMNS
-    assert list(table.lever) == ["baseline", "sync-free", "sync-free+stacked", "harness-run-jobs-1", "harness-run-jobs-2"]
+    assert list(table.lever) == ["baseline", "sync-free", "sync-free+stacked", "harness-run-jobs-2",
+                                 "harness-run-threads-jobs-2"]
     assert (table.variants == 2).all() and (table.wall_s > 0).all() and table.error.isna().all()
     assert (table.wall_50k_is == "projected from 10 steps").all()
     # the stacked FFN seeds against separate runs (here both on the CPU): the same path, so within fp32 rounding
     assert (table.check_steps == 30).all() and (table.max_loss_diff_vs_cpu <= 1e-5).all()
     # wall_s is rounded to 0.01 s, and 50,000 / 10 steps scales that rounding by 5,000
     assert ((table.wall_50k_s - table.wall_s * 5000).abs() <= 0.005 * 5000 + 0.05).all()
+    # per variant: the gap, and how far the CPU run moves from itself when its initial weights move one ulp
+    check = pd.read_csv(tmp_path / "grid_check.csv")
+    assert list(check.columns) == CHECK_COLUMNS and len(check) == 2 and set(check.seed) == {1, 2}
+    assert (check.cpu_1ulp > 0).all() and (check.cpu_1ulp_first_10 <= check.cpu_1ulp).all()
 
 
 def test_a_lever_that_fails_records_why_and_the_next_one_still_runs(shakespeare_dir, tmp_path):

@@ -318,13 +318,14 @@ def _ctrl_c_once_checkpointed(command: list[str], tmp_path: Path, env: dict, var
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("jobs", [1, 2])
-def test_ctrl_c_closes_running_variants_killed_and_exits_130(tmp_path, data_dir, jobs):
+@pytest.mark.parametrize("jobs,executor", [(1, "local"), (2, "local"), (2, "threads")])
+def test_ctrl_c_closes_running_variants_killed_and_exits_130(tmp_path, data_dir, jobs, executor):
     spec = _write(tmp_path, KILL_SPEC.format(name="ctrl-c", steps=200_000, every=500))
     variants = expand(load_spec(spec))
     env = _env(tmp_path, data_dir)
     running = variants[:jobs]
-    code, out = _ctrl_c_once_checkpointed(_command(spec, tmp_path, "--jobs", str(jobs)), tmp_path, env, running)
+    command = _command(spec, tmp_path, "--jobs", str(jobs), "--executor", executor)
+    code, out = _ctrl_c_once_checkpointed(command, tmp_path, env, running)
     assert code == 130, out
     assert "interrupted: 0 variant(s) finished before Ctrl-C" in out
     assert "Traceback" not in out

@@ -211,6 +211,20 @@ def test_units_stack_only_seeds_of_one_config_and_only_where_asked(data_dir):
     assert len(cpu_default) == 16
 
 
+def test_on_a_gpu_seeds_stack_by_default_but_a_gpts_do_not(monkeypatch):
+    """null on a GPU: stacked, except a GPT (vmap over CUDA attention failed on an H200; true still asks for it)."""
+    from harness import sweep
+    from harness.spec import expand, load_spec, with_seeds
+
+    monkeypatch.setattr(sweep, "pick_device", lambda requested: torch.device("cuda"))
+    seed_grid = sweep.plan_units(expand(with_seeds(load_spec(EXPERIMENTS / "seed.yaml"), [1, 2])))
+    assert len(seed_grid) == 8 and all(len(unit) == 2 for unit in seed_grid)
+    gpts = expand(with_seeds(load_spec(EXPERIMENTS / "gpt-cpu.yaml"), [1, 2]))
+    assert [len(unit) for unit in sweep.plan_units(gpts)] == [1, 1, 1, 1]
+    asked = sweep.plan_units(expand(with_seeds(load_spec(EXPERIMENTS / "gpt-cpu.yaml"), [1, 2]), {"train.stack_seeds": True}))
+    assert [len(unit) for unit in asked] == [2, 2]
+
+
 @pytest.mark.slow
 def test_in_a_sweep_a_seed_that_diverges_fails_its_run_only(tmp_path, data_dir, mlflow_store, monkeypatch):
     """Seed 1338's weights turn to NaN at step 30 (as a diverging run's would): its run FAILED with why, the others FINISHED."""

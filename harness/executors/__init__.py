@@ -36,7 +36,7 @@ class Executor(Protocol):
     def run(self, units: list[list[Variant]], train_kwargs: dict, on_result: Callable[[VariantResult], None]) -> None: ...
 
 
-EXECUTORS = ("local", "ray")  # --executor choices; "local" with --jobs N > 1 means worker processes
+EXECUTORS = ("local", "threads", "ray")  # --executor choices; "local" with --jobs N > 1 means worker processes
 
 
 def make_executor(kind: str = "local", *, jobs: int = 1, ray_address: str | None = None) -> Executor:
@@ -45,6 +45,10 @@ def make_executor(kind: str = "local", *, jobs: int = 1, ray_address: str | None
         from harness.executors.ray import RayExecutor
 
         return RayExecutor(ray_address)
+    if kind == "threads":
+        from harness.executors.threads import ThreadExecutor
+
+        return ThreadExecutor(jobs)
     if kind != "local":
         raise ExecutorError(f"--executor {kind!r}: choices are {', '.join(EXECUTORS)}")
     if jobs > 1:
