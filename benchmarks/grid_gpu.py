@@ -8,8 +8,10 @@ Rows (one device, one process, one run of this script):
 - ``sync-free+stacked``: the seeds of each variant as one stacked model (``harness.stacking``; needs 2+ seeds);
 - ``graphs`` and ``graphs+stacked``: the same, each step captured once as a CUDA graph and replayed
   (``train.cuda_graphs``, harness/graphs.py; CUDA only, a CPU row records why it did not run);
-- ``graphs+threads`` and ``graphs+stacked+threads``: ``--threads`` units at a time in threads of this process, each
-  on a CUDA stream of its own (what ``--executor threads`` does), so that their kernels overlap.
+- ``sync-free+threads``, ``graphs+threads`` and ``graphs+stacked+threads``: ``--threads`` units at a time in threads
+  of this process, each on a CUDA stream of its own (what ``--executor threads`` does), so that their kernels
+  overlap; ``max_loss_diff_threads_vs_one_at_a_time`` compares their losses with the same lever's row without
+  threads (if it ran first): it must be 0.
 
 These time the training loops only (every step and every evaluation at the default cadence, no MLflow).
 Then, end to end with every lever at its default or as ``--set`` pins it (MLflow store, samples, reports, process
@@ -76,8 +78,8 @@ from harness.train import Trainer, pick_device  # noqa: E402
 SPEC = ROOT / "experiments" / "seed.yaml"
 SPEC_STEPS = 50_000
 DEFAULT_OUT = "results/bench/grid_gpu.csv"
-LEVERS = ("baseline", "sync-free", "sync-free+stacked", "graphs", "graphs+stacked", "graphs+threads",
-          "graphs+stacked+threads")
+LEVERS = ("baseline", "sync-free", "sync-free+stacked", "graphs", "graphs+stacked", "sync-free+threads",
+          "graphs+threads", "graphs+stacked+threads")
 
 
 class Discard:
@@ -106,10 +108,16 @@ def trainer_for(variant, data_dir, corpora: dict, sync_free: bool, graphs: bool 
     return Trainer(model, corpus, train, device, sync_free=sync_free)
 
 
+_LEVER_LOSSES: dict[tuple[bool, bool, bool], dict[str, torch.Tensor]] = {}  # per-step losses of the rows so far
+
+
 def time_lever(units, data_dir, device: torch.device, sync_free: bool, stacked: bool, graphs: bool = False,
-               threads: int = 0) -> float:
+               threads: int = 0) -> tuple[float, dict]:
     """Seconds of training (steps and evaluations) of every unit: one after the other, or with ``threads``, that
-    many units at a time in threads of this process, each on its own CUDA stream (``--executor threads``)."""
+    many units at a time in threads of this process, each on its own CUDA stream (``--executor threads``).
+
+    A threads row also gives the largest per-step loss difference from the same lever one unit at a time, if
+    that row ran before: the same kernels in the same order on other streams, so it must be 0."""
     corpora: dict = {}
     built = [[trainer_for(v, data_dir, corpora, sync_free, graphs) for v in unit] for unit in units]
     streams = WorkerStreams(threads) if threads else None  # one after the other: the default stream, as `harness run`
@@ -140,7 +148,12 @@ def time_lever(units, data_dir, device: torch.device, sync_free: bool, stacked: 
     eager = [status for status in map(graph_status, steppers) if status not in (None, "replayed")]
     if eager:  # the row would time the eager step under the graphs' name
         raise RuntimeError(f"this lever's steps were not CUDA graphs: {eager[0]}")
-    return total
+    losses = {v.id: t.state.step_losses.cpu() for unit, trainers in zip(units, built) for v, t in zip(unit, trainers)}
+    alone = _LEVER_LOSSES.get((sync_free, stacked, graphs)) if threads else None
+    if not threads:
+        _LEVER_LOSSES[(sync_free, stacked, graphs)] = losses
+    gap = max((losses[v] - alone[v]).abs().max().item() for v in losses) if alone else float("nan")
+    return total, {"max_loss_diff_threads_vs_one_at_a_time": gap}
 
 
 @contextlib.contextmanager
@@ -273,7 +286,8 @@ def main(argv: list[str] | None = None) -> pd.DataFrame:
 
     levers = {"baseline": (False, False, False, 0), "sync-free": (True, False, False, 0),
               "sync-free+stacked": (True, True, False, 0), "graphs": (True, False, True, 0),
-              "graphs+stacked": (True, True, True, 0), "graphs+threads": (True, False, True, args.threads),
+              "graphs+stacked": (True, True, True, 0), "sync-free+threads": (True, False, False, args.threads),
+              "graphs+threads": (True, False, True, args.threads),
               "graphs+stacked+threads": (True, True, True, args.threads)}
     chosen = [lever for lever in args.levers.split(",") if lever]
     unknown = [lever for lever in chosen if lever not in levers]
@@ -291,7 +305,8 @@ def main(argv: list[str] | None = None) -> pd.DataFrame:
     def add(lever: str, steps: int, measure: Callable[[], float], what: str) -> None:
         """Time one row and write the table so far (a row that fails says why, and the next one runs)."""
         row = {"lever": lever, "measures": what, "spec": Path(args.spec).name, "seeds": len(args.seeds), "variants": n_variants, "steps": steps,
-               "wall_s": float("nan"), "wall_50k_s": float("nan"), "wall_50k_is": "", "error": "", "runs_cuda_graphs": ""}
+               "wall_s": float("nan"), "wall_50k_s": float("nan"), "wall_50k_is": "", "error": "", "runs_cuda_graphs": "",
+               "max_loss_diff_threads_vs_one_at_a_time": float("nan")}
         try:
             wall = measure()
             if isinstance(wall, tuple):  # (seconds, more columns)

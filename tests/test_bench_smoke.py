@@ -115,7 +115,7 @@ def _run_grid_benchmark(data_dir, out, kind: str, *args: str) -> pd.DataFrame:
 
 
 GRID_COLUMNS = ["lever", "measures", "spec", "seeds", "variants", "steps", "wall_s", "wall_50k_s", "wall_50k_is", "error",
-                "runs_cuda_graphs", "max_loss_diff_vs_cpu", "max_loss_diff_graphs_vs_cpu", "max_loss_diff_first_10_steps",
+                "runs_cuda_graphs", "max_loss_diff_threads_vs_one_at_a_time", "max_loss_diff_vs_cpu", "max_loss_diff_graphs_vs_cpu", "max_loss_diff_first_10_steps",
                 "max_loss_diff_cpu_1ulp", "syncs_in_checked_steps", "syncs_in_checked_graph_steps", "check_steps",
                 "overrides", "device", "gpu", "torch_version"]
 CHECK_COLUMNS = ["variant", "seed", "steps", "max_diff", "max_diff_first_10", "cpu_1ulp", "cpu_1ulp_first_10", "spec",
@@ -128,10 +128,13 @@ def test_grid_benchmark_times_every_lever_and_a_harness_run(shakespeare_dir, tmp
     out = tmp_path / "grid.csv"
     table = _run_grid_benchmark(shakespeare_dir, out, "ffn", "--steps", "10", "--run-steps", "10", "--check-steps", "30",
                                 "--jobs", "2", "--executors", "local", "threads",
-                                "--levers", "baseline,sync-free,sync-free+stacked")
+                                "--levers", "baseline,sync-free,sync-free+stacked,sync-free+threads", "--threads", "2")
     assert list(table.columns) == GRID_COLUMNS
-    assert list(table.lever) == ["baseline", "sync-free", "sync-free+stacked", "harness-run-jobs-2",
+    assert list(table.lever) == ["baseline", "sync-free", "sync-free+stacked", "sync-free+threads", "harness-run-jobs-2",
                                  "harness-run-threads-jobs-2"]
+    # the two seeds in two threads at once: the losses of the sync-free row, one run after the other, exactly
+    assert table.max_loss_diff_threads_vs_one_at_a_time.tolist()[3] == 0.0
+    assert table.max_loss_diff_threads_vs_one_at_a_time.drop(index=3).isna().all()
     assert (table.variants == 2).all() and (table.wall_s > 0).all() and table.error.isna().all()
     assert (table.wall_50k_is == "projected from 10 steps").all()
     # the stacked FFN seeds against separate runs (here both on the CPU): the same path, so within fp32 rounding
