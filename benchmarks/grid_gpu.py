@@ -51,6 +51,7 @@ import sys
 import tempfile
 import time
 import warnings
+from collections import Counter
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
@@ -250,8 +251,6 @@ def time_harness_run(seeds: list[int], steps: int, jobs: int, device: str, data_
 def graph_tags(store: str) -> str:
     """What the runs' ``cuda_graphs`` tags say, counted ("replayed x8"): whether a harness-run row timed replayed
     graphs or an eager fallback. Empty where no run was asked for graphs."""
-    from collections import Counter
-
     from mlflow import MlflowClient  # only the harness-run rows need MLflow
 
     client = MlflowClient(store)
@@ -302,16 +301,14 @@ def main(argv: list[str] | None = None) -> pd.DataFrame:
     units = plan_units(variants(args.seeds, args.steps, str(device), pinned, args.spec))
     n_variants = sum(len(unit) for unit in units)
 
-    def add(lever: str, steps: int, measure: Callable[[], float], what: str) -> None:
+    def add(lever: str, steps: int, measure: Callable[[], tuple[float, dict]], what: str) -> None:
         """Time one row and write the table so far (a row that fails says why, and the next one runs)."""
         row = {"lever": lever, "measures": what, "spec": Path(args.spec).name, "seeds": len(args.seeds), "variants": n_variants, "steps": steps,
                "wall_s": float("nan"), "wall_50k_s": float("nan"), "wall_50k_is": "", "error": "", "runs_cuda_graphs": "",
                "max_loss_diff_threads_vs_one_at_a_time": float("nan")}
         try:
-            wall = measure()
-            if isinstance(wall, tuple):  # (seconds, more columns)
-                wall, more = wall
-                row.update(more)
+            wall, more = measure()  # seconds, and the row's own columns
+            row.update(more)
             row.update(wall_s=round(wall, 2), wall_50k_s=round(wall * SPEC_STEPS / steps, 1),
                        wall_50k_is="measured" if steps == SPEC_STEPS else f"projected from {steps} steps")
             print(f"{lever:24s} {steps:6d} steps  {wall:8.2f} s  (50k steps: {wall * SPEC_STEPS / steps:8.1f} s)", flush=True)

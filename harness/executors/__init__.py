@@ -36,6 +36,16 @@ class Executor(Protocol):
     def run(self, units: list[list[Variant]], train_kwargs: dict, on_result: Callable[[VariantResult], None]) -> None: ...
 
 
+def could_not_start(unit: list[Variant], exc: Exception) -> list[VariantResult]:
+    """The results of a unit whose runs could not even be opened (the next units still train)."""
+    return [VariantResult(v.id, "", "FAILED", {}, f"could not start: {type(exc).__name__}: {exc}") for v in unit]
+
+
+def interrupted(unit: list[Variant]) -> list[VariantResult]:
+    """The results of a unit stopped by Ctrl-C in a worker (its runs, if opened, are closed KILLED already)."""
+    return [VariantResult(v.id, "", "KILLED", {}, "interrupted (Ctrl-C)") for v in unit]
+
+
 EXECUTORS = ("local", "threads", "ray")  # --executor choices; "local" with --jobs N > 1 means worker processes
 
 

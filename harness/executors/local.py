@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from harness.tracking import VariantResult, run_unit
+from harness.executors import could_not_start
+from harness.tracking import run_unit
 
 
 class InProcessExecutor:
@@ -16,6 +17,6 @@ class InProcessExecutor:
             try:
                 results = run_unit(unit, **train_kwargs)
             except Exception as exc:  # the runs could not even be opened; the next units still train
-                results = [VariantResult(v.id, "", "FAILED", {}, f"could not start: {type(exc).__name__}: {exc}") for v in unit]
+                results = could_not_start(unit, exc)
             for result in results:
                 on_result(result)

@@ -17,6 +17,7 @@ import time
 
 from mlflow.tracking import MlflowClient
 
+from harness.executors import could_not_start, interrupted
 from harness.runs import close_lost_run
 from harness.spec import Variant
 from harness.tracking import VariantResult, run_unit
@@ -43,9 +44,9 @@ def _worker_main(conn, unit: list[Variant], kwargs: dict) -> None:
     try:
         result = run_unit(unit, **kwargs)
     except KeyboardInterrupt:
-        result = [VariantResult(v.id, "", "KILLED", {}, "interrupted (Ctrl-C)") for v in unit]
+        result = interrupted(unit)
     except Exception as exc:
-        result = [VariantResult(v.id, "", "FAILED", {}, f"could not start: {type(exc).__name__}: {exc}") for v in unit]
+        result = could_not_start(unit, exc)
     try:
         conn.send(result)
         conn.close()

@@ -28,7 +28,7 @@ from collections import deque
 
 import torch
 
-from harness.executors import ExecutorError
+from harness.executors import ExecutorError, could_not_start, interrupted
 from harness.tracking import VariantResult, run_unit
 from harness.train import pick_device
 
@@ -92,9 +92,9 @@ def train_unit(unit, kwargs: dict, streams: WorkerStreams) -> list[VariantResult
         with streams.use(unit):
             return run_unit(unit, **kwargs)
     except KeyboardInterrupt:
-        return [VariantResult(v.id, "", "KILLED", {}, "interrupted (Ctrl-C)") for v in unit]
+        return interrupted(unit)
     except Exception as exc:
-        return [VariantResult(v.id, "", "FAILED", {}, f"could not start: {type(exc).__name__}: {exc}") for v in unit]
+        return could_not_start(unit, exc)
 
 
 class ThreadExecutor:
