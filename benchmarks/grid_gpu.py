@@ -301,9 +301,10 @@ def main(argv: list[str] | None = None) -> pd.DataFrame:
     units = plan_units(variants(args.seeds, args.steps, str(device), pinned, args.spec))
     n_variants = sum(len(unit) for unit in units)
 
-    def add(lever: str, steps: int, measure: Callable[[], tuple[float, dict]], what: str) -> None:
+    def add(lever: str, steps: int, measure: Callable[[], tuple[float, dict]], what: str, at_once: int) -> None:
         """Time one row and write the table so far (a row that fails says why, and the next one runs)."""
         row = {"lever": lever, "measures": what, "spec": Path(args.spec).name, "seeds": len(args.seeds), "variants": n_variants, "steps": steps,
+               "units_at_once": at_once,
                "wall_s": float("nan"), "wall_50k_s": float("nan"), "wall_50k_is": "", "error": "", "runs_cuda_graphs": "",
                "max_loss_diff_threads_vs_one_at_a_time": float("nan")}
         try:
@@ -358,13 +359,13 @@ def main(argv: list[str] | None = None) -> pd.DataFrame:
     for lever in chosen:
         sync_free, stacked, graphs, threads = levers[lever]
         add(lever, args.steps, partial(time_lever, units, data_dir, device, sync_free, stacked, graphs, threads),
-            "training loops")
+            "training loops", max(1, threads))
     if args.run_steps:
         for executor in dict.fromkeys(args.executors):
             for jobs in dict.fromkeys(args.jobs):
                 name = f"harness-run-jobs-{jobs}" if executor == "local" else f"harness-run-{executor}-jobs-{jobs}"
                 add(name, args.run_steps, partial(time_harness_run, args.seeds, args.run_steps, jobs, str(device), data_dir,
-                                                  pinned, executor, args.spec), "end to end")
+                                                  pinned, executor, args.spec), "end to end", jobs)
     return pd.DataFrame(rows)
 
 

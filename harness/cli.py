@@ -1,12 +1,14 @@
 """``harness validate|run|report``: the command line around specs, sweeps and reports.
 
 Exit codes: 0 all variants FINISHED (or skipped as already finished); 1 some variant failed;
-2 a problem with the spec, data or tracking store, found before anything trained; 130 Ctrl-C.
+2 a problem with the spec, data or tracking store, found before anything trained; 130 Ctrl-C; 141 the reader of
+its output went away (``harness validate SPEC | head``), as a shell reports a command ended by SIGPIPE.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import shlex
 import signal
 import sys
@@ -15,6 +17,7 @@ from pathlib import Path
 EXIT_FAILED_VARIANTS = 1
 EXIT_BAD_INPUT = 2
 EXIT_INTERRUPTED = 130
+EXIT_BROKEN_PIPE = 141
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -66,6 +69,14 @@ def _print_variants(spec, variants) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    try:
+        return _main(argv)
+    except BrokenPipeError:  # `| head` read what it wanted: no traceback, and nothing more to write
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_BROKEN_PIPE
+
+
+def _main(argv: list[str] | None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     parser = _parser()
     args, extra = parser.parse_known_args(argv)

@@ -152,6 +152,12 @@ def parent_note(command: str, overrides: dict | None, seeds: list[int] | None) -
     return "\n".join(lines)
 
 
+def longest_first(units: list[list[Variant]], costs: dict[str, float]) -> list[list[Variant]]:
+    """The units by estimated cost, costliest first, so that parallel workers end together (a stack costs what
+    its seeds cost together)."""
+    return sorted(units, key=lambda unit: -sum(costs[v.id] for v in unit))
+
+
 def run_sweep(
     spec: Spec,
     variants: list[Variant],
@@ -213,8 +219,8 @@ def run_sweep(
                         checkpoint_dir=checkpoint_dir, checkpoint_store=checkpoint_store, show_progress=show_progress,
                         finished_before_ms=parent.info.start_time if force else None)
     units = plan_units(todo)
-    if jobs > 1:  # longest first, so that the pool ends together (a stack costs what its seeds cost together)
-        units.sort(key=lambda unit: -sum(costs[v.id] for v in unit))
+    if jobs > 1:
+        units = longest_first(units, costs)
 
     def on_result(result: VariantResult) -> None:
         outcome.add(result)

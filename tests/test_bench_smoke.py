@@ -114,7 +114,7 @@ def _run_grid_benchmark(data_dir, out, kind: str, *args: str) -> pd.DataFrame:
     return pd.read_csv(out)
 
 
-GRID_COLUMNS = ["lever", "measures", "spec", "seeds", "variants", "steps", "wall_s", "wall_50k_s", "wall_50k_is", "error",
+GRID_COLUMNS = ["lever", "measures", "spec", "seeds", "variants", "steps", "units_at_once", "wall_s", "wall_50k_s", "wall_50k_is", "error",
                 "runs_cuda_graphs", "max_loss_diff_threads_vs_one_at_a_time", "max_loss_diff_vs_cpu", "max_loss_diff_graphs_vs_cpu", "max_loss_diff_first_10_steps",
                 "max_loss_diff_cpu_1ulp", "syncs_in_checked_steps", "syncs_in_checked_graph_steps", "check_steps",
                 "overrides", "device", "gpu", "torch_version"]
@@ -135,6 +135,7 @@ def test_grid_benchmark_times_every_lever_and_a_harness_run(shakespeare_dir, tmp
     # the two seeds in two threads at once: the losses of the sync-free row, one run after the other, exactly
     assert table.max_loss_diff_threads_vs_one_at_a_time.tolist()[3] == 0.0
     assert table.max_loss_diff_threads_vs_one_at_a_time.drop(index=3).isna().all()
+    assert table.units_at_once.tolist() == [1, 1, 1, 2, 2, 2]  # --threads 2 for the lever, --jobs 2 end to end
     assert (table.variants == 2).all() and (table.wall_s > 0).all() and table.error.isna().all()
     assert (table.wall_50k_is == "projected from 10 steps").all()
     # the stacked FFN seeds against separate runs (here both on the CPU): the same path, so within fp32 rounding

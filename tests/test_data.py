@@ -73,6 +73,13 @@ def test_korean_text_is_q_then_a_per_row(data_dir):
     assert 1200 < CharTokenizer.from_text(text).vocab_size < 1300
 
 
+def test_korean_vocabulary_is_the_csvs_distinct_characters(data_dir):
+    # Counted with the csv module alone: the distinct characters of every Q and A, plus the newline between
+    # them, are 1,243 (the README's figure); the write-up's extra characters add 22 more that the CSV lacks.
+    assert load_corpus(DataConfig("korean-chatbot", extra_chars=False), data_dir).tokenizer.vocab_size == 1243
+    assert load_corpus(DataConfig("korean-chatbot"), data_dir).tokenizer.vocab_size == 1265
+
+
 def test_cp949_file_round_trips_and_utf8_misread_is_named(tmp_path):
     text = "안녕하세요, 세계!\n한국어 텍스트 123.\n"
     path = tmp_path / "ko.txt"

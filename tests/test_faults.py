@@ -22,6 +22,8 @@ from harness.cli import main
 from harness.spec import expand, load_spec
 from harness.sweep import run_sweep
 
+from conftest import EXPERIMENTS
+
 OK_BASE = """
 name: faults
 base:
@@ -102,6 +104,20 @@ def test_malformed_spec_from_the_shell_has_no_traceback(tmp_path):
                           cwd=tmp_path, timeout=600)
     assert proc.returncode == 2
     assert "did you mean 'batch_size'" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_a_reader_that_stops_early_gets_no_traceback(tmp_path, data_dir):
+    """`harness validate SPEC | head -1`: the reader closes the pipe while the variants are still being listed."""
+    env = {**os.environ, "HARNESS_DATA_DIR": str(data_dir)} if data_dir else dict(os.environ)
+    read, write = os.pipe()
+    os.close(read)  # the reader is gone before anything is written
+    try:
+        proc = subprocess.run([sys.executable, "-m", "harness", "validate", str(EXPERIMENTS / "gpt-ladder.yaml")],
+                              stdout=write, stderr=subprocess.PIPE, text=True, cwd=tmp_path, env=env, timeout=600)
+    finally:
+        os.close(write)
+    assert proc.returncode == 141, proc.stderr  # a shell's code for a command ended by SIGPIPE
+    assert "Traceback" not in proc.stderr and "BrokenPipeError" not in proc.stderr, proc.stderr
 
 
 def _spec(tmp_path, body: str):

@@ -139,6 +139,28 @@ def test_the_stand_in_catches_a_step_input_that_is_not_refreshed(data_dir):
     assert (graphed.state.step_losses - eager.state.step_losses).abs().max().item() > 1e-3
 
 
+def test_the_stand_in_catches_a_schedule_whose_lr_the_graph_never_reads(data_dir, monkeypatch):
+    """A trainer that gives the optimizer a new lr tensor each step, instead of filling the one the graph read,
+    trains at the capture step's lr from then on: the stand-in must show it, as a CUDA graph would."""
+    def replace_lr(optimizer, lr):
+        for group in optimizer.param_groups:
+            group["lr"] = torch.tensor(lr) if torch.is_tensor(group["lr"]) else lr
+
+    monkeypatch.setattr("harness.train.set_lr", replace_lr)
+    corpus = load_corpus(DataConfig("tinyshakespeare"), data_dir)
+    train = {"lr_schedule": "cosine", "warmup_steps": 5, "lr": 3e-3}
+    graphed = trainer(corpus, {"kind": "ffn"}, train, ReplayedOps())
+    eager = trainer(corpus, {"kind": "ffn"}, train, NeverCaptured())  # the same optimizer, every step eager
+    eager.captured.warmup = STEPS
+    for i in range(STEPS):
+        graphed.train_step(i)
+        eager.train_step(i)
+    assert graphed.captured.captured
+    same = WARMUP_STEPS + 1  # the steps up to and including the capture read each lr afresh
+    assert torch.equal(graphed.state.step_losses[:same], eager.state.step_losses[:same])
+    assert (graphed.state.step_losses - eager.state.step_losses).abs().max().item() > 1e-4
+
+
 def test_a_step_that_reads_a_value_back_is_not_captured_and_trains_eagerly(data_dir):
     corpus = load_corpus(DataConfig("korean-chatbot"), data_dir)
     eager = trainer(corpus, {"kind": "bigram"}, {})

@@ -299,8 +299,10 @@ def test_kill_9_mid_run_then_rerun_resumes_in_the_same_run_and_matches(tmp_path,
     assert resumed.data.metrics["summary/val_loss"] == pytest.approx(straight.metrics["final_val_loss"], abs=1e-4)
 
 
-def _ctrl_c_once_checkpointed(command: list[str], tmp_path: Path, env: dict, variants) -> tuple[int, str]:
-    """Run ``command`` as a terminal's foreground group; once each of ``variants`` has a checkpoint, press Ctrl-C.
+def _ctrl_c_once_checkpointed(command: list[str], tmp_path: Path, env: dict, variants,
+                              sig: signal.Signals = signal.SIGINT) -> tuple[int, str]:
+    """Run ``command`` as a terminal's foreground group; once each of ``variants`` has a checkpoint, press Ctrl-C
+    (or send ``sig`` to the group, as a scheduler stopping a job does with SIGTERM).
 
     Returns the exit code and what the command printed.
     """
@@ -308,7 +310,7 @@ def _ctrl_c_once_checkpointed(command: list[str], tmp_path: Path, env: dict, var
                             start_new_session=True)
     try:
         _wait_for(lambda: all(LocalCheckpoints(tmp_path / "ckpt").path(v).exists() for v in variants), proc, "training")
-        os.killpg(proc.pid, signal.SIGINT)  # what Ctrl-C in a terminal does: the whole foreground group
+        os.killpg(proc.pid, sig)  # what Ctrl-C in a terminal does: the whole foreground group
         out, _ = proc.communicate(timeout=600)
     finally:
         if proc.poll() is None:
@@ -318,14 +320,15 @@ def _ctrl_c_once_checkpointed(command: list[str], tmp_path: Path, env: dict, var
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("jobs,executor", [(1, "local"), (2, "local"), (2, "threads")])
-def test_ctrl_c_closes_running_variants_killed_and_exits_130(tmp_path, data_dir, jobs, executor):
+@pytest.mark.parametrize("jobs,executor,sig", [(1, "local", "SIGINT"), (2, "local", "SIGINT"), (2, "threads", "SIGINT"),
+                                              (2, "local", "SIGTERM")])  # SIGTERM: a scheduler stopping the job
+def test_ctrl_c_closes_running_variants_killed_and_exits_130(tmp_path, data_dir, jobs, executor, sig):
     spec = _write(tmp_path, KILL_SPEC.format(name="ctrl-c", steps=200_000, every=500))
     variants = expand(load_spec(spec))
     env = _env(tmp_path, data_dir)
     running = variants[:jobs]
     command = _command(spec, tmp_path, "--jobs", str(jobs), "--executor", executor)
-    code, out = _ctrl_c_once_checkpointed(command, tmp_path, env, running)
+    code, out = _ctrl_c_once_checkpointed(command, tmp_path, env, running, getattr(signal, sig))
     assert code == 130, out
     assert "interrupted: 0 variant(s) finished before Ctrl-C" in out
     assert "Traceback" not in out

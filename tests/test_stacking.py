@@ -87,7 +87,8 @@ def test_a_stack_of_three_seeds_follows_three_separate_runs(case, data_dir):
         stack.train_step(i)
     assert stack.step_losses.shape == (len(SEEDS), STEPS)
     difference = (stack.step_losses - expected).abs().max().item()
-    assert difference <= 1e-5, f"{case}: the stack drifts from separate runs by {difference:.2e}"
+    bound = 0.0 if dtype == torch.float64 else 1e-5  # float64: the separate runs' path, bit for bit
+    assert difference <= bound, f"{case}: the stack drifts from separate runs by {difference:.2e}"
     # the seeds did differ (a stack that trained one seed three times would pass the check above for no seed)
     assert (expected[0] - expected[1]).abs().max().item() > 1e-3
     assert expected[:, -20:].mean() < expected[:, :20].mean() - 0.1, "the runs must have learned something"

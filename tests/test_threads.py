@@ -2,18 +2,21 @@
 
 The reference is the same sweep in this process, one unit after the other (the default executor). On a CPU the
 threads really overlap (torch ops release the GIL), so the seeding, model building and global-generator rules of
-harness/executors/threads.py are exercised; the CUDA streams they add are a no-op here.
+harness/executors/threads.py are exercised; the CUDA streams they add are a no-op here, so their rule (a running
+unit's stream is no other unit's) is checked against a stand-in of PyTorch's stream pool.
 """
 
 from __future__ import annotations
 
+import contextlib
 import textwrap
 
 import pytest
+import torch
 from mlflow.tracking import MlflowClient
 
 from harness.cli import main
-from harness.executors.threads import draws_random_while_training
+from harness.executors.threads import WorkerStreams, draws_random_while_training
 from harness.metrics import mlflow_key
 from harness.spec import expand, load_spec
 from harness.tracking import PARENT_TAG
@@ -69,3 +72,38 @@ def test_only_units_whose_steps_draw_random_numbers_wait_to_train_alone(tmp_path
     spec.write_text(SPEC.format(name="dropout"), encoding="utf-8")
     waits = {v.config.model.dropout: draws_random_while_training([v]) for v in expand(load_spec(spec))}
     assert waits == {0.0: False, 0.2: True}
+
+
+class PooledStream:
+    """``torch.cuda.Stream()`` as PyTorch hands streams out: from a pool of 32 per device, round-robin, so the
+    33rd is the 1st again (its "Stream pool note")."""
+
+    drawn = 0
+
+    def __init__(self, device=None, priority: int = 0):
+        self.cuda_stream = 0x7F00 + PooledStream.drawn % 32  # the CUDA stream handle
+        PooledStream.drawn += 1
+
+
+def test_a_running_unit_keeps_a_stream_that_no_other_unit_gets(monkeypatch):
+    """On an H200, units that drew fresh streams got one another's (the 33rd draw is the 1st's stream): one unit's
+    kernels then landed in another's graph capture."""
+    monkeypatch.setattr(torch.cuda, "Stream", PooledStream)
+    monkeypatch.setattr(PooledStream, "drawn", 5)  # whatever was drawn before the sweep
+    streams, gpu = WorkerStreams(8), torch.device("cuda", 0)
+    with streams.held(gpu) as long_running:
+        held_by_others = []
+        for _ in range(40):  # 80 units start and end while the first one trains
+            with streams.held(gpu) as first, streams.held(gpu) as second:
+                assert first.cuda_stream != second.cuda_stream
+                held_by_others += [first.cuda_stream, second.cuda_stream]
+        assert long_running.cuda_stream not in held_by_others
+
+
+def test_eight_units_at_once_hold_eight_different_streams(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "Stream", PooledStream)
+    monkeypatch.setattr(PooledStream, "drawn", 29)  # the pool wraps around while the streams are drawn
+    streams, gpu = WorkerStreams(8), torch.device("cuda", 0)
+    with contextlib.ExitStack() as holding:
+        handles = [holding.enter_context(streams.held(gpu)).cuda_stream for _ in range(8)]
+    assert len(set(handles)) == 8

@@ -23,12 +23,20 @@ from harness.spec import Variant
 from harness.tracking import VariantResult, run_unit
 
 
+def _ignore_signal(signum, frame) -> None:
+    """A worker closing its run KILLED lets no second Ctrl-C or SIGTERM cut that short (the sweep ends a stuck
+    one with SIGKILL after its grace period)."""
+
+
 def _worker_main(conn, unit: list[Variant], kwargs: dict) -> None:
     """A worker process: train one unit and send its VariantResults back through ``conn``."""
 
     def on_interrupt(signum, frame):  # Ctrl-C, or SIGTERM from a scheduler: close the run KILLED
-        signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not cut the run's closing short
-        signal.signal(signal.SIGTERM, signal.SIG_DFL)  # but the sweep's terminate() still ends a stuck worker
+        # A Python handler, not SIG_IGN or SIG_DFL: a signal that came with this one (a scheduler's SIGTERM to the
+        # whole group and the sweep's own SIGINT) is handled after it, and CPython prints a traceback ("Signal 15
+        # ignored due to race condition") for one whose handler has meanwhile become SIG_IGN or SIG_DFL.
+        signal.signal(signal.SIGINT, _ignore_signal)
+        signal.signal(signal.SIGTERM, _ignore_signal)
         raise KeyboardInterrupt
 
     signal.signal(signal.SIGINT, on_interrupt)
@@ -126,8 +134,8 @@ class ProcessExecutor:
                 while running and time.monotonic() < deadline:
                     for conn in multiprocessing.connection.wait(list(running), timeout=max(0.0, deadline - time.monotonic())):
                         collect(conn, interrupted=True)
-            finally:  # past the grace period, or a second Ctrl-C: stop them now
+            finally:  # past the grace period, or a second Ctrl-C: stop them now (they ignore SIGINT and SIGTERM now)
                 for conn in list(running):
-                    running[conn][0].terminate()
+                    running[conn][0].kill()
                     collect(conn, interrupted=True)
             raise

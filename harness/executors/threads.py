@@ -70,19 +70,24 @@ class WorkerStreams:
             return self.free[device]
 
     @contextlib.contextmanager
+    def held(self, device: torch.device):
+        """One of ``device``'s streams, no other holder's, until the block ends."""
+        free = self._streams_for(device)
+        stream = free.get()
+        try:
+            yield stream
+        finally:
+            free.put(stream)
+
+    @contextlib.contextmanager
     def use(self, unit):
         """The unit's device's current stream, while it trains: one of these (CUDA), else nothing changes."""
         device = pick_device(unit[0].config.train.device)
         if device.type != "cuda":
             yield
             return
-        free = self._streams_for(device)
-        stream = free.get()
-        try:
-            with torch.cuda.stream(stream):
-                yield
-        finally:
-            free.put(stream)
+        with self.held(device) as stream, torch.cuda.stream(stream):
+            yield
 
 
 def train_unit(unit, kwargs: dict, streams: WorkerStreams) -> list[VariantResult]:
