@@ -109,7 +109,8 @@ CONVERGENCE_TOLERANCE = 0.01  # nats
 CONVERGENCE_RULE = (
     f"A run is *near convergence* when its exact val loss (the `loss/val` curve) changed by less than "
     f"{CONVERGENCE_TOLERANCE} nats over the last {CONVERGENCE_WINDOW:.0%} of its steps: |val(last step) - val(last "
-    f"evaluation at or before {1 - CONVERGENCE_WINDOW:.0%} of the steps)| < {CONVERGENCE_TOLERANCE}. A verdict (worse, "
+    f"evaluation at or before {1 - CONVERGENCE_WINDOW:.0%} of the steps)| < {CONVERGENCE_TOLERANCE}, where that "
+    f"evaluation comes after {1 - 2 * CONVERGENCE_WINDOW:.0%} of them (else the curve cannot tell). A verdict (worse, "
     f"better, oscillates less, closest to the floor) is drawn only when every run it uses is near convergence; "
     f"otherwise the answer says \"too short to judge\" and why, and shows the numbers without a verdict. "
     f"The CIs below are over seeds, whatever the convergence.")
@@ -117,12 +118,13 @@ CONVERGENCE_RULE = (
 
 def val_movement(history: pd.DataFrame | None) -> tuple[int | None, float]:
     """(steps run, val(end) - val(at or before 90% of them)) from a run's val curve; the change is NaN when
-    the curve cannot tell (no curve, or no evaluation before its last 10%)."""
+    the curve cannot tell (no curve, or no evaluation from 80% to 90% of the steps: a change since an earlier
+    one is not the last 10%'s)."""
     if history is None or history.empty:
         return None, math.nan
     steps = int(history["step"].max())
-    cutoff = steps - math.ceil(CONVERGENCE_WINDOW * steps)
-    before = history[history["step"] <= cutoff]
+    window = math.ceil(CONVERGENCE_WINDOW * steps)
+    before = history[history["step"].between(steps - 2 * window, steps - window)]
     if steps == 0 or before.empty:
         return steps, math.nan
     end = float(history.loc[history["step"] == steps, "value"].iloc[-1])
@@ -158,8 +160,9 @@ def too_short(runs: pd.DataFrame) -> str | None:
         return None
     changes = moving["val_change_last_10pct"].abs().dropna()
     if changes.empty:
-        return (f"{len(moving)} of {len(done)} runs have no val-curve point before their last "
-                f"{CONVERGENCE_WINDOW:.0%} of steps ({_steps_text(done)} steps run)")
+        return (f"{len(moving)} of {len(done)} runs have no evaluation from {1 - 2 * CONVERGENCE_WINDOW:.0%} to "
+                f"{1 - CONVERGENCE_WINDOW:.0%} of their steps ({_steps_text(done)} steps run): train.eval_interval "
+                "is too long for them to tell")
     return (f"{len(moving)} of {len(done)} runs were still moving: their val loss changed by up to {changes.max():.4f} "
             f"nats over the last {CONVERGENCE_WINDOW:.0%} of their {_steps_text(done)} steps "
             f"(near convergence means less than {CONVERGENCE_TOLERANCE})")

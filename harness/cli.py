@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import shlex
 import signal
 import sys
@@ -18,6 +19,7 @@ EXIT_FAILED_VARIANTS = 1
 EXIT_BAD_INPUT = 2
 EXIT_INTERRUPTED = 130
 EXIT_BROKEN_PIPE = 141
+OVERRIDE_WORD = re.compile(r"^[A-Za-z_]\w*(\.\w+)+=")  # section.key=value, as in train.steps=200
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -79,12 +81,14 @@ def main(argv: list[str] | None = None) -> int:
 def _main(argv: list[str] | None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     parser = _parser()
-    args, extra = parser.parse_known_args(argv)
-    # argparse stops filling the key=value positional at the first option; take later ones too.
+    # key=value words anywhere, in their order: argparse would stop at the first option, or read them as the
+    # values of one (`--seeds 1 2 train.steps=10`).
+    overrides = [word for word in argv if OVERRIDE_WORD.match(word)]
+    args, extra = parser.parse_known_args([word for word in argv if not OVERRIDE_WORD.match(word)])
     stray = [word for word in extra if word.startswith("-") or "=" not in word]
     if stray:
         parser.error(f"unrecognized arguments: {' '.join(stray)}")
-    args.overrides = [*getattr(args, "overrides", []), *extra]
+    args.overrides = [*getattr(args, "overrides", []), *extra, *overrides]
     args.command_line = shlex.join(["harness", *argv])
     if args.command == "schema":
         return _schema(args.check)
@@ -178,13 +182,22 @@ def _run(spec, variants, overrides: dict, args, data_dir) -> int:
                         checkpoint_dir=args.checkpoint_dir, checkpoint_store=args.checkpoint_store,
                         show_progress=not args.no_progress)
     finished = [r.variant_id for r in outcome.results if r.status == "FINISHED"]
+    killed = [r for r in outcome.failed if r.status == "KILLED"]
     elsewhere = f", running elsewhere {len(outcome.elsewhere)}" if outcome.elsewhere else ""
-    print(f"finished {len(finished)}, skipped {len(outcome.skipped)}{elsewhere}, failed {len(outcome.failed)} "
-          f"(parent run {outcome.parent_run_id})")
-    try:
-        _report(args.spec_as_written, overrides, spec.seeds or None, args.results_dir)
-    except Exception as exc:  # the runs are safe in MLflow; a report problem must not hide that
-        print(f"warning: could not write the report: {exc}", file=sys.stderr)
+    stopped = f", stopped {len(killed)}" if killed else ""
+    print(f"finished {len(finished)}, skipped {len(outcome.skipped)}{elsewhere}{stopped}, "
+          f"failed {len(outcome.failed) - len(killed)} (parent run {outcome.parent_run_id})")
+    from harness.report import report_directory
+
+    folder = report_directory(args.results_dir, args.spec_as_written, overrides, spec.seeds or None)
+    if outcome.interrupted and (folder / "runs.csv").exists():  # e.g. the committed reference report
+        print(f"interrupted: {folder}/ keeps the report it had; `harness report {args.spec}` rewrites it from what "
+              "MLflow holds", file=sys.stderr)
+    else:
+        try:
+            _report(args.spec_as_written, overrides, spec.seeds or None, args.results_dir)
+        except Exception as exc:  # the runs are safe in MLflow; a report problem must not hide that
+            print(f"warning: could not write the report: {exc}", file=sys.stderr)
     for result in outcome.failed:
         print(f"{result.status} {result.variant_id}: {result.error}", file=sys.stderr)
     if outcome.interrupted:

@@ -168,7 +168,8 @@ def _file_path(config: DataConfig, data_dir: Path | None) -> Path:
     if config.dataset == FILE_DATASET:
         path = Path(config.path).expanduser()
         if not path.is_file():
-            raise DataError(f"data.path: file not found: {path}")
+            where = "" if path.is_absolute() else f" (a relative path is read from the current folder: {path.resolve()})"
+            raise DataError(f"data.path: file not found: {path}{where}")
         return path
     return locate_catalog_file(config.dataset, data_dir)
 

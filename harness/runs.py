@@ -33,6 +33,7 @@ from typing import Callable
 
 from mlflow.entities import RunTag
 from mlflow.tracking import MlflowClient
+from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
 
 from harness.tracking import retrying
 
@@ -42,6 +43,7 @@ OWNER_PROC_TAG = "harness.owner_proc"  # the owner's process table (boot id, pid
 HEARTBEAT_TAG = "harness.heartbeat"  # unix seconds of the owner's last sign of life
 CLAIM_TAG = "harness.claim"  # pending | won | lost
 DRIVER_TAG = "harness.driver"  # the parent run of the sweep that trains the variant now
+RESUMED_FROM_SWEEP_TAG = "harness.resumed_from_sweep"  # a resumed run's parent before this sweep took it over
 NOTE_TAG = "mlflow.note.content"  # MLflow's description field: runs and experiments
 
 CLAIM_ATTEMPTS = 5
@@ -294,7 +296,12 @@ def _take_over(client, experiment_id, variant, mine, load_checkpoint, driver, lo
     # Hand the claim over to the resumed run before giving up ours: at every moment one of them is live and won.
     run_id = resume.info.run_id
     tags = {**owner_tags(), CLAIM_TAG: "won", **({DRIVER_TAG: driver} if driver else {})}
+    earlier_sweep = resume.data.tags.get(MLFLOW_PARENT_RUN_ID)
+    if driver and earlier_sweep and earlier_sweep != driver:  # it ends in this sweep: the UI lists it there
+        tags |= {MLFLOW_PARENT_RUN_ID: driver, RESUMED_FROM_SWEEP_TAG: earlier_sweep}
     retrying(lambda: client.log_batch(run_id, tags=[RunTag(k, v) for k, v in tags.items()]))
+    if "error" in resume.data.tags:  # why it stopped then ("interrupted (Ctrl-C)"); resumed_from_step says it did
+        retrying(lambda: client.delete_tag(run_id, "error"))
     retrying(lambda: client.update_run(run_id, status="RUNNING"))
     if resume.info.status == "RUNNING":
         log(f"{variant.id}: stale claim of {describe_owner(resume)} taken over by {me}; resuming")

@@ -372,17 +372,32 @@ def _read_yaml(path: Path) -> tuple[Any, dict[tuple, str]]:
         raise SpecError(f"{path}: spec file not found")
     if path.is_dir():
         raise SpecError(f"{path}: is a folder, not a spec file")
+    raw = path.read_bytes()
+    utf16_mark = raw.startswith((b"\xff\xfe", b"\xfe\xff"))
+    if utf16_mark or b"\x00" in raw:
+        why = "it starts with a UTF-16 byte-order mark" if utf16_mark else "it has NUL bytes"
+        raise SpecError(f"{path}: UTF-16 text, not UTF-8 ({why}); save the spec as UTF-8")
     try:
-        text = path.read_text(encoding="utf-8")
+        text = raw.decode("utf-8")
     except UnicodeDecodeError as exc:
-        raise SpecError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start})") from exc
-    loader = yaml.SafeLoader(text)
+        line = raw.count(b"\n", 0, exc.start) + 1
+        column = exc.start - (raw.rfind(b"\n", 0, exc.start) + 1) + 1
+        raise SpecError(f"{path}:{line}:{column}: not UTF-8 text ({exc.reason} at byte {exc.start}); "
+                        "save the spec as UTF-8 (an editor's 'Save with encoding', or iconv -f cp949 -t utf-8)") from exc
+    text = text.removeprefix("\ufeff")
+    loader = None
     try:
+        loader = yaml.SafeLoader(text)  # checks every character first: a control character raises here
         node = loader.get_single_node()
         data = loader.construct_document(node) if node is not None else None
         marks: dict[tuple, str] = {}
         if node is not None:
             _collect_marks(loader, node, (), path, marks)
+    except yaml.reader.ReaderError as exc:
+        line = text.count("\n", 0, exc.position) + 1
+        column = exc.position - (text.rfind("\n", 0, exc.position) + 1) + 1
+        raise SpecError(f"{path}:{line}:{column}: invalid YAML: character #x{exc.character if isinstance(exc.character, int) else ord(exc.character):04x} is not allowed "
+                        "(a control character; delete it)") from exc
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         at = f":{mark.line + 1}:{mark.column + 1}" if mark else ""
@@ -390,7 +405,8 @@ def _read_yaml(path: Path) -> tuple[Any, dict[tuple, str]]:
         problem = getattr(exc, "problem", None) or str(exc)
         raise SpecError(f"{path}{at}: invalid YAML{line}: {problem}") from exc
     finally:
-        loader.dispose()
+        if loader is not None:
+            loader.dispose()
     return data, marks
 
 
@@ -405,6 +421,10 @@ def _collect_marks(loader, node, prefix: tuple, path: Path, marks: dict) -> None
                 hash(key)
             except Exception:  # an unhashable key: reported as a bad key, located by its parent
                 continue
+            if prefix + (key, "<key>") in marks:  # yaml.safe_load would keep the last and drop the first silently
+                dotted = ".".join(str(k) for k in prefix + (key,))
+                raise SpecError(f"{at(key_node.start_mark)}: {dotted}: duplicate key (first at "
+                                f"line {marks[prefix + (key, '<key>')].rsplit(':', 2)[-2]}); keep one")
             marks[prefix + (key,)] = at(value_node.start_mark)
             marks[prefix + (key, "<key>")] = at(key_node.start_mark)
             _collect_marks(loader, value_node, prefix + (key,), path, marks)
@@ -890,7 +910,8 @@ def _expand(spec: Spec, overrides: dict[str, Any], data_dir: Path | None,
             try:
                 config = replace(config, data_sha256=content_sha256(config.data, data_dir))
             except (DataError, OSError) as exc:
-                problems.add(assignments.get("data.path", (None, fallback))[1], "data.path", str(exc))
+                problems.add(assignments.get("data.path", (None, fallback))[1], "data.path",
+                             str(exc).removeprefix("data.path: "))
         elif config.data.dataset in CATALOG and data_dir is not None:
             if config.data.dataset not in catalog_checked:
                 try:

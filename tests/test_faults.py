@@ -96,6 +96,35 @@ def test_malformed_spec_exits_2_naming_the_key(tmp_path, mlflow_store, data_dir,
         [e.experiment_id for e in MlflowClient(mlflow_store).search_experiments()]), "nothing may run before the error"
 
 
+KOREAN_SPEC = OK_BASE.replace("name: faults", "name: faults\ndescription: 한국어 실험")
+# (id, the spec file's bytes, what the message must say); every one exits 2 naming the file
+UNREADABLE = [
+    ("control-character", OK_BASE.replace("name: faults", 'name: faults\ndescription: "bell\x07"').encode(),
+     ':3:19: invalid YAML: character #x0007 is not allowed'),
+    ("utf-16-with-bom", KOREAN_SPEC.encode("utf-16"), "UTF-16 text, not UTF-8 (it starts with a UTF-16 byte-order mark)"),
+    ("utf-16-without-bom", KOREAN_SPEC.encode("utf-16-le"), "UTF-16 text, not UTF-8 (it has NUL bytes)"),
+    ("cp949", KOREAN_SPEC.encode("cp949"), ":3:14: not UTF-8 text"),
+    ("duplicate-key", (OK_BASE + "  data: {dataset: korean-chatbot}\n").encode(),
+     ":7:3: base.data: duplicate key (first at line 4)"),
+]
+
+
+@pytest.mark.parametrize("case, raw, named", UNREADABLE, ids=[u[0] for u in UNREADABLE])
+def test_a_spec_file_yaml_cannot_read_as_written_exits_2_naming_where(tmp_path, capsys, case, raw, named):
+    spec = tmp_path / "spec.yaml"
+    spec.write_bytes(raw)
+    assert main(["validate", str(spec)]) == 2
+    err = capsys.readouterr().err
+    assert (f"{spec}{named}" if named.startswith(":") else named) in err and str(spec) in err, err
+    assert "Traceback" not in err
+
+
+def test_a_utf8_spec_with_a_byte_order_mark_is_read(tmp_path):
+    spec = tmp_path / "spec.yaml"
+    spec.write_bytes(b"\xef\xbb\xbf" + KOREAN_SPEC.encode())
+    assert main(["validate", str(spec)]) == 0
+
+
 def test_malformed_spec_from_the_shell_has_no_traceback(tmp_path):
     """The same promise through a real process: what a user sees in the terminal."""
     spec = tmp_path / "spec.yaml"

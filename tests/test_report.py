@@ -216,6 +216,10 @@ def test_val_movement_is_the_change_over_the_last_tenth_of_the_steps():
         lambda c: pd.concat([c, pd.DataFrame({"step": [300], "value": [3.9]})]))) == (300, pytest.approx(-0.06))
     steps, change = analysis.val_movement(pd.DataFrame({"step": [300], "value": [3.9]}))
     assert steps == 300 and math.isnan(change)
+    # 100 steps of a spec that evaluates every 250: points at 0 and 100 only; a change since step 0 is not the
+    # last 10%'s, so the curve cannot tell
+    steps, change = analysis.val_movement(pd.DataFrame({"step": [0, 100], "value": [7.6, 4.2]}))
+    assert steps == 100 and math.isnan(change)
     assert analysis.val_movement(None)[0] is None
 
 

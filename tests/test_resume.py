@@ -26,7 +26,7 @@ from harness.spec import expand, load_spec
 from harness import runs
 from harness.sweep import plan_sweep, run_sweep
 from harness.checkpoints import LocalCheckpoints
-from harness.tracking import experiment_id_for, run_variant
+from harness.tracking import PARENT_TAG, experiment_id_for, run_variant
 from harness.train import CheckpointError, Trainer, load_checkpoint, save_checkpoint
 
 # Tiny Shakespeare bigram: thousands of steps a second, so a kill lands mid-run with time to spare.
@@ -328,10 +328,19 @@ def test_ctrl_c_closes_running_variants_killed_and_exits_130(tmp_path, data_dir,
     env = _env(tmp_path, data_dir)
     running = variants[:jobs]
     command = _command(spec, tmp_path, "--jobs", str(jobs), "--executor", executor)
+    reference = tmp_path / "results" / "ctrl-c" / "runs.csv"  # a report of an earlier sweep (a committed one, say)
+    if jobs == 1:
+        reference.parent.mkdir(parents=True)
+        reference.write_text("the reference\n", encoding="utf-8")
     code, out = _ctrl_c_once_checkpointed(command, tmp_path, env, running, getattr(signal, sig))
     assert code == 130, out
     assert "interrupted: 0 variant(s) finished before Ctrl-C" in out
     assert "Traceback" not in out
+    assert f"finished 0, skipped 0, stopped {jobs}, failed 0" in out
+    if jobs == 1:  # an interrupted sweep never replaces a report; where there was none it writes what it has
+        assert reference.read_text(encoding="utf-8") == "the reference\n" and "keeps the report it had" in out
+    else:
+        assert "KILLED" in reference.read_text(encoding="utf-8")
     killed = _variant_runs(env["MLFLOW_TRACKING_URI"], "ctrl-c")
     assert {vid: [r.info.status for r in rs] for vid, rs in killed.items()} == {v.id: ["KILLED"] for v in running}
     for v in running:
@@ -348,6 +357,30 @@ def test_ctrl_c_closes_running_variants_killed_and_exits_130(tmp_path, data_dir,
     store = LocalCheckpoints(tmp_path / "ckpt")
     for v in running:
         assert store.load(killed[v.id][0].info.run_id, v) is not None
+
+
+@pytest.mark.slow
+def test_a_run_resumed_after_ctrl_c_ends_under_the_sweep_that_finished_it_without_the_old_error(tmp_path, data_dir):
+    spec = _write(tmp_path, KILL_SPEC.format(name="again", steps=20_000, every=500).replace("[16, 32]", "[16]"))
+    (variant,) = expand(load_spec(spec))
+    env = _env(tmp_path, data_dir)
+    code, out = _ctrl_c_once_checkpointed(_command(spec, tmp_path), tmp_path, env, [variant])
+    assert code == 130, out
+    (killed,) = _variant_runs(env["MLFLOW_TRACKING_URI"], "again")[variant.id]
+    assert killed.info.status == "KILLED" and killed.data.tags["error"] == "interrupted (Ctrl-C)"
+    first_sweep = killed.data.tags[PARENT_TAG]
+
+    rerun = subprocess.run(_command(spec, tmp_path), cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    assert rerun.returncode == 0, rerun.stdout + rerun.stderr
+    (run,) = _variant_runs(env["MLFLOW_TRACKING_URI"], "again")[variant.id]
+    client = MlflowClient(env["MLFLOW_TRACKING_URI"])
+    sweeps = client.search_runs([run.info.experiment_id], "tags.`harness.sweep` = 'true'", order_by=["start_time ASC"])
+    assert [s.info.status for s in sweeps] == ["KILLED", "FINISHED"] and sweeps[0].info.run_id == first_sweep
+    assert run.info.run_id == killed.info.run_id and run.info.status == "FINISHED"
+    assert int(run.data.tags["resumed_from_step"]) > 0
+    assert "error" not in run.data.tags, "the interruption is history; the run ended well"
+    assert run.data.tags[PARENT_TAG] == sweeps[1].info.run_id  # the UI lists it under the sweep that finished it
+    assert run.data.tags["harness.resumed_from_sweep"] == first_sweep
 
 
 def test_a_checkpoint_in_the_runs_artifacts_round_trips_and_is_removed_when_done(tmp_path, mlflow_store):

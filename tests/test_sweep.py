@@ -252,3 +252,12 @@ def test_context_length_not_smaller_than_the_split_is_caught(tmp_path, capsys):
     assert main(["validate", str(spec)]) == 2
     err = capsys.readouterr().err
     assert "train.context_length 64 must be smaller than the shortest split" in err
+
+
+def test_overrides_may_come_after_options(capsys, data_dir):
+    """`harness validate SPEC --seeds 1 2 train.steps=10`: argparse alone would read the override as a seed."""
+    data = ["--data-dir", str(data_dir)] if data_dir else []
+    assert main(["validate", str(EXPERIMENTS / "smoke.yaml"), "--seeds", "1", "2", "train.steps=10", *data]) == 0
+    listed = [line for line in capsys.readouterr().out.splitlines() if " hash=" in line]
+    assert len(listed) == 16 and all(" steps=10 " in line for line in listed)
+    assert {line.split(",seed=")[1].split()[0] for line in listed} == {"1", "2"}

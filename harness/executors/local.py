@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from harness.executors import could_not_start
+from harness.executors import could_not_start, interrupted
 from harness.tracking import run_unit
 
 
@@ -16,6 +16,10 @@ class InProcessExecutor:
         for unit in units:
             try:
                 results = run_unit(unit, **train_kwargs)
+            except KeyboardInterrupt:  # its runs are closed KILLED; the sweep reports them as the other executors do
+                for result in interrupted(unit):
+                    on_result(result)
+                raise
             except Exception as exc:  # the runs could not even be opened; the next units still train
                 results = could_not_start(unit, exc)
             for result in results:
