@@ -375,7 +375,7 @@ def _read_yaml(path: Path) -> tuple[Any, dict[tuple, str]]:
     raw = path.read_bytes()
     utf16_mark = raw.startswith((b"\xff\xfe", b"\xfe\xff"))
     if utf16_mark or b"\x00" in raw:
-        why = "it starts with a UTF-16 byte-order mark" if utf16_mark else "it has NUL bytes"
+        why = "it starts with a UTF-16 byte-order mark" if utf16_mark else "it has NUL bytes, as UTF-16 text does"
         raise SpecError(f"{path}: UTF-16 text, not UTF-8 ({why}); save the spec as UTF-8")
     try:
         text = raw.decode("utf-8")
@@ -396,8 +396,8 @@ def _read_yaml(path: Path) -> tuple[Any, dict[tuple, str]]:
     except yaml.reader.ReaderError as exc:
         line = text.count("\n", 0, exc.position) + 1
         column = exc.position - (text.rfind("\n", 0, exc.position) + 1) + 1
-        raise SpecError(f"{path}:{line}:{column}: invalid YAML: character #x{exc.character if isinstance(exc.character, int) else ord(exc.character):04x} is not allowed "
-                        "(a control character; delete it)") from exc
+        raise SpecError(f"{path}:{line}:{column}: invalid YAML: character #x{exc.character:04x} (a control character) "
+                        "is not allowed; delete it") from exc
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         at = f":{mark.line + 1}:{mark.column + 1}" if mark else ""

@@ -100,9 +100,9 @@ KOREAN_SPEC = OK_BASE.replace("name: faults", "name: faults\ndescription: 한국
 # (id, the spec file's bytes, what the message must say); every one exits 2 naming the file
 UNREADABLE = [
     ("control-character", OK_BASE.replace("name: faults", 'name: faults\ndescription: "bell\x07"').encode(),
-     ':3:19: invalid YAML: character #x0007 is not allowed'),
+     ':3:19: invalid YAML: character #x0007 (a control character) is not allowed'),
     ("utf-16-with-bom", KOREAN_SPEC.encode("utf-16"), "UTF-16 text, not UTF-8 (it starts with a UTF-16 byte-order mark)"),
-    ("utf-16-without-bom", KOREAN_SPEC.encode("utf-16-le"), "UTF-16 text, not UTF-8 (it has NUL bytes)"),
+    ("utf-16-without-bom", KOREAN_SPEC.encode("utf-16-le"), "UTF-16 text, not UTF-8 (it has NUL bytes, as UTF-16 text does)"),
     ("cp949", KOREAN_SPEC.encode("cp949"), ":3:14: not UTF-8 text"),
     ("duplicate-key", (OK_BASE + "  data: {dataset: korean-chatbot}\n").encode(),
      ":7:3: base.data: duplicate key (first at line 4)"),
