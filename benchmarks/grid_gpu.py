@@ -74,13 +74,17 @@ from harness.models import build_model  # noqa: E402
 from harness.spec import expand, load_spec, parse_overrides, with_seeds  # noqa: E402
 from harness.stacking import StackedTrainer  # noqa: E402
 from harness.sweep import plan_units  # noqa: E402
+from harness.tracking import GRAPHS_TAG  # noqa: E402
 from harness.train import Trainer, pick_device  # noqa: E402
 
 SPEC = ROOT / "experiments" / "seed.yaml"
 SPEC_STEPS = 50_000
 DEFAULT_OUT = "results/bench/grid_gpu.csv"
-LEVERS = ("baseline", "sync-free", "sync-free+stacked", "graphs", "graphs+stacked", "sync-free+threads",
-          "graphs+threads", "graphs+stacked+threads")
+# lever -> (sync-free, seeds stacked, CUDA graphs, --threads units at a time)
+LEVERS = {"baseline": (False, False, False, False), "sync-free": (True, False, False, False),
+          "sync-free+stacked": (True, True, False, False), "graphs": (True, False, True, False),
+          "graphs+stacked": (True, True, True, False), "sync-free+threads": (True, False, False, True),
+          "graphs+threads": (True, False, True, True), "graphs+stacked+threads": (True, True, True, True)}
 
 
 class Discard:
@@ -255,8 +259,8 @@ def graph_tags(store: str) -> str:
 
     client = MlflowClient(store)
     experiments = [e.experiment_id for e in client.search_experiments()]
-    counts = Counter(run.data.tags["cuda_graphs"] for run in client.search_runs(experiments, max_results=10_000)
-                     if "cuda_graphs" in run.data.tags)
+    counts = Counter(run.data.tags[GRAPHS_TAG] for run in client.search_runs(experiments, max_results=10_000)
+                     if GRAPHS_TAG in run.data.tags)
     return "; ".join(f"{status} x{n}" for status, n in counts.items())
 
 
@@ -283,15 +287,10 @@ def main(argv: list[str] | None = None) -> pd.DataFrame:
     parser.add_argument("--out", default=str(ROOT / DEFAULT_OUT))
     args = parser.parse_args(argv)
 
-    levers = {"baseline": (False, False, False, 0), "sync-free": (True, False, False, 0),
-              "sync-free+stacked": (True, True, False, 0), "graphs": (True, False, True, 0),
-              "graphs+stacked": (True, True, True, 0), "sync-free+threads": (True, False, False, args.threads),
-              "graphs+threads": (True, False, True, args.threads),
-              "graphs+stacked+threads": (True, True, True, args.threads)}
     chosen = [lever for lever in args.levers.split(",") if lever]
-    unknown = [lever for lever in chosen if lever not in levers]
+    unknown = [lever for lever in chosen if lever not in LEVERS]
     if unknown:
-        parser.error(f"--levers {','.join(unknown)}: choices are {', '.join(levers)}")
+        parser.error(f"--levers {','.join(unknown)}: choices are {', '.join(LEVERS)}")
     pinned = parse_overrides(args.set)
     device = pick_device(args.device)
     data_dir = resolve_data_dir(args.data_dir)
@@ -357,7 +356,8 @@ def main(argv: list[str] | None = None) -> pd.DataFrame:
     eager_check, graph_check = check(graphs=False), check(graphs=True)
 
     for lever in chosen:
-        sync_free, stacked, graphs, threads = levers[lever]
+        sync_free, stacked, graphs, threaded = LEVERS[lever]
+        threads = args.threads if threaded else 0
         add(lever, args.steps, partial(time_lever, units, data_dir, device, sync_free, stacked, graphs, threads),
             "training loops", max(1, threads))
     if args.run_steps:

@@ -380,8 +380,7 @@ def _read_yaml(path: Path) -> tuple[Any, dict[tuple, str]]:
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as exc:
-        line = raw.count(b"\n", 0, exc.start) + 1
-        column = exc.start - (raw.rfind(b"\n", 0, exc.start) + 1) + 1
+        line, column = _line_column(raw, exc.start)
         raise SpecError(f"{path}:{line}:{column}: not UTF-8 text ({exc.reason} at byte {exc.start}); "
                         "save the spec as UTF-8 (an editor's 'Save with encoding', or iconv -f cp949 -t utf-8)") from exc
     text = text.removeprefix("\ufeff")
@@ -394,8 +393,7 @@ def _read_yaml(path: Path) -> tuple[Any, dict[tuple, str]]:
         if node is not None:
             _collect_marks(loader, node, (), path, marks)
     except yaml.reader.ReaderError as exc:
-        line = text.count("\n", 0, exc.position) + 1
-        column = exc.position - (text.rfind("\n", 0, exc.position) + 1) + 1
+        line, column = _line_column(text, exc.position)
         raise SpecError(f"{path}:{line}:{column}: invalid YAML: character #x{exc.character:04x} (a control character) "
                         "is not allowed; delete it") from exc
     except yaml.YAMLError as exc:
@@ -410,21 +408,29 @@ def _read_yaml(path: Path) -> tuple[Any, dict[tuple, str]]:
     return data, marks
 
 
+def _line_column(text: str | bytes, offset: int) -> tuple[int, int]:
+    """1-based line and column of ``offset`` in ``text`` (characters of a str, bytes of bytes)."""
+    newline = "\n" if isinstance(text, str) else b"\n"
+    return text.count(newline, 0, offset) + 1, offset - (text.rfind(newline, 0, offset) + 1) + 1
+
+
 def _collect_marks(loader, node, prefix: tuple, path: Path, marks: dict) -> None:
     def at(mark) -> str:
         return f"{path}:{mark.line + 1}:{mark.column + 1}"
 
     if isinstance(node, yaml.MappingNode):
+        first_seen: dict[Any, yaml.Mark] = {}  # yaml.safe_load would keep a repeated key's last value silently
         for key_node, value_node in node.value:
             try:
                 key = loader.construct_object(key_node, deep=True)
                 hash(key)
             except Exception:  # an unhashable key: reported as a bad key, located by its parent
                 continue
-            if prefix + (key, "<key>") in marks:  # yaml.safe_load would keep the last and drop the first silently
+            if key in first_seen:
                 dotted = ".".join(str(k) for k in prefix + (key,))
-                raise SpecError(f"{at(key_node.start_mark)}: {dotted}: duplicate key (first at "
-                                f"line {marks[prefix + (key, '<key>')].rsplit(':', 2)[-2]}); keep one")
+                raise SpecError(f"{at(key_node.start_mark)}: {dotted}: duplicate key (first at line "
+                                f"{first_seen[key].line + 1}); keep one")
+            first_seen[key] = key_node.start_mark
             marks[prefix + (key,)] = at(value_node.start_mark)
             marks[prefix + (key, "<key>")] = at(key_node.start_mark)
             _collect_marks(loader, value_node, prefix + (key,), path, marks)
