@@ -34,7 +34,7 @@ TEST_READY := $(VENV)/.installed-$(subst $(comma),-,$(TEST_EXTRAS))
 endif
 
 .DEFAULT_GOAL := help
-.PHONY: help install install-ui env-check ablations smoke test bench bench-gpu report ui ui-shots server clean schema
+.PHONY: help install install-ui env-check ablations smoke test lint bench bench-gpu report ui ui-shots server clean schema
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -77,6 +77,11 @@ smoke: $(READY) ## the same grid at 30 steps: the whole pipeline in seconds
 
 test: $(TEST_READY) ## the test suite (what CI runs); TESTS='tests/test_x.py -k y' picks some
 	$(PYTHON) -m pytest -q $(TESTS)
+
+lint: $(READY) ## ruff (rules in pyproject.toml) and the import contracts (lint-imports): what CI runs before the tests
+	$(PYTHON) -m ruff check .
+	$(PYTHON) -m ruff format --check .
+	$(dir $(PYTHON))lint-imports --no-cache
 
 bench: $(READY) ## step speed: the write-up's and the lecture's loops vs the harness loop; MLflow logging overhead
 	$(PYTHON) benchmarks/step_speed.py $(ARGS)

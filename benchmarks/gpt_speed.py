@@ -42,10 +42,14 @@ import torch.nn.functional as F
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from harness.data import DataConfig, load_corpus, resolve_data_dir  # noqa: E402
-from harness.models import ModelConfig, build_model, count_parameters  # noqa: E402
-from harness.train import TrainConfig, Trainer, pick_device  # noqa: E402
 from step_speed import harness_loop, max_abs_diff, reference_loop, synchronize, write_csv  # noqa: E402
+
+from harness.data.corpora import DataConfig, load_corpus, resolve_data_dir  # noqa: E402
+from harness.models.config import ModelConfig  # noqa: E402
+from harness.models.registry import build_model, count_parameters
+from harness.train.config import TrainConfig  # noqa: E402
+from harness.train.device import pick_device
+from harness.train.trainer import Trainer
 
 SEED = 1337
 LR = 1e-3
@@ -142,7 +146,7 @@ def copy_weights(ours, lecture: LectureGPT) -> None:
     """The harness GPT's weights into the lecture's modules: the fused q/k/v rows split head by head."""
     lecture.token_embedding_table.weight.copy_(ours.wte.weight)
     lecture.position_embedding_table.weight.copy_(ours.wpe.weight)
-    for mine, theirs in zip(ours.blocks, lecture.blocks):
+    for mine, theirs in zip(ours.blocks, lecture.blocks, strict=True):
         C = mine.attn.c_attn.weight.shape[1]
         q, k, v = mine.attn.c_attn.weight.split(C, dim=0)
         hs = C // len(theirs.sa.heads)
@@ -165,16 +169,35 @@ def copy_weights(ours, lecture: LectureGPT) -> None:
 
 def model_config(row: GPTRow) -> ModelConfig:
     """The lecture's block at the row's size: residual, 4x feed-forward, pre-LayerNorm, biases, scaled by n_embd."""
-    return ModelConfig(kind="gpt", n_layer=row.n_layer, n_head=row.n_head, n_embd=row.n_embd, dropout=0.0,
-                       bias=True, attention_scale="n_embd", init="pytorch", feed_forward=True, ffn_multiplier=4,
-                       residual=True, layer_norm="pre")
+    return ModelConfig(
+        kind="gpt",
+        n_layer=row.n_layer,
+        n_head=row.n_head,
+        n_embd=row.n_embd,
+        dropout=0.0,
+        bias=True,
+        attention_scale="n_embd",
+        init="pytorch",
+        feed_forward=True,
+        ffn_multiplier=4,
+        residual=True,
+        layer_norm="pre",
+    )
 
 
 def new_trainer(row: GPTRow, corpus, device, steps: int, precision: str = "fp32", compile: bool = False) -> Trainer:
     torch.manual_seed(SEED)
     model = build_model(model_config(row), corpus.tokenizer.vocab_size, row.context_length)
-    config = TrainConfig(steps=steps, batch_size=row.batch_size, context_length=row.context_length, lr=row.lr,
-                         seed=SEED, device=str(device), precision=precision, compile=compile)
+    config = TrainConfig(
+        steps=steps,
+        batch_size=row.batch_size,
+        context_length=row.context_length,
+        lr=row.lr,
+        seed=SEED,
+        device=str(device),
+        precision=precision,
+        compile=compile,
+    )
     return Trainer(model, corpus, config, device)
 
 
@@ -189,49 +212,79 @@ def bench_row(row: GPTRow, corpus, device: torch.device, args) -> dict:
     warmup = min(args.warmup, steps // 2)
     data = corpus.train.to(device)
     trainer = new_trainer(row, corpus, device, steps)
-    lecture = LectureGPT(corpus.tokenizer.vocab_size, row.n_embd, row.n_head, row.n_layer, row.context_length).to(device)
+    lecture = LectureGPT(corpus.tokenizer.vocab_size, row.n_embd, row.n_head, row.n_layer, row.context_length).to(
+        device
+    )
     copy_weights(trainer.model, lecture)
 
     compare = min(args.compare_steps, steps)
-    plain_losses, plain_speed = reference_loop(lecture, data, row.batch_size, steps, warmup, device,
-                                               block_size=row.context_length, lr=row.lr)
+    plain_losses, plain_speed = reference_loop(
+        lecture, data, row.batch_size, steps, warmup, device, block_size=row.context_length, lr=row.lr
+    )
     losses, speed = harness_loop(trainer, steps, warmup)
     n_params = count_parameters(trainer.model) - trainer.model.wpe.weight.numel()
     result = {
-        "row": row.name, "n_layer": row.n_layer, "n_head": row.n_head, "n_embd": row.n_embd,
-        "context_length": row.context_length, "batch_size": row.batch_size, "params": count_parameters(trainer.model),
-        "steps": steps, "timed_steps": steps - warmup, "device": str(device),
+        "row": row.name,
+        "n_layer": row.n_layer,
+        "n_head": row.n_head,
+        "n_embd": row.n_embd,
+        "context_length": row.context_length,
+        "batch_size": row.batch_size,
+        "params": count_parameters(trainer.model),
+        "steps": steps,
+        "timed_steps": steps - warmup,
+        "device": str(device),
         "threads": torch.get_num_threads() if device.type == "cpu" else "",
-        "plain_steps_per_s": plain_speed, "harness_steps_per_s": speed, "speedup": speed / plain_speed,
+        "plain_steps_per_s": plain_speed,
+        "harness_steps_per_s": speed,
+        "speedup": speed / plain_speed,
         "harness_tokens_per_s": speed * row.batch_size * row.context_length,
-        "compare_steps": compare, "max_loss_diff": max_abs_diff(plain_losses[:compare], losses[:compare]),
-        "precision": "fp32", "compile": False,
+        "compare_steps": compare,
+        "max_loss_diff": max_abs_diff(plain_losses[:compare], losses[:compare]),
+        "precision": "fp32",
+        "compile": False,
     }
     if device.type == "cuda":
         result["harness_mfu"] = flops_per_step(row, n_params) * speed / (args.peak_tflops * 1e12)
         if args.precision != "fp32" or args.compile:
             fast = new_trainer(row, corpus, device, steps, args.precision, args.compile)
             _, fast_speed = harness_loop(fast, steps, warmup)
-            result.update({
-                "fast_precision": args.precision, "fast_compile": args.compile, "fast_steps_per_s": fast_speed,
-                "fast_tokens_per_s": fast_speed * row.batch_size * row.context_length,
-                "fast_mfu": flops_per_step(row, n_params) * fast_speed / (args.peak_tflops * 1e12),
-            })
+            result.update(
+                {
+                    "fast_precision": args.precision,
+                    "fast_compile": args.compile,
+                    "fast_steps_per_s": fast_speed,
+                    "fast_tokens_per_s": fast_speed * row.batch_size * row.context_length,
+                    "fast_mfu": flops_per_step(row, n_params) * fast_speed / (args.peak_tflops * 1e12),
+                }
+            )
     synchronize(device)
     return result
 
 
 def parse_args(argv):
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--steps", type=int, default=300, help="steps per loop and row (default %(default)s)")
     parser.add_argument("--warmup", type=int, default=20, help="untimed first steps (at most half of the steps)")
-    parser.add_argument("--compare-steps", type=int, default=50, help="first steps whose losses must agree (default 50)")
+    parser.add_argument(
+        "--compare-steps", type=int, default=50, help="first steps whose losses must agree (default 50)"
+    )
     parser.add_argument("--device", default="cpu", choices=("cpu", "cuda", "auto"))
-    parser.add_argument("--rows", nargs="+", choices=[r.name for r in ROWS], help="default: the CPU rows on a CPU, all on a GPU")
-    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1: per-op overhead, as in the issue)")
-    parser.add_argument("--precision", default="fp32", choices=("fp32", "bf16"), help="GPU: an extra harness run in this precision")
+    parser.add_argument(
+        "--rows", nargs="+", choices=[r.name for r in ROWS], help="default: the CPU rows on a CPU, all on a GPU"
+    )
+    parser.add_argument(
+        "--threads", type=int, default=1, help="torch CPU threads (default 1: per-op overhead, as in the issue)"
+    )
+    parser.add_argument(
+        "--precision", default="fp32", choices=("fp32", "bf16"), help="GPU: an extra harness run in this precision"
+    )
     parser.add_argument("--compile", action="store_true", help="GPU: an extra harness run with torch.compile")
-    parser.add_argument("--peak-tflops", type=float, default=989.0, help="the card's dense bf16 peak, for MFU (H100 SXM: 989)")
+    parser.add_argument(
+        "--peak-tflops", type=float, default=989.0, help="the card's dense bf16 peak, for MFU (H100 SXM: 989)"
+    )
     parser.add_argument("--out", default=DEFAULT_OUT)
     parser.add_argument("--data-dir", help="folder holding the datasets (default: HARNESS_DATA_DIR, else download)")
     return parser.parse_args(argv)
@@ -249,14 +302,24 @@ def main(argv: list[str] | None = None) -> pd.DataFrame:
     for row in rows:
         result = bench_row(row, corpus, device, args)
         results.append(result)
-        print(f"{row.name:16} plain {result['plain_steps_per_s']:8.1f} steps/s  harness {result['harness_steps_per_s']:8.1f} "
-              f"steps/s ({result['harness_tokens_per_s']:,.0f} tokens/s)  x{result['speedup']:.2f}  "
-              f"max |loss diff| over {result['compare_steps']} steps {result['max_loss_diff']:.2e}"
-              + (f"  MFU {result['harness_mfu']:.1%}" if "harness_mfu" in result else "")
-              + (f"  {args.precision}{'+compile' if args.compile else ''}: {result['fast_steps_per_s']:.1f} steps/s, "
-                 f"MFU {result['fast_mfu']:.1%}" if "fast_mfu" in result else ""), flush=True)
+        print(
+            f"{row.name:16} plain {result['plain_steps_per_s']:8.1f} steps/s  "
+            f"harness {result['harness_steps_per_s']:8.1f} steps/s ({result['harness_tokens_per_s']:,.0f} tokens/s)  "
+            f"x{result['speedup']:.2f}  "
+            f"max |loss diff| over {result['compare_steps']} steps {result['max_loss_diff']:.2e}"
+            + (f"  MFU {result['harness_mfu']:.1%}" if "harness_mfu" in result else "")
+            + (
+                f"  {args.precision}{'+compile' if args.compile else ''}: {result['fast_steps_per_s']:.1f} steps/s, "
+                f"MFU {result['fast_mfu']:.1%}"
+                if "fast_mfu" in result
+                else ""
+            ),
+            flush=True,
+        )
         if result["max_loss_diff"] > LOSS_TOLERANCE:
-            print(f"  FAIL: the two loops' losses differ by {result['max_loss_diff']:.2e} > {LOSS_TOLERANCE}", flush=True)
+            print(
+                f"  FAIL: the two loops' losses differ by {result['max_loss_diff']:.2e} > {LOSS_TOLERANCE}", flush=True
+            )
     table = pd.DataFrame(results)
     table.insert(0, "torch", torch.__version__)
     write_csv(table, args.out)

@@ -48,9 +48,14 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
-from harness.data import Corpus, DataConfig, load_corpus, resolve_data_dir  # noqa: E402
-from harness.models import ModelConfig, build_model  # noqa: E402
-from harness.train import TrainConfig, Trainer, WindowDraws, exact_loss, pick_device  # noqa: E402
+from harness.data.corpora import Corpus, DataConfig, load_corpus, resolve_data_dir  # noqa: E402
+from harness.models.config import ModelConfig  # noqa: E402
+from harness.models.registry import build_model
+from harness.train.config import TrainConfig  # noqa: E402
+from harness.train.device import pick_device
+from harness.train.draws import WindowDraws
+from harness.train.evaluation import exact_loss
+from harness.train.trainer import Trainer
 
 CORPORA = ("tinyshakespeare", "korean-chatbot")
 MODELS = ("bigram", "ffn")
@@ -89,7 +94,8 @@ def select_rows(patterns: list[str] | None) -> list[Row]:
         if not any(row.matches(pattern) for row in ALL_ROWS):
             raise SystemExit(
                 f"--rows {pattern!r} matches no row; terms are corpora {', '.join(CORPORA)}, "
-                f"models {', '.join(MODELS)}, batch sizes {', '.join(map(str, BATCH_SIZES))} (e.g. korean-chatbot,ffn,32)"
+                f"models {', '.join(MODELS)}, batch sizes {', '.join(map(str, BATCH_SIZES))} "
+                "(e.g. korean-chatbot,ffn,32)"
             )
     return [row for row in ALL_ROWS if any(row.matches(p) for p in patterns)]
 
@@ -145,9 +151,18 @@ class StepClock:
 # -- the two loops --------------------------------------------------------------------------------------
 
 
-def reference_loop(model, data: torch.Tensor, batch_size: int, steps: int, warmup: int, device: torch.device,
-                   block_size: int = CONTEXT_LENGTH, lr: float = LR):
-    """The write-up's loop (the lecture's too), kept as written so that the speedup is measured against what people ran."""
+def reference_loop(
+    model,
+    data: torch.Tensor,
+    batch_size: int,
+    steps: int,
+    warmup: int,
+    device: torch.device,
+    block_size: int = CONTEXT_LENGTH,
+    lr: float = LR,
+):
+    """The write-up's loop (the lecture's too), kept as written so that the speedup is measured against what
+    people ran."""
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr)
     g = torch.Generator().manual_seed(SEED)  # on the CPU, as the lecture's get_batch draws (and the Trainer)
     losses = torch.zeros(steps, device=device)
@@ -187,8 +202,14 @@ def new_model(row: Row, corpus: Corpus, device: torch.device):
 
 def new_trainer(row: Row, corpus: Corpus, device: torch.device, steps: int, precision="fp32", compile=False) -> Trainer:
     config = TrainConfig(
-        steps=steps, batch_size=row.batch_size, context_length=CONTEXT_LENGTH, lr=LR, seed=SEED,
-        device=str(device), precision=precision, compile=compile,
+        steps=steps,
+        batch_size=row.batch_size,
+        context_length=CONTEXT_LENGTH,
+        lr=LR,
+        seed=SEED,
+        device=str(device),
+        precision=precision,
+        compile=compile,
     )
     return Trainer(new_model(row, corpus, device), corpus, config, device)
 
@@ -196,7 +217,9 @@ def new_trainer(row: Row, corpus: Corpus, device: torch.device, steps: int, prec
 def check_same_windows(trainer: Trainer, data: torch.Tensor, device: torch.device, draws: int = 3) -> None:
     """The reference's ``randint`` must draw the Trainer's window starts, or the loss comparison means nothing."""
     g = torch.Generator().manual_seed(SEED)
-    fresh = WindowDraws(trainer.n_windows, trainer.config.batch_size, trainer.config.seed, device)  # the Trainer's own draws
+    fresh = WindowDraws(
+        trainer.n_windows, trainer.config.batch_size, trainer.config.seed, device
+    )  # the Trainer's own draws
     for draw in range(draws):
         ref = torch.randint(len(data) - CONTEXT_LENGTH, (trainer.config.batch_size,), generator=g)
         if not torch.equal(ref, fresh(draw).cpu()):
@@ -308,7 +331,7 @@ def logging_overhead(corpus: Corpus, device: torch.device, args) -> dict:
     from mlflow.entities import Metric
     from mlflow.tracking import MlflowClient
 
-    from harness.tracking import BufferedMetrics
+    from harness.tracking.store import BufferedMetrics
 
     row = Row("tinyshakespeare", "bigram", 32)
 
@@ -370,15 +393,26 @@ def logging_overhead(corpus: Corpus, device: torch.device, args) -> dict:
 
 
 def parse_args(argv):
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--steps", type=int, default=DEFAULT_STEPS, help="steps per loop and row (default %(default)s)")
-    parser.add_argument("--row-steps", action="append", default=[], metavar="PATTERN=N",
-                        help="steps for matching rows, e.g. korean-chatbot,ffn,128=100 (both loops of the row)")
+    parser.add_argument(
+        "--row-steps",
+        action="append",
+        default=[],
+        metavar="PATTERN=N",
+        help="steps for matching rows, e.g. korean-chatbot,ffn,128=100 (both loops of the row)",
+    )
     parser.add_argument("--warmup", type=int, default=10, help="untimed first steps (at most half of the steps)")
     parser.add_argument("--fp64-steps", type=int, default=50, help="steps of the float64 loss comparison (0: skip)")
     parser.add_argument("--device", default="cpu", choices=("cpu", "cuda", "auto"))
-    parser.add_argument("--rows", nargs="+", metavar="PATTERN",
-                        help="only these rows: terms joined by commas must all match, e.g. korean-chatbot,ffn tinyshakespeare,32")
+    parser.add_argument(
+        "--rows",
+        nargs="+",
+        metavar="PATTERN",
+        help="only these rows: terms joined by commas must all match, e.g. korean-chatbot,ffn tinyshakespeare,32",
+    )
     parser.add_argument("--precision", default="fp32", choices=("fp32", "bf16"), help="the harness loop's precision")
     parser.add_argument("--compile", action="store_true", help="torch.compile in the harness loop")
     parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
@@ -406,24 +440,35 @@ def main(argv: list[str] | None = None) -> tuple[pd.DataFrame, pd.DataFrame | No
     rows = select_rows(args.rows)
     row_steps = {row: steps_for(row, args.steps, args.row_steps) for row in rows}  # bad overrides fail first
 
-    print(f"step speed on {device} ({torch.get_num_threads()} threads, torch {torch.__version__}); steps/s timed "
-          f"after the first min({args.warmup}, steps // 2) steps of each loop (they still train and are compared)")
+    print(
+        f"step speed on {device} ({torch.get_num_threads()} threads, torch {torch.__version__}); steps/s timed "
+        f"after the first min({args.warmup}, steps // 2) steps of each loop (they still train and are compared)"
+    )
     results = []
     for row in rows:
         corpus = load_corpus(DataConfig(dataset=row.corpus), data_dir)
         started = time.perf_counter()
         r = bench_row(row, corpus, device, args, row_steps[row])
-        r.update(row_wall_s=time.perf_counter() - started, device=str(device), threads=torch.get_num_threads(),
-                 torch_version=torch.__version__)
+        r.update(
+            row_wall_s=time.perf_counter() - started,
+            device=str(device),
+            threads=torch.get_num_threads(),
+            torch_version=torch.__version__,
+        )
         results.append(r)
-        print(f"  {row.name:<30} reference {r['ref_steps_per_s']:8.1f}/s  harness {r['harness_steps_per_s']:8.1f}/s"
-              f"  x{r['speedup']:6.1f}  max|dloss| {r['max_loss_diff']:.1e} (fp64 {r['max_loss_diff_fp64']:.1e})"
-              f"  final {r['final_loss_diff']:.1e}", flush=True)
+        print(
+            f"  {row.name:<30} reference {r['ref_steps_per_s']:8.1f}/s  harness {r['harness_steps_per_s']:8.1f}/s"
+            f"  x{r['speedup']:6.1f}  max|dloss| {r['max_loss_diff']:.1e} (fp64 {r['max_loss_diff_fp64']:.1e})"
+            f"  final {r['final_loss_diff']:.1e}",
+            flush=True,
+        )
         if "final_loss_diff_vs_fp32" in r:
             verdict = "ok" if r["final_loss_diff_vs_fp32"] <= BF16_COMPILE_TOLERANCE else "ABOVE"
             graphs = f", {r['compiled_graphs']} compiled graphs" if "compiled_graphs" in r else ""
-            print(f"  {'':<30} {args.precision}{' + compile' if args.compile else ''} vs fp32 harness: "
-                  f"final {r['final_loss_diff_vs_fp32']:.1e} ({verdict} for {BF16_COMPILE_TOLERANCE:g}){graphs}")
+            print(
+                f"  {'':<30} {args.precision}{' + compile' if args.compile else ''} vs fp32 harness: "
+                f"final {r['final_loss_diff_vs_fp32']:.1e} ({verdict} for {BF16_COMPILE_TOLERANCE:g}){graphs}"
+            )
 
     table = pd.DataFrame(results)
     shown = [c for c in table.columns if c not in ("device", "threads", "torch_version", "precision", "compile")]
@@ -435,14 +480,18 @@ def main(argv: list[str] | None = None) -> tuple[pd.DataFrame, pd.DataFrame | No
     if not args.skip_logging:
         corpus = load_corpus(DataConfig(dataset="tinyshakespeare"), data_dir)
         overhead = pd.DataFrame([logging_overhead(corpus, device, args)])
-        log_out = write_csv(overhead, Path(args.log_out) if args.log_out else out.parent / "logging_overhead.csv")
+        write_csv(overhead, Path(args.log_out) if args.log_out else out.parent / "logging_overhead.csv")
         o = overhead.iloc[0]
         verdict = "within" if o.overhead_pct <= 3 else "ABOVE"
-        print(f"\nlogging overhead, {o.log_steps} steps tinyshakespeare/bigram/B32 (best of {o.repeats}): "
-              f"off {o.wall_s_tracking_off:.2f}s, on {o.wall_s_tracking_on:.2f}s -> {o.overhead_pct:+.1f}% "
-              f"({verdict} the 3% target; {o.metric_points} points)")
-        print(f"one log_metric call {o.log_metric_ms_per_call:.2f} ms; one point in log_batch "
-              f"{o.log_batch_ms_per_point:.4f} ms ({o.log_metric_ms_per_call / o.log_batch_ms_per_point:.0f}x cheaper)")
+        print(
+            f"\nlogging overhead, {o.log_steps} steps tinyshakespeare/bigram/B32 (best of {o.repeats}): "
+            f"off {o.wall_s_tracking_off:.2f}s, on {o.wall_s_tracking_on:.2f}s -> {o.overhead_pct:+.1f}% "
+            f"({verdict} the 3% target; {o.metric_points} points)"
+        )
+        print(
+            f"one log_metric call {o.log_metric_ms_per_call:.2f} ms; one point in log_batch "
+            f"{o.log_batch_ms_per_point:.4f} ms ({o.log_metric_ms_per_call / o.log_batch_ms_per_point:.0f}x cheaper)"
+        )
     return table, overhead
 
 

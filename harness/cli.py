@@ -28,12 +28,26 @@ def _parser() -> argparse.ArgumentParser:
 
     def add_spec(p: argparse.ArgumentParser) -> None:
         p.add_argument("spec", type=Path, help="experiment spec, e.g. experiments/seed.yaml")
-        p.add_argument("overrides", nargs="*", metavar="key=value",
-                       help="applied to every variant, winning over the grid (e.g. train.steps=200)")
-        p.add_argument("--seeds", type=int, nargs="+", default=None, metavar="N",
-                       help="repeat every variant per seed (replaces the spec's seeds)")
-        p.add_argument("--data-dir", type=Path, default=None,
-                       help="folder that already holds the dataset files (default: $HARNESS_DATA_DIR, else download)")
+        p.add_argument(
+            "overrides",
+            nargs="*",
+            metavar="key=value",
+            help="applied to every variant, winning over the grid (e.g. train.steps=200)",
+        )
+        p.add_argument(
+            "--seeds",
+            type=int,
+            nargs="+",
+            default=None,
+            metavar="N",
+            help="repeat every variant per seed (replaces the spec's seeds)",
+        )
+        p.add_argument(
+            "--data-dir",
+            type=Path,
+            default=None,
+            help="folder that already holds the dataset files (default: $HARNESS_DATA_DIR, else download)",
+        )
 
     validate = sub.add_parser("validate", help="check a spec and list its variants; trains nothing")
     add_spec(validate)
@@ -41,24 +55,41 @@ def _parser() -> argparse.ArgumentParser:
     run = sub.add_parser("run", help="train every variant, log to MLflow, write results/<name>/runs.csv")
     add_spec(run)
     run.add_argument("--results-dir", type=Path, default=Path("results"))
-    run.add_argument("--jobs", type=int, default=1, help="units trained at once (worker processes, or threads with --executor threads)")
-    run.add_argument("--executor", choices=("local", "threads", "ray"), default="local",
-                     help="local: this process, or --jobs worker processes; threads: --jobs threads of this process, "
-                          "each on its own CUDA stream (units run side by side on one GPU); ray: one Ray task per variant")
+    run.add_argument(
+        "--jobs",
+        type=int,
+        default=1,
+        help="units trained at once (worker processes, or threads with --executor threads)",
+    )
+    run.add_argument(
+        "--executor",
+        choices=("local", "threads", "ray"),
+        default="local",
+        help="local: this process, or --jobs worker processes; threads: --jobs threads of this process, "
+        "each on its own CUDA stream (units run side by side on one GPU); ray: one Ray task per variant",
+    )
     run.add_argument("--ray-address", default=None, help="Ray cluster address (default: start a local Ray)")
     run.add_argument("--force", action="store_true", help="rerun variants that already FINISHED")
     run.add_argument("--checkpoint-dir", type=Path, default=Path(".harness") / "checkpoints")
-    run.add_argument("--checkpoint-store", choices=("local", "mlflow"), default="local",
-                     help="local: files in --checkpoint-dir; mlflow: the run's artifacts, so another machine can resume it")
+    run.add_argument(
+        "--checkpoint-store",
+        choices=("local", "mlflow"),
+        default="local",
+        help="local: files in --checkpoint-dir; mlflow: the run's artifacts, so another machine can resume it",
+    )
     run.add_argument("--dry-run", action="store_true", help="same as validate")
     run.add_argument("--no-progress", action="store_true", help="no progress bars")
 
-    report = sub.add_parser("report", help="rebuild results/<name>/ from MLflow alone "
-                            "(overrides and seeds default to those of the last sweep)")
+    report = sub.add_parser(
+        "report",
+        help="rebuild results/<name>/ from MLflow alone (overrides and seeds default to those of the last sweep)",
+    )
     add_spec(report)
     report.add_argument("--results-dir", type=Path, default=Path("results"))
 
-    schema = sub.add_parser("schema", help="write experiments/spec.schema.json, the JSON Schema of a spec (make schema)")
+    schema = sub.add_parser(
+        "schema", help="write experiments/spec.schema.json, the JSON Schema of a spec (make schema)"
+    )
     schema.add_argument("--check", action="store_true", help="exit 1 if the committed schema is not current")
     return parser
 
@@ -93,10 +124,12 @@ def _main(argv: list[str] | None) -> int:
     if args.command == "schema":
         return _schema(args.check)
     # Imports after parsing, so that --help is instant.
-    from harness.data import DataError, resolve_data_dir
-    from harness.report import ReportError
-    from harness.spec import SpecError, expand, load_spec, parse_overrides, with_seeds
-    from harness.tracking import TrackingError
+    from harness.data.corpora import DataError, resolve_data_dir
+    from harness.report.tables import ReportError
+    from harness.spec.expansion import expand, parse_overrides, with_seeds
+    from harness.spec.parsing import load_spec
+    from harness.spec.problems import SpecError
+    from harness.tracking.store import TrackingError
 
     try:
         spec = load_spec(args.spec)
@@ -130,7 +163,7 @@ def _main(argv: list[str] | None) -> int:
 
 
 def _schema(check: bool) -> int:
-    from harness.spec import SCHEMA_PATH, schema_text, write_schema
+    from harness.spec.schema import SCHEMA_PATH, schema_text, write_schema
 
     if check:
         current = SCHEMA_PATH.is_file() and SCHEMA_PATH.read_text(encoding="utf-8") == schema_text()
@@ -142,9 +175,9 @@ def _schema(check: bool) -> int:
 
 def _report(spec, overrides: dict, seeds: list[int] | None, results_dir: Path) -> int:
     """Rebuild results/<name>/ (CSVs, plots, report.md) from MLflow; without overrides or seeds, the last sweep's."""
-    from harness.report import experiment_runs, format_table, last_sweep_arguments, write_report
-    from harness.spec import expand, with_seeds
-    from harness.tracking import tracking_uri
+    from harness.report.tables import experiment_runs, format_table, last_sweep_arguments, write_report
+    from harness.spec.expansion import expand, with_seeds
+    from harness.tracking.store import tracking_uri
 
     uri = tracking_uri()
     runs = experiment_runs(uri, spec)
@@ -176,23 +209,37 @@ def _run(spec, variants, overrides: dict, args, data_dir) -> int:
         print("error: --jobs must be >= 1", file=sys.stderr)
         return EXIT_BAD_INPUT
     _print_variants(spec, variants)
-    outcome = run_sweep(spec, variants, data_dir=data_dir, jobs=args.jobs, executor=args.executor,
-                        ray_address=args.ray_address, force=args.force, overrides=overrides,
-                        command=args.command_line,
-                        checkpoint_dir=args.checkpoint_dir, checkpoint_store=args.checkpoint_store,
-                        show_progress=not args.no_progress)
+    outcome = run_sweep(
+        spec,
+        variants,
+        data_dir=data_dir,
+        jobs=args.jobs,
+        executor=args.executor,
+        ray_address=args.ray_address,
+        force=args.force,
+        overrides=overrides,
+        command=args.command_line,
+        checkpoint_dir=args.checkpoint_dir,
+        checkpoint_store=args.checkpoint_store,
+        show_progress=not args.no_progress,
+    )
     finished = [r.variant_id for r in outcome.results if r.status == "FINISHED"]
     killed = [r for r in outcome.failed if r.status == "KILLED"]
     elsewhere = f", running elsewhere {len(outcome.elsewhere)}" if outcome.elsewhere else ""
     stopped = f", stopped {len(killed)}" if killed else ""
-    print(f"finished {len(finished)}, skipped {len(outcome.skipped)}{elsewhere}{stopped}, "
-          f"failed {len(outcome.failed) - len(killed)} (parent run {outcome.parent_run_id})")
-    from harness.report import report_directory
+    print(
+        f"finished {len(finished)}, skipped {len(outcome.skipped)}{elsewhere}{stopped}, "
+        f"failed {len(outcome.failed) - len(killed)} (parent run {outcome.parent_run_id})"
+    )
+    from harness.report.tables import report_directory
 
     folder = report_directory(args.results_dir, args.spec_as_written, overrides, spec.seeds or None)
     if outcome.interrupted and (folder / "runs.csv").exists():  # e.g. the committed reference report
-        print(f"interrupted: {folder}/ keeps the report it had; `harness report {args.spec}` rewrites it from what "
-              "MLflow holds", file=sys.stderr)
+        print(
+            f"interrupted: {folder}/ keeps the report it had; `harness report {args.spec}` rewrites it from what "
+            "MLflow holds",
+            file=sys.stderr,
+        )
     else:
         try:
             _report(args.spec_as_written, overrides, spec.seeds or None, args.results_dir)
@@ -201,7 +248,10 @@ def _run(spec, variants, overrides: dict, args, data_dir) -> int:
     for result in outcome.failed:
         print(f"{result.status} {result.variant_id}: {result.error}", file=sys.stderr)
     if outcome.interrupted:
-        print(f"interrupted: {len(finished)} variant(s) finished before Ctrl-C: {', '.join(finished) or 'none'}", file=sys.stderr)
+        print(
+            f"interrupted: {len(finished)} variant(s) finished before Ctrl-C: {', '.join(finished) or 'none'}",
+            file=sys.stderr,
+        )
         return EXIT_INTERRUPTED
     return EXIT_FAILED_VARIANTS if outcome.failed else 0
 

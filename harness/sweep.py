@@ -1,7 +1,7 @@
 """Run every variant of a spec: pre-flight checks, a parent run, and an executor that trains what is left.
 
 Several sweeps may run one spec into one store at once: each variant is claimed in the store before it
-trains (harness/runs.py), so it trains exactly once, and the run of a sweep that died is taken over.
+trains (harness/tracking/claims.py), so it trains exactly once, and the run of a sweep that died is taken over.
 """
 
 from __future__ import annotations
@@ -16,16 +16,17 @@ import torch
 from mlflow.entities import Param
 from mlflow.tracking import MlflowClient
 
-from harness import runs
-from harness.data import DataError, UnknownCharacterError, load_corpus
-from harness.models import build_model, count_parameters
-from harness.naming import run_names
+from harness.data.corpora import DataError, load_corpus
+from harness.data.tokenizers.base import UnknownCharacterError
 from harness.executors import make_executor
-from harness.runs import SWEEP_TAG
-from harness.spec import Spec, SpecError, Variant
-from harness.train import pick_device
-from harness.tracking import (
-    VariantResult,
+from harness.models.registry import build_model, count_parameters
+from harness.spec.problems import SpecError
+from harness.spec.records import Spec, Variant
+from harness.tracking import claims
+from harness.tracking.claims import SWEEP_TAG
+from harness.tracking.naming import run_names
+from harness.tracking.recorded import VariantResult
+from harness.tracking.store import (
     check_tracking_reachable,
     experiment_id_for,
     git_commit,
@@ -33,6 +34,7 @@ from harness.tracking import (
     source_tags,
     tracking_uri,
 )
+from harness.train.device import pick_device
 
 DEFAULT_CHECKPOINT_DIR = Path(".harness") / "checkpoints"
 
@@ -48,7 +50,9 @@ def estimated_cost(variant: Variant, vocab: int) -> float:
     if model.kind == "bigram":
         return float(train.steps * vocab * vocab)
     if model.kind == "ffn":
-        per_row = vocab * model.hidden_sizes[0] + sum(a * b for a, b in zip(model.hidden_sizes, [*model.hidden_sizes[1:], vocab]))
+        per_row = vocab * model.hidden_sizes[0] + sum(
+            a * b for a, b in zip(model.hidden_sizes, [*model.hidden_sizes[1:], vocab], strict=True)
+        )
         return float(train.steps * vocab * per_row)
     with torch.device("meta"):
         params = count_parameters(build_model(model, vocab, train.context_length))
@@ -71,7 +75,8 @@ def preflight(variants: list[Variant], data_dir: Path | None) -> dict[str, float
         if config.train.context_length >= shortest:
             raise SpecError(
                 f"variant {variant.id}: train.context_length {config.train.context_length} must be smaller than "
-                f"the shortest split ({len(corpus.train)} train / {len(corpus.val)} val tokens of {config.data.dataset!r})"
+                f"the shortest split ({len(corpus.train)} train / {len(corpus.val)} val tokens "
+                f"of {config.data.dataset!r})"
             )
         try:
             corpus.tokenizer.encode_tensor(config.sample.prompt)
@@ -107,16 +112,16 @@ def plan_sweep(client: MlflowClient, experiment_id: str, variants: list[Variant]
 
     A first look only: each variant is claimed again right before it trains, when the store may have changed.
     """
-    by_hash = runs.existing_runs(client, experiment_id)
+    by_hash = claims.existing_runs(client, experiment_id)
     skip, elsewhere, todo = {}, {}, []
     for variant in variants:
-        previous = [r for h in runs.variant_hashes(variant) for r in by_hash.get(h, [])]
+        previous = [r for h in claims.variant_hashes(variant) for r in by_hash.get(h, [])]
         finished = [r for r in previous if r.info.status == "FINISHED"]
-        live = [r for r in previous if runs.is_live(r) and r.data.tags.get(runs.CLAIM_TAG, "won") == "won"]
+        live = [r for r in previous if claims.is_live(r) and r.data.tags.get(claims.CLAIM_TAG, "won") == "won"]
         if finished and not force:
             skip[variant.id] = finished[0].info.run_id
         elif live:
-            elsewhere[variant.id] = f"running elsewhere: {runs.describe_owner(live[0])}"
+            elsewhere[variant.id] = f"running elsewhere: {claims.describe_owner(live[0])}"
         else:
             todo.append(variant)
     return skip, elsewhere, todo
@@ -134,7 +139,7 @@ def stacks_seeds(variant: Variant) -> bool:
 def plan_units(todo: list[Variant]) -> list[list[Variant]]:
     """The executor's units of work: variants that differ only in ``train.seed`` (and may stack) form one
     unit, trained as one stacked model; every other variant is a unit of its own. Order of first appearance."""
-    from harness.stacking import stack_key
+    from harness.train.stacking import stack_key
 
     units: dict[str, list[Variant]] = {}
     for variant in todo:
@@ -180,11 +185,11 @@ def run_sweep(
     uri = tracking_uri()
     check_tracking_reachable(uri)
     costs = preflight(variants, data_dir)
-    client = runs.open_store(uri)
+    client = claims.open_store(uri)
     experiment_id = retrying(lambda: experiment_id_for(client, spec.name))
     if spec.description:  # the experiment's description in the MLflow UI
-        retrying(lambda: client.set_experiment_tag(experiment_id, runs.NOTE_TAG, spec.description))
-    runs.close_stale_parents(client, experiment_id, log=log)
+        retrying(lambda: client.set_experiment_tag(experiment_id, claims.NOTE_TAG, spec.description))
+    claims.close_stale_parents(client, experiment_id, log=log)
     skip, elsewhere, todo = plan_sweep(client, experiment_id, variants, force)
     for vid, run_id in skip.items():
         log(f"skip {vid}: already FINISHED in run {run_id} (--force reruns it)")
@@ -197,27 +202,47 @@ def run_sweep(
     command = command or shlex.join(sys.argv)
     commit = git_commit()
     tags = {
-        SWEEP_TAG: "true", "spec": str(spec.path), "command": command, "git_commit": commit,
-        "variants": str(len(variants)), "skipped": str(len(skip)),
-        runs.NOTE_TAG: parent_note(command, overrides, spec.seeds),
-        **source_tags(), "mlflow.source.name": str(spec.path),  # a sweep's source is its spec
-        **runs.owner_tags(),
+        SWEEP_TAG: "true",
+        "spec": str(spec.path),
+        "command": command,
+        "git_commit": commit,
+        "variants": str(len(variants)),
+        "skipped": str(len(skip)),
+        claims.NOTE_TAG: parent_note(command, overrides, spec.seeds),
+        **source_tags(),
+        "mlflow.source.name": str(spec.path),  # a sweep's source is its spec
+        **claims.owner_tags(),
     }
     parent = retrying(lambda: client.create_run(experiment_id, run_name=f"{spec.name} sweep", tags=tags))
     parent_id = parent.info.run_id
-    heartbeat = runs.Heartbeat(client, parent_id).start()
+    heartbeat = claims.Heartbeat(client, parent_id).start()
     # What `harness report SPEC` needs to rebuild exactly this sweep's table later.
-    retrying(lambda: client.log_batch(parent_id, params=[
-        Param("overrides", json.dumps(overrides or {}, sort_keys=True)),
-        Param("seeds", json.dumps(spec.seeds or None)),
-    ]))
+    retrying(
+        lambda: client.log_batch(
+            parent_id,
+            params=[
+                Param("overrides", json.dumps(overrides or {}, sort_keys=True)),
+                Param("seeds", json.dumps(spec.seeds or None)),
+            ],
+        )
+    )
     retrying(lambda: client.log_artifact(parent_id, str(spec.path)))
     outcome = SweepOutcome(parent_id, skipped=skip, elsewhere=elsewhere)
-    overall = tqdm(total=len(todo), desc=f"{spec.name}", position=0, disable=not show_progress, unit="variant", dynamic_ncols=True)
+    overall = tqdm(
+        total=len(todo), desc=f"{spec.name}", position=0, disable=not show_progress, unit="variant", dynamic_ncols=True
+    )
     names = run_names({v.id: v.axes for v in variants})  # names of the whole sweep, so that they differ early
-    train_kwargs = dict(experiment_id=experiment_id, parent_run_id=parent_id, data_dir=data_dir, uri=uri, names=names,
-                        checkpoint_dir=checkpoint_dir, checkpoint_store=checkpoint_store, show_progress=show_progress,
-                        finished_before_ms=parent.info.start_time if force else None)
+    train_kwargs = dict(
+        experiment_id=experiment_id,
+        parent_run_id=parent_id,
+        data_dir=data_dir,
+        uri=uri,
+        names=names,
+        checkpoint_dir=checkpoint_dir,
+        checkpoint_store=checkpoint_store,
+        show_progress=show_progress,
+        finished_before_ms=parent.info.start_time if force else None,
+    )
     units = plan_units(todo)
     if jobs > 1:
         units = longest_first(units, costs)

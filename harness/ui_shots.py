@@ -32,7 +32,7 @@ import urllib.parse
 import urllib.request
 from pathlib import Path
 
-from harness.tracking import runs_url
+from harness.tracking.store import runs_url
 
 STEPS = 300
 VIEWPORT = {"width": 1600, "height": 1000}
@@ -50,7 +50,9 @@ def find_chromium() -> str:
         path = candidate and shutil.which(candidate)
         if path:
             return path
-    raise UIShotsError("no chromium found (set CHROMIUM=/path/to/chromium, or on Debian/Ubuntu: apt-get install chromium)")
+    raise UIShotsError(
+        "no chromium found (set CHROMIUM=/path/to/chromium, or on Debian/Ubuntu: apt-get install chromium)"
+    )
 
 
 def check_client() -> None:
@@ -72,14 +74,28 @@ def serve(store_uri: str, port: int | None = None, log_path: Path | None = None)
     port = port or free_port()
     base = f"http://127.0.0.1:{port}"
     log = open(log_path, "w") if log_path else subprocess.DEVNULL
-    command = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", store_uri,
-               "--host", "127.0.0.1", "--port", str(port), "--workers", "1"]
+    command = [
+        sys.executable,
+        "-m",
+        "mlflow",
+        "ui",
+        "--backend-store-uri",
+        store_uri,
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--workers",
+        "1",
+    ]
     server = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     try:
         deadline = time.monotonic() + SERVER_TIMEOUT_S
         while True:
             if server.poll() is not None:
-                raise UIShotsError(f"mlflow ui exited with code {server.returncode}" + (f"; see {log_path}" if log_path else ""))
+                raise UIShotsError(
+                    f"mlflow ui exited with code {server.returncode}" + (f"; see {log_path}" if log_path else "")
+                )
             try:
                 with urllib.request.urlopen(base + "/health", timeout=5) as response:
                     if response.status == 200:
@@ -171,13 +187,33 @@ def hide_runs(page, names: list[str]) -> None:
 
 def run_sweep(spec: Path, store: Path, steps: int, overrides: list[str], data_dir: str | None, jobs: int) -> None:
     """``harness run SPEC`` at ``steps`` CPU steps into the SQLite store in ``store``."""
-    env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{store / 'mlflow.db'}",
-           # short runs: sample CPU/memory every second, so that the run page's system metrics are not empty
-           "MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL": os.environ.get("MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL", "1"),
-           "PYTHONPATH": os.pathsep.join(filter(None, [str(Path(__file__).resolve().parents[1]), os.environ.get("PYTHONPATH")]))}
-    command = [sys.executable, "-m", "harness", "run", str(spec.resolve()), f"train.steps={steps}", "train.eval_interval=null",
-               "train.device=cpu", *overrides, "--results-dir", str(store / "results"), "--checkpoint-dir",
-               str(store / "checkpoints"), "--jobs", str(jobs), "--no-progress"]
+    env = {
+        **os.environ,
+        "MLFLOW_TRACKING_URI": f"sqlite:///{store / 'mlflow.db'}",
+        # short runs: sample CPU/memory every second, so that the run page's system metrics are not empty
+        "MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL": os.environ.get("MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL", "1"),
+        "PYTHONPATH": os.pathsep.join(
+            filter(None, [str(Path(__file__).resolve().parents[1]), os.environ.get("PYTHONPATH")])
+        ),
+    }
+    command = [
+        sys.executable,
+        "-m",
+        "harness",
+        "run",
+        str(spec.resolve()),
+        f"train.steps={steps}",
+        "train.eval_interval=null",
+        "train.device=cpu",
+        *overrides,
+        "--results-dir",
+        str(store / "results"),
+        "--checkpoint-dir",
+        str(store / "checkpoints"),
+        "--jobs",
+        str(jobs),
+        "--no-progress",
+    ]
     if data_dir:
         command += ["--data-dir", data_dir]
     print("ui-shots:", " ".join(command[1:]), flush=True)
@@ -190,7 +226,7 @@ def take_shots(base: str, store_uri: str, experiment_name: str, out: Path) -> li
     """The screenshots of one experiment's sweep; returns their paths."""
     from mlflow.tracking import MlflowClient
 
-    from harness.report import SWEEP_TAG
+    from harness.tracking.claims import SWEEP_TAG
 
     client = MlflowClient(store_uri)
     experiment = client.get_experiment_by_name(experiment_name)
@@ -235,8 +271,10 @@ def take_shots(base: str, store_uri: str, experiment_name: str, out: Path) -> li
 
         ids = json.dumps([r.info.run_id for r in four])
         page.set_viewport_size({"width": VIEWPORT["width"], "height": 1800})
-        page.goto(f"{base}/#/compare-runs?runs={urllib.parse.quote(ids)}"
-                  f"&experiments={urllib.parse.quote(json.dumps([experiment.experiment_id]))}&{ml}")
+        page.goto(
+            f"{base}/#/compare-runs?runs={urllib.parse.quote(ids)}"
+            f"&experiments={urllib.parse.quote(json.dumps([experiment.experiment_id]))}&{ml}"
+        )
         page.get_by_text(four[0].info.run_name).first.wait_for()
         visualizations = page.get_by_text("Visualizations", exact=True)
         if visualizations.count():  # collapsed: the params and metrics tables are what compare is for
@@ -275,14 +313,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--steps", type=int, default=STEPS)
     parser.add_argument("--jobs", type=int, default=1)
     parser.add_argument("--out", type=Path, default=Path("results/ui"))
-    parser.add_argument("--store", type=Path, default=None,
-                        help="a folder to keep the store in; reused (no new sweep) when it already holds the experiment")
+    parser.add_argument(
+        "--store",
+        type=Path,
+        default=None,
+        help="a folder to keep the store in; reused (no new sweep) when it already holds the experiment",
+    )
     parser.add_argument("--data-dir", default=None)
     args = parser.parse_args(argv)
     try:
         check_client()
         find_chromium()
-        from harness.spec import load_spec
+        from harness.spec.parsing import load_spec
 
         name = load_spec(args.spec).name
         with contextlib.ExitStack() as stack:
@@ -304,7 +346,7 @@ def main(argv: list[str] | None = None) -> int:
 def _has_experiment(store_uri: str, name: str) -> bool:
     from mlflow.tracking import MlflowClient
 
-    if not Path(store_uri[len("sqlite:///"):]).exists():
+    if not Path(store_uri[len("sqlite:///") :]).exists():
         return False
     return MlflowClient(store_uri).get_experiment_by_name(name) is not None
 

@@ -7,8 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from harness.data import resolve_data_dir
-from harness.spec import expand, load_spec
+from harness.data.corpora import resolve_data_dir
+from harness.spec.expansion import expand
+from harness.spec.parsing import load_spec
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 EXPERIMENTS = PROJECT_ROOT / "experiments"

@@ -8,14 +8,32 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from harness.data import DataConfig, DataError, load_corpus
+from harness.data.corpora import DataConfig, DataError, load_corpus
 
 BENCH = Path(__file__).resolve().parents[1] / "benchmarks" / "step_speed.py"
 STEP_COLUMNS = [
-    "corpus", "model", "batch_size", "steps", "ref_steps_per_s", "harness_steps_per_s", "speedup",
-    "max_loss_diff", "final_loss_diff", "max_loss_diff_fp64", "device", "threads", "torch_version",
+    "corpus",
+    "model",
+    "batch_size",
+    "steps",
+    "ref_steps_per_s",
+    "harness_steps_per_s",
+    "speedup",
+    "max_loss_diff",
+    "final_loss_diff",
+    "max_loss_diff_fp64",
+    "device",
+    "threads",
+    "torch_version",
 ]
-NUMBERS = ["ref_steps_per_s", "harness_steps_per_s", "speedup", "max_loss_diff", "final_loss_diff", "max_loss_diff_fp64"]
+NUMBERS = [
+    "ref_steps_per_s",
+    "harness_steps_per_s",
+    "speedup",
+    "max_loss_diff",
+    "final_loss_diff",
+    "max_loss_diff_fp64",
+]
 
 
 @pytest.fixture(scope="module")
@@ -38,8 +56,19 @@ def shakespeare_dir(data_dir):
 
 
 def run_bench(bench, data_dir, tmp_path, *extra):
-    argv = ["--steps", "4", "--warmup", "1", "--fp64-steps", "3", "--rows", "tinyshakespeare,bigram,32",
-            "--out", str(tmp_path / "step_speed.csv"), *extra]
+    argv = [
+        "--steps",
+        "4",
+        "--warmup",
+        "1",
+        "--fp64-steps",
+        "3",
+        "--rows",
+        "tinyshakespeare,bigram,32",
+        "--out",
+        str(tmp_path / "step_speed.csv"),
+        *extra,
+    ]
     if data_dir is not None:
         argv += ["--data-dir", str(data_dir)]
     return bench.main(argv)
@@ -67,14 +96,23 @@ def test_logging_overhead_csv(bench, shakespeare_dir, tmp_path):
     run_bench(bench, shakespeare_dir, tmp_path, "--log-steps", "20", "--log-repeats", "1", "--fp64-steps", "0")
     overhead = pd.read_csv(tmp_path / "logging_overhead.csv")
     row = overhead.iloc[0]
-    for column in ("wall_s_tracking_off", "wall_s_tracking_on", "overhead_pct", "log_metric_ms_per_call", "log_batch_ms_per_point"):
+    for column in (
+        "wall_s_tracking_off",
+        "wall_s_tracking_on",
+        "overhead_pct",
+        "log_metric_ms_per_call",
+        "log_batch_ms_per_point",
+    ):
         assert math.isfinite(row[column]), column
     assert row.metric_points > 20  # every batch loss plus the evaluations
     assert math.isnan(pd.read_csv(tmp_path / "step_speed.csv").iloc[0].max_loss_diff_fp64)  # --fp64-steps 0 skips it
 
 
 def test_rows_filter(bench):
-    assert [r.name for r in bench.select_rows(["korean-chatbot,ffn"])] == ["korean-chatbot/ffn/B32", "korean-chatbot/ffn/B128"]
+    assert [r.name for r in bench.select_rows(["korean-chatbot,ffn"])] == [
+        "korean-chatbot/ffn/B32",
+        "korean-chatbot/ffn/B128",
+    ]
     assert len(bench.select_rows(None)) == 8
     with pytest.raises(SystemExit):
         bench.select_rows(["korean,ffn"])
@@ -88,8 +126,21 @@ def test_gpt_bench_runs_both_loops_from_the_same_weights_and_agrees(shakespeare_
     sys.modules[spec.name] = module
     spec.loader.exec_module(module)
     out = tmp_path / "gpt_speed.csv"
-    module.main(["--steps", "8", "--warmup", "2", "--compare-steps", "8", "--rows", "ladder", "--out", str(out),
-                 *(["--data-dir", str(shakespeare_dir)] if shakespeare_dir else [])])
+    module.main(
+        [
+            "--steps",
+            "8",
+            "--warmup",
+            "2",
+            "--compare-steps",
+            "8",
+            "--rows",
+            "ladder",
+            "--out",
+            str(out),
+            *(["--data-dir", str(shakespeare_dir)] if shakespeare_dir else []),
+        ]
+    )
     (row,) = pd.read_csv(out).to_dict("records")
     assert row["row"] == "ladder" and row["params"] == 42_369  # the lecture's model at 0016836 has 42,369 (V = 65)
     assert row["max_loss_diff"] < 1e-4
@@ -106,32 +157,101 @@ def _load_grid_benchmark():
 
 def _run_grid_benchmark(data_dir, out, kind: str, *args: str) -> pd.DataFrame:
     """grid_gpu.py on the CPU, one English variant of ``kind`` (batch 32) x seeds 1 and 2; the table it wrote."""
-    argv = ["--device", "cpu", "--seeds", "1", "2", "--out", str(out), *args,
-            "--set", f"model.kind={kind}", "train.batch_size=32", "data.dataset=tinyshakespeare"]
+    argv = [
+        "--device",
+        "cpu",
+        "--seeds",
+        "1",
+        "2",
+        "--out",
+        str(out),
+        *args,
+        "--set",
+        f"model.kind={kind}",
+        "train.batch_size=32",
+        "data.dataset=tinyshakespeare",
+    ]
     if data_dir is not None:
         argv += ["--data-dir", str(data_dir)]
     _load_grid_benchmark().main(argv)
     return pd.read_csv(out)
 
 
-GRID_COLUMNS = ["lever", "measures", "spec", "seeds", "variants", "steps", "units_at_once", "wall_s", "wall_50k_s", "wall_50k_is", "error",
-                "runs_cuda_graphs", "max_loss_diff_threads_vs_one_at_a_time", "max_loss_diff_vs_cpu", "max_loss_diff_graphs_vs_cpu", "max_loss_diff_first_10_steps",
-                "max_loss_diff_cpu_1ulp", "syncs_in_checked_steps", "syncs_in_checked_graph_steps", "check_steps",
-                "overrides", "device", "gpu", "torch_version"]
-CHECK_COLUMNS = ["variant", "seed", "steps", "max_diff", "max_diff_first_10", "cpu_1ulp", "cpu_1ulp_first_10", "spec",
-                 "path", "device", "gpu", "torch_version"]
+GRID_COLUMNS = [
+    "lever",
+    "measures",
+    "spec",
+    "seeds",
+    "variants",
+    "steps",
+    "units_at_once",
+    "wall_s",
+    "wall_50k_s",
+    "wall_50k_is",
+    "error",
+    "runs_cuda_graphs",
+    "max_loss_diff_threads_vs_one_at_a_time",
+    "max_loss_diff_vs_cpu",
+    "max_loss_diff_graphs_vs_cpu",
+    "max_loss_diff_first_10_steps",
+    "max_loss_diff_cpu_1ulp",
+    "syncs_in_checked_steps",
+    "syncs_in_checked_graph_steps",
+    "check_steps",
+    "overrides",
+    "device",
+    "gpu",
+    "torch_version",
+]
+CHECK_COLUMNS = [
+    "variant",
+    "seed",
+    "steps",
+    "max_diff",
+    "max_diff_first_10",
+    "cpu_1ulp",
+    "cpu_1ulp_first_10",
+    "spec",
+    "path",
+    "device",
+    "gpu",
+    "torch_version",
+]
 
 
 @pytest.mark.slow
 def test_grid_benchmark_times_every_lever_and_a_harness_run(shakespeare_dir, tmp_path):
     """benchmarks/grid_gpu.py on a CPU, shrunk to one variant x 2 seeds: every row it promises, with times > 0."""
     out = tmp_path / "grid.csv"
-    table = _run_grid_benchmark(shakespeare_dir, out, "ffn", "--steps", "10", "--run-steps", "10", "--check-steps", "30",
-                                "--jobs", "2", "--executors", "local", "threads",
-                                "--levers", "baseline,sync-free,sync-free+stacked,sync-free+threads", "--threads", "2")
+    table = _run_grid_benchmark(
+        shakespeare_dir,
+        out,
+        "ffn",
+        "--steps",
+        "10",
+        "--run-steps",
+        "10",
+        "--check-steps",
+        "30",
+        "--jobs",
+        "2",
+        "--executors",
+        "local",
+        "threads",
+        "--levers",
+        "baseline,sync-free,sync-free+stacked,sync-free+threads",
+        "--threads",
+        "2",
+    )
     assert list(table.columns) == GRID_COLUMNS
-    assert list(table.lever) == ["baseline", "sync-free", "sync-free+stacked", "sync-free+threads", "harness-run-jobs-2",
-                                 "harness-run-threads-jobs-2"]
+    assert list(table.lever) == [
+        "baseline",
+        "sync-free",
+        "sync-free+stacked",
+        "sync-free+threads",
+        "harness-run-jobs-2",
+        "harness-run-threads-jobs-2",
+    ]
     # the two seeds in two threads at once: the losses of the sync-free row, one run after the other, exactly
     assert table.max_loss_diff_threads_vs_one_at_a_time.tolist()[3] == 0.0
     assert table.max_loss_diff_threads_vs_one_at_a_time.drop(index=3).isna().all()
@@ -152,8 +272,19 @@ def test_a_lever_that_fails_records_why_and_the_next_one_still_runs(shakespeare_
     """A device run has one slot: one broken lever must not cost the other rows (the CSV is written per row).
     On a CPU the graphs lever cannot run, which makes it the failing row here."""
     out = tmp_path / "grid.csv"
-    table = _run_grid_benchmark(shakespeare_dir, out, "bigram", "--steps", "5", "--run-steps", "0", "--check-steps", "0",
-                                "--levers", "graphs+stacked,sync-free")
+    table = _run_grid_benchmark(
+        shakespeare_dir,
+        out,
+        "bigram",
+        "--steps",
+        "5",
+        "--run-steps",
+        "0",
+        "--check-steps",
+        "0",
+        "--levers",
+        "graphs+stacked,sync-free",
+    )
     assert list(table.lever) == ["graphs+stacked", "sync-free"]
     assert table.error[0] == "RuntimeError: CUDA graphs need a CUDA device, not cpu" and math.isnan(table.wall_s[0])
     assert pd.isna(table.error[1]) and table.wall_s[1] > 0

@@ -18,14 +18,15 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
+from conftest import EXPERIMENTS, shrink_args
 from mlflow.tracking import MlflowClient
 
-from harness import runs
-from harness.spec import expand, load_spec, parse_overrides
+from harness.spec.expansion import expand, parse_overrides
+from harness.spec.parsing import load_spec
 from harness.sweep import run_sweep
-from harness.tracking import experiment_id_for, run_variant
-
-from conftest import EXPERIMENTS, shrink_args
+from harness.tracking import claims as runs
+from harness.tracking.recorded import run_variant
+from harness.tracking.store import experiment_id_for
 
 SPEC = """
     name: {name}
@@ -54,8 +55,19 @@ def _env(tmp_path: Path, data_dir, **more) -> dict:
 
 
 def _command(spec: Path, tmp_path: Path, *extra: str) -> list[str]:
-    return [sys.executable, "-m", "harness", "run", str(spec), "--no-progress", "--checkpoint-dir", str(tmp_path / "ckpt"),
-            "--results-dir", str(tmp_path / "results"), *extra]
+    return [
+        sys.executable,
+        "-m",
+        "harness",
+        "run",
+        str(spec),
+        "--no-progress",
+        "--checkpoint-dir",
+        str(tmp_path / "ckpt"),
+        "--results-dir",
+        str(tmp_path / "results"),
+        *extra,
+    ]
 
 
 def _all_runs(uri: str, name: str) -> list:
@@ -91,7 +103,7 @@ def _assert_trained_once(uri: str, name: str, variants) -> dict[str, object]:
 CONTENDER = textwrap.dedent("""
     import sys, time
     from mlflow.tracking import MlflowClient
-    from harness import runs
+    from harness.tracking import claims as runs
     from harness.spec import expand, load_spec, parse_overrides
     from harness.tracking import retrying
     uri, experiment_id, spec, start_at = sys.argv[1], sys.argv[2], sys.argv[3], float(sys.argv[4])
@@ -117,8 +129,17 @@ def test_contenders_released_together_leave_exactly_one_claim_per_variant(tmp_pa
     experiment_id = experiment_id_for(client, "race")
     start_at = time.time() + 8  # after every interpreter has imported mlflow
     env = _env(tmp_path, None)
-    procs = [subprocess.Popen([sys.executable, "-c", CONTENDER, uri, experiment_id, str(spec), str(start_at)], cwd=tmp_path,
-                              env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(4)]
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", CONTENDER, uri, experiment_id, str(spec), str(start_at)],
+            cwd=tmp_path,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for _ in range(4)
+    ]
     lines = []
     for proc in procs:
         out, err = proc.communicate(timeout=300)
@@ -154,8 +175,17 @@ def test_runs_logging_one_new_corpus_at_the_same_instant_all_link_to_it(tmp_path
     experiment_id = experiment_id_for(client, "datasets")
     start_at = time.time() + 10  # after every interpreter has imported mlflow and read the corpus
     env = _env(tmp_path, data_dir)
-    procs = [subprocess.Popen([sys.executable, "-c", DATASET_LOGGER, uri, experiment_id, str(start_at)], cwd=tmp_path,
-                              env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(6)]
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", DATASET_LOGGER, uri, experiment_id, str(start_at)],
+            cwd=tmp_path,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for _ in range(6)
+    ]
     run_ids = []
     for proc in procs:
         out, err = proc.communicate(timeout=300)
@@ -165,15 +195,22 @@ def test_runs_logging_one_new_corpus_at_the_same_instant_all_link_to_it(tmp_path
         inputs = client.get_run(run_id).inputs.dataset_inputs
         assert sorted(i.dataset.name for i in inputs) == ["tinyshakespeare/train", "tinyshakespeare/val"]
     digests = {(i.dataset.name, i.dataset.digest) for r in run_ids for i in client.get_run(r).inputs.dataset_inputs}
-    assert digests == {("tinyshakespeare/train", "86c4e6aa9db7c042ec79f339dcb96d42b0075e16"[:36]),
-                       ("tinyshakespeare/val", "86c4e6aa9db7c042ec79f339dcb96d42b0075e16"[:36])}
+    assert digests == {
+        ("tinyshakespeare/train", "86c4e6aa9db7c042ec79f339dcb96d42b0075e16"[:36]),
+        ("tinyshakespeare/val", "86c4e6aa9db7c042ec79f339dcb96d42b0075e16"[:36]),
+    }
 
 
 def _foreign_run(client, experiment_id, variant, heartbeat_age_s: float) -> str:
     """A run claimed by a process on another machine, last heard of ``heartbeat_age_s`` ago."""
-    tags = {"variant": variant.id, "config_hash": variant.config.config_hash(), runs.OWNER_TAG: "elsewhere.example:4242",
-            runs.OWNER_PROC_TAG: "another-machine", runs.HEARTBEAT_TAG: f"{time.time() - heartbeat_age_s:.3f}",
-            runs.CLAIM_TAG: "won"}
+    tags = {
+        "variant": variant.id,
+        "config_hash": variant.config.config_hash(),
+        runs.OWNER_TAG: "elsewhere.example:4242",
+        runs.OWNER_PROC_TAG: "another-machine",
+        runs.HEARTBEAT_TAG: f"{time.time() - heartbeat_age_s:.3f}",
+        runs.CLAIM_TAG: "won",
+    }
     return client.create_run(experiment_id, tags=tags).info.run_id
 
 
@@ -189,7 +226,9 @@ def test_a_live_claim_is_skipped_and_a_stale_one_taken_over(tmp_path, mlflow_sto
 
     skipped = run_variant(live_variant, **common)
     assert skipped.status == "SKIPPED" and skipped.run_id == live
-    assert re.match(rf"running elsewhere: elsewhere\.example:4242, heartbeat 1\d s ago \(run {live}\)", skipped.error), skipped.error
+    assert re.match(
+        rf"running elsewhere: elsewhere\.example:4242, heartbeat 1\d s ago \(run {live}\)", skipped.error
+    ), skipped.error
     assert client.get_run(live).info.status == "RUNNING", "a live run is never touched"
 
     taken = run_variant(stale_variant, **common)
@@ -208,12 +247,25 @@ def test_a_sweep_closes_a_stale_parent_and_skips_what_runs_elsewhere(tmp_path, m
     variants = expand(spec)
     client = MlflowClient(mlflow_store)
     experiment_id = experiment_id_for(client, spec.name)
-    dead = client.create_run(experiment_id, tags={runs.SWEEP_TAG: "true", runs.OWNER_TAG: "gone.example:7",
-                                                  runs.HEARTBEAT_TAG: f"{time.time() - 3600:.3f}"}).info.run_id
+    dead = client.create_run(
+        experiment_id,
+        tags={
+            runs.SWEEP_TAG: "true",
+            runs.OWNER_TAG: "gone.example:7",
+            runs.HEARTBEAT_TAG: f"{time.time() - 3600:.3f}",
+        },
+    ).info.run_id
     live = _foreign_run(client, experiment_id, variants[0], heartbeat_age_s=1)
     logged = []
-    outcome = run_sweep(spec, variants, data_dir=data_dir, show_progress=False, log=logged.append,
-                        command="harness run spec.yaml", overrides={"train.steps": 20})
+    outcome = run_sweep(
+        spec,
+        variants,
+        data_dir=data_dir,
+        show_progress=False,
+        log=logged.append,
+        command="harness run spec.yaml",
+        overrides={"train.steps": 20},
+    )
     assert client.get_run(dead).info.status == "KILLED"
     assert "sweep stopped without closing its run: gone.example:7" in client.get_run(dead).data.tags["error"]
     assert list(outcome.elsewhere) == [variants[0].id] and client.get_run(live).info.status == "RUNNING"
@@ -245,16 +297,27 @@ def test_two_concurrent_sweeps_train_every_variant_once(tmp_path, data_dir):
     spec = EXPERIMENTS / "smoke.yaml"
     overrides = shrink_args(**{"train.steps": 20, "sample.max_new_tokens": 5})
     env = _env(tmp_path, data_dir, HARNESS_HEARTBEAT_S="1", HARNESS_STALE_AFTER_S="60")
-    procs = [subprocess.Popen(_command(spec, tmp_path, *overrides, "--jobs", "2"), cwd=tmp_path, env=env,
-                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for _ in range(2)]
+    procs = [
+        subprocess.Popen(
+            _command(spec, tmp_path, *overrides, "--jobs", "2"),
+            cwd=tmp_path,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        for _ in range(2)
+    ]
     outs = [proc.communicate(timeout=1200)[0] for proc in procs]
-    for proc, out in zip(procs, outs):
+    for proc, out in zip(procs, outs, strict=True):
         assert proc.returncode == 0, out
         assert "Traceback" not in out, out
     print("\n".join(line for out in outs for line in out.splitlines() if line.startswith(("finished ", "skip "))))
     variants = expand(load_spec(spec), parse_overrides(overrides))
     _assert_trained_once(env["MLFLOW_TRACKING_URI"], "smoke", variants)
-    trained = [int(line.split()[1].rstrip(",")) for out in outs for line in out.splitlines() if line.startswith("finished ")]
+    trained = [
+        int(line.split()[1].rstrip(",")) for out in outs for line in out.splitlines() if line.startswith("finished ")
+    ]
     assert sum(trained) == len(variants), outs
     parents = [r for r in _all_runs(env["MLFLOW_TRACKING_URI"], "smoke") if r.data.tags.get(runs.SWEEP_TAG)]
     assert [p.info.status for p in parents] == ["FINISHED", "FINISHED"]
@@ -286,11 +349,21 @@ def test_kill_9_of_a_sweep_then_a_rerun_takes_over_and_finishes_the_rest(tmp_pat
             found = _all_runs(uri, "kill9")
         except Exception:  # the experiment does not exist yet
             return False
-        return any(r.info.status == "RUNNING" and any(f.path == "checkpoint" for f in client.list_artifacts(r.info.run_id))
-                   for r in found if "config_hash" in r.data.tags)
+        return any(
+            r.info.status == "RUNNING" and any(f.path == "checkpoint" for f in client.list_artifacts(r.info.run_id))
+            for r in found
+            if "config_hash" in r.data.tags
+        )
 
-    proc = subprocess.Popen(command, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            start_new_session=True)
+    proc = subprocess.Popen(
+        command,
+        cwd=tmp_path,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
     try:
         _wait_for(checkpointed, proc, "a checkpoint")
         os.killpg(proc.pid, signal.SIGKILL)  # the sweep and its workers: no handler runs, runs stay RUNNING

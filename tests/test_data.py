@@ -8,18 +8,10 @@ import shutil
 import pytest
 import torch
 
-from harness.data import (
-    CATALOG,
-    EXTRA_CHARS,
-    CharTokenizer,
-    DataConfig,
-    DataError,
-    UnknownCharacterError,
-    get_batch,
-    load_corpus,
-    locate_catalog_file,
-    read_text,
-)
+from harness.data.batches import get_batch
+from harness.data.corpora import CATALOG, DataConfig, DataError, load_corpus, locate_catalog_file, read_text
+from harness.data.tokenizers.base import UnknownCharacterError
+from harness.data.tokenizers.char import EXTRA_CHARS, CharTokenizer
 
 
 @pytest.mark.parametrize("name", ["tinyshakespeare", "korean-chatbot"])
@@ -55,7 +47,7 @@ def test_korean_split_shuffles_whole_rows_so_val_holds_every_topic(data_dir):
     corpus = load_corpus(DataConfig("korean-chatbot"), data_dir)
     assert DataConfig("korean-chatbot").resolved().split == "shuffled-rows"
     val_text = corpus.tokenizer.decode(corpus.val.tolist())
-    val_pairs = set(zip(val_text.split("\n")[::2], val_text.split("\n")[1::2]))
+    val_pairs = set(zip(val_text.split("\n")[::2], val_text.split("\n")[1::2], strict=False))
     labels = {r["label"].strip() for r in rows if (r["Q"], r["A"]) in val_pairs}
     assert labels == {"0", "1", "2"}
     assert len(val_pairs) >= 1183 - 5  # 10% of 11,823 rows (a few Q/A pairs repeat)
@@ -98,7 +90,9 @@ def test_prompt_character_outside_vocabulary_is_named():
 
 
 def test_missing_and_corrupt_files_say_where_to_put_them(tmp_path, data_dir):
-    with pytest.raises(DataError, match=r"ChatbotData.csv not found.*Download https://raw.githubusercontent.com/songys"):
+    with pytest.raises(
+        DataError, match=r"ChatbotData.csv not found.*Download https://raw.githubusercontent.com/songys"
+    ):
         locate_catalog_file("korean-chatbot", tmp_path)
     corrupt = tmp_path / "tinyshakespeare.txt"
     shutil.copy(locate_catalog_file("tinyshakespeare", data_dir), corrupt)
@@ -111,7 +105,7 @@ def test_missing_and_corrupt_files_say_where_to_put_them(tmp_path, data_dir):
 
 
 def test_download_failure_says_where_to_put_the_file(tmp_path, monkeypatch):
-    import harness.data as data
+    import harness.data.corpora as data
 
     def refuse(*args, **kwargs):
         raise OSError("network unreachable")

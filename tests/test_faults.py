@@ -15,14 +15,14 @@ import textwrap
 import time
 
 import pytest
+from conftest import EXPERIMENTS
 from mlflow.tracking import MlflowClient
 
-from harness import tracking
 from harness.cli import main
-from harness.spec import expand, load_spec
+from harness.spec.expansion import expand
+from harness.spec.parsing import load_spec
 from harness.sweep import run_sweep
-
-from conftest import EXPERIMENTS
+from harness.tracking import recorded as tracking
 
 OK_BASE = """
 name: faults
@@ -37,16 +37,24 @@ MALFORMED = [
     ("unknown-top-level-key", OK_BASE + "nmae: x\n", [], "'nmae'"),
     ("missing-name", "base:\n  data: {dataset: tinyshakespeare}\n", [], "'name'"),
     ("unknown-section", "name: t\nbase:\n  trian: {steps: 10}\n", [], "'trian'"),
-    ("typo-with-suggestion", "name: t\nbase:\n  data: {dataset: tinyshakespeare}\n  train: {bach_size: 32}\n", [],
-     "did you mean 'batch_size'"),
+    (
+        "typo-with-suggestion",
+        "name: t\nbase:\n  data: {dataset: tinyshakespeare}\n  train: {bach_size: 32}\n",
+        [],
+        "did you mean 'batch_size'",
+    ),
     ("string-for-int", OK_BASE.replace("steps: 10", "steps: many"), [], "train.steps"),
     ("bool-for-int", OK_BASE.replace("steps: 10", "steps: true"), [], "train.steps"),
     ("list-for-str", OK_BASE + "grid:\n  model.kind: [[bigram]]\n", [], "model.kind"),
     ("batch-size-zero", OK_BASE.replace("steps: 10", "steps: 10, batch_size: 0"), [], "train.batch_size"),
     ("lr-zero", OK_BASE.replace("steps: 10", "steps: 10, lr: 0"), [], "train.lr"),
     ("lr-negative", OK_BASE.replace("steps: 10", "steps: 10, lr: -0.001"), [], "train.lr"),
-    ("context-longer-than-split", "name: t\nbase:\n  data: {path: DATA/tiny.txt}\n  train: {steps: 10, context_length: 64}\n",
-     [], "train.context_length"),
+    (
+        "context-longer-than-split",
+        "name: t\nbase:\n  data: {path: DATA/tiny.txt}\n  train: {steps: 10, context_length: 64}\n",
+        [],
+        "train.context_length",
+    ),
     ("unknown-model-kind", OK_BASE + "grid:\n  model.kind: [bigram, transformer]\n", [], "model.kind"),
     ("unknown-dataset", OK_BASE.replace("dataset: tinyshakespeare", "dataset: wikipedia"), [], "data.dataset"),
     ("missing-spec-file", None, [], "spec file not found"),
@@ -55,18 +63,34 @@ MALFORMED = [
     ("empty-file", "", [], "empty"),
     ("list-not-mapping", "- name: t\n- base: {}\n", [], "must be a mapping"),
     ("grid-value-not-list", OK_BASE + "grid:\n  train.batch_size: 32\n", [], "train.batch_size"),
-    ("zip-lengths-differ", OK_BASE + "zip:\n  - train.batch_size: [16, 32]\n    train.lr: [0.1, 0.2, 0.3]\n", [],
-     "same length"),
-    ("exclude-not-an-axis", OK_BASE + "grid:\n  train.batch_size: [16, 32]\nexclude:\n  - {train.lr: 0.1}\n", [],
-     "train.lr is not an axis"),
-    ("prompt-outside-vocabulary", OK_BASE.replace("max_new_tokens: 5", "max_new_tokens: 5, prompt: '한'"), [],
-     "sample.prompt"),
+    (
+        "zip-lengths-differ",
+        OK_BASE + "zip:\n  - train.batch_size: [16, 32]\n    train.lr: [0.1, 0.2, 0.3]\n",
+        [],
+        "same length",
+    ),
+    (
+        "exclude-not-an-axis",
+        OK_BASE + "grid:\n  train.batch_size: [16, 32]\nexclude:\n  - {train.lr: 0.1}\n",
+        [],
+        "train.lr is not an axis",
+    ),
+    (
+        "prompt-outside-vocabulary",
+        OK_BASE.replace("max_new_tokens: 5", "max_new_tokens: 5, prompt: '한'"),
+        [],
+        "sample.prompt",
+    ),
     ("wrong-encoding", "name: t\nbase:\n  data: {path: DATA/korean-cp949.txt}\n", [], "data.encoding"),
     ("unknown-encoding", "name: t\nbase:\n  data: {path: DATA/tiny.txt, encoding: klingon}\n", [], "data.encoding"),
     ("unknown-override-key", OK_BASE, ["train.setps=5"], "'train.setps'"),
     ("override-bad-value", OK_BASE, ["train.steps=-3"], "train.steps"),
-    ("train-fraction-out-of-range", OK_BASE.replace("dataset: tinyshakespeare", "dataset: tinyshakespeare, train_fraction: 1.5"),
-     [], "data.train_fraction"),
+    (
+        "train-fraction-out-of-range",
+        OK_BASE.replace("dataset: tinyshakespeare", "dataset: tinyshakespeare, train_fraction: 1.5"),
+        [],
+        "data.train_fraction",
+    ),
     ("seeds-not-integers", OK_BASE + "seeds: [1, two]\n", [], "seeds"),
     ("unknown-device", OK_BASE.replace("device: cpu", "device: tpu"), [], "train.device"),
     ("hidden-size-zero", OK_BASE + "grid:\n  model.hidden_sizes: [[256, 0]]\n", [], "model.hidden_sizes"),
@@ -81,31 +105,51 @@ def _write_data(folder):
 
 @pytest.mark.parametrize("case, text, extra, named", MALFORMED, ids=[m[0] for m in MALFORMED])
 @pytest.mark.parametrize("command", ["validate", "run"])
-def test_malformed_spec_exits_2_naming_the_key(tmp_path, mlflow_store, data_dir, capsys, case, text, extra, named, command):
+def test_malformed_spec_exits_2_naming_the_key(
+    tmp_path, mlflow_store, data_dir, capsys, case, text, extra, named, command
+):
     _write_data(tmp_path / "data")
     spec = tmp_path / "spec.yaml"
     if text is not None:
         spec.write_text(text.replace("DATA/", f"{tmp_path / 'data'}/"), encoding="utf-8")
     data = ["--data-dir", str(data_dir)] if data_dir else []
-    code = main([command, str(spec), *extra, *data] + (["--no-progress", "--results-dir", str(tmp_path / "r")] if command == "run" else []))
+    code = main(
+        [command, str(spec), *extra, *data]
+        + (["--no-progress", "--results-dir", str(tmp_path / "r")] if command == "run" else [])
+    )
     err = capsys.readouterr().err
     assert code == 2, err
     assert named in err, err
     assert "Traceback" not in err
     assert not (tmp_path / "mlflow.db").exists() or not MlflowClient(mlflow_store).search_runs(
-        [e.experiment_id for e in MlflowClient(mlflow_store).search_experiments()]), "nothing may run before the error"
+        [e.experiment_id for e in MlflowClient(mlflow_store).search_experiments()]
+    ), "nothing may run before the error"
 
 
 KOREAN_SPEC = OK_BASE.replace("name: faults", "name: faults\ndescription: 한국어 실험")
 # (id, the spec file's bytes, what the message must say); every one exits 2 naming the file
 UNREADABLE = [
-    ("control-character", OK_BASE.replace("name: faults", 'name: faults\ndescription: "bell\x07"').encode(),
-     ':3:19: invalid YAML: character #x0007 (a control character) is not allowed'),
-    ("utf-16-with-bom", KOREAN_SPEC.encode("utf-16"), "UTF-16 text, not UTF-8 (it starts with a UTF-16 byte-order mark)"),
-    ("utf-16-without-bom", KOREAN_SPEC.encode("utf-16-le"), "UTF-16 text, not UTF-8 (it has NUL bytes, as UTF-16 text does)"),
+    (
+        "control-character",
+        OK_BASE.replace("name: faults", 'name: faults\ndescription: "bell\x07"').encode(),
+        ":3:19: invalid YAML: character #x0007 (a control character) is not allowed",
+    ),
+    (
+        "utf-16-with-bom",
+        KOREAN_SPEC.encode("utf-16"),
+        "UTF-16 text, not UTF-8 (it starts with a UTF-16 byte-order mark)",
+    ),
+    (
+        "utf-16-without-bom",
+        KOREAN_SPEC.encode("utf-16-le"),
+        "UTF-16 text, not UTF-8 (it has NUL bytes, as UTF-16 text does)",
+    ),
     ("cp949", KOREAN_SPEC.encode("cp949"), ":3:14: not UTF-8 text"),
-    ("duplicate-key", (OK_BASE + "  data: {dataset: korean-chatbot}\n").encode(),
-     ":7:3: base.data: duplicate key (first at line 4)"),
+    (
+        "duplicate-key",
+        (OK_BASE + "  data: {dataset: korean-chatbot}\n").encode(),
+        ":7:3: base.data: duplicate key (first at line 4)",
+    ),
 ]
 
 
@@ -129,8 +173,13 @@ def test_malformed_spec_from_the_shell_has_no_traceback(tmp_path):
     """The same promise through a real process: what a user sees in the terminal."""
     spec = tmp_path / "spec.yaml"
     spec.write_text(OK_BASE.replace("steps: 10", "steps: 10, bach_size: 32"), encoding="utf-8")
-    proc = subprocess.run([sys.executable, "-m", "harness", "validate", str(spec)], capture_output=True, text=True,
-                          cwd=tmp_path, timeout=600)
+    proc = subprocess.run(
+        [sys.executable, "-m", "harness", "validate", str(spec)],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        timeout=600,
+    )
     assert proc.returncode == 2
     assert "did you mean 'batch_size'" in proc.stderr and "Traceback" not in proc.stderr
 
@@ -141,8 +190,15 @@ def test_a_reader_that_stops_early_gets_no_traceback(tmp_path, data_dir):
     read, write = os.pipe()
     os.close(read)  # the reader is gone before anything is written
     try:
-        proc = subprocess.run([sys.executable, "-m", "harness", "validate", str(EXPERIMENTS / "gpt-ladder.yaml")],
-                              stdout=write, stderr=subprocess.PIPE, text=True, cwd=tmp_path, env=env, timeout=600)
+        proc = subprocess.run(
+            [sys.executable, "-m", "harness", "validate", str(EXPERIMENTS / "gpt-ladder.yaml")],
+            stdout=write,
+            stderr=subprocess.PIPE,
+            text=True,
+            cwd=tmp_path,
+            env=env,
+            timeout=600,
+        )
     finally:
         os.close(write)
     assert proc.returncode == 141, proc.stderr  # a shell's code for a command ended by SIGPIPE
@@ -162,7 +218,9 @@ def _runs(uri: str, name: str):
 
 
 def test_diverging_variant_fails_with_reason_and_the_others_finish(tmp_path, mlflow_store, data_dir, capsys):
-    spec = _spec(tmp_path, """
+    spec = _spec(
+        tmp_path,
+        """
         name: nan-run
         base:
           data: {dataset: tinyshakespeare}
@@ -170,7 +228,8 @@ def test_diverging_variant_fails_with_reason_and_the_others_finish(tmp_path, mlf
           sample: {max_new_tokens: 5}
         grid:
           train.lr: [1.0e-3, 1.0e6, 2.0e-3]
-    """)
+    """,
+    )
     data = ["--data-dir", str(data_dir)] if data_dir else []
     code = main(["run", str(spec), "--no-progress", "--results-dir", str(tmp_path / "results"), *data])
     err = capsys.readouterr().err
@@ -194,7 +253,9 @@ def test_exception_in_one_variant_does_not_stop_the_others(tmp_path, mlflow_stor
         return real_build(config, vocab, context_length)
 
     monkeypatch.setattr(tracking, "build_model", build)
-    spec_path = _spec(tmp_path, """
+    spec_path = _spec(
+        tmp_path,
+        """
         name: raising
         base:
           data: {dataset: tinyshakespeare}
@@ -202,10 +263,17 @@ def test_exception_in_one_variant_does_not_stop_the_others(tmp_path, mlflow_stor
           sample: {max_new_tokens: 5}
         grid:
           model.kind: [ffn, bigram]
-    """)
+    """,
+    )
     spec = load_spec(spec_path)
-    outcome = run_sweep(spec, expand(spec), data_dir=data_dir, checkpoint_dir=tmp_path / "ckpt", show_progress=False,
-                        log=lambda *a: None)
+    outcome = run_sweep(
+        spec,
+        expand(spec),
+        data_dir=data_dir,
+        checkpoint_dir=tmp_path / "ckpt",
+        show_progress=False,
+        log=lambda *a: None,
+    )
     status = {r.variant_id: r.status for r in outcome.results}
     assert status == {"kind=ffn": "FAILED", "kind=bigram": "FINISHED"}
     client = MlflowClient(mlflow_store)
@@ -237,7 +305,9 @@ def _workers(pid: int) -> list[int]:
 @pytest.mark.skipif(not os.path.isdir("/proc"), reason="finds worker processes through /proc")
 def test_worker_killed_by_the_os_fails_only_its_variant(tmp_path, data_dir):
     """kill -9 of one --jobs worker (as the OOM killer would): its run ends FAILED with why; the other finishes."""
-    spec = _spec(tmp_path, """
+    spec = _spec(
+        tmp_path,
+        """
         name: worker-crash
         base:
           data: {dataset: tinyshakespeare}
@@ -245,15 +315,34 @@ def test_worker_killed_by_the_os_fails_only_its_variant(tmp_path, data_dir):
           sample: {max_new_tokens: 5}
         grid:
           train.batch_size: [16, 32]
-    """)
+    """,
+    )
     env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}"}
     if data_dir:
         env["HARNESS_DATA_DIR"] = str(data_dir)
     ckpt = tmp_path / "ckpt"
-    proc = subprocess.Popen([sys.executable, "-m", "harness", "run", str(spec), "--jobs", "2", "--no-progress",
-                             "--checkpoint-dir", str(ckpt), "--results-dir", str(tmp_path / "results")],
-                            cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            start_new_session=True)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "harness",
+            "run",
+            str(spec),
+            "--jobs",
+            "2",
+            "--no-progress",
+            "--checkpoint-dir",
+            str(ckpt),
+            "--results-dir",
+            str(tmp_path / "results"),
+        ],
+        cwd=tmp_path,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
     try:
         deadline = time.monotonic() + 600
         while not (ckpt.is_dir() and len(list(ckpt.glob("*.pt"))) == 2):  # both workers are training

@@ -1,4 +1,4 @@
-"""Whole-step graphs (harness/graphs.py), tested on a CPU with a stand-in for a CUDA graph.
+"""Whole-step graphs (harness/train/graphs.py), tested on a CPU with a stand-in for a CUDA graph.
 
 ``ReplayedOps`` keeps the rules that make CUDA graphs hard to use correctly: a capture records the ATen ops of one
 step with the tensors they ran on and runs nothing (what it wrote is put back); a replay runs exactly those ops
@@ -13,16 +13,17 @@ import copy
 
 import pytest
 import torch
+from test_train import SYNCING_OPS
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_leaves
 
-from harness.data import DataConfig, load_corpus
-from harness.graphs import WARMUP_STEPS, graph_status
-from harness.models import ModelConfig, build_model
-from harness.stacking import StackedTrainer
-from harness.train import TrainConfig, Trainer
-
-from test_train import SYNCING_OPS
+from harness.data.corpora import DataConfig, load_corpus
+from harness.models.config import ModelConfig
+from harness.models.registry import build_model
+from harness.train.config import TrainConfig
+from harness.train.graphs import WARMUP_STEPS, graph_status
+from harness.train.stacking import StackedTrainer
+from harness.train.trainer import Trainer
 
 
 class _Recording(TorchDispatchMode):
@@ -36,7 +37,7 @@ class _Recording(TorchDispatchMode):
         name = str(func)
         if name.startswith(SYNCING_OPS):
             raise RuntimeError(f"{name}: operation not permitted when stream is capturing")
-        for argument, value in zip(func._schema.arguments, list(args) + list(kwargs.values())):
+        for argument, value in zip(func._schema.arguments, list(args) + list(kwargs.values()), strict=False):
             if argument.alias_info is not None and argument.alias_info.is_write:
                 for t in tree_leaves(value):
                     if isinstance(t, torch.Tensor) and id(t) not in self.before:
@@ -73,7 +74,7 @@ class ReplayedOps:
             self.replays += 1
             for func, args, kwargs, captured in recording.ops:
                 result = func(*args, **kwargs)
-                for old, new in zip(tree_leaves(captured), tree_leaves(result)):
+                for old, new in zip(tree_leaves(captured), tree_leaves(result), strict=True):
                     if isinstance(old, torch.Tensor) and new.data_ptr() != old.data_ptr():
                         old.copy_(new)  # the kernel writes where the captured one wrote
 
@@ -83,8 +84,11 @@ class ReplayedOps:
 CASES = {
     "bigram-english": ("tinyshakespeare", {"kind": "bigram"}, {}),  # dense pair counts
     "ffn-korean": ("korean-chatbot", {"kind": "ffn"}, {}),  # a 1,265-character table
-    "gpt-clip-cosine": ("tinyshakespeare", {"kind": "gpt", "n_layer": 1, "n_head": 2, "n_embd": 16, "dropout": 0.0},
-                        {"grad_clip": 0.05, "lr_schedule": "cosine", "warmup_steps": 5, "lr": 3e-3}),
+    "gpt-clip-cosine": (
+        "tinyshakespeare",
+        {"kind": "gpt", "n_layer": 1, "n_head": 2, "n_embd": 16, "dropout": 0.0},
+        {"grad_clip": 0.05, "lr_schedule": "cosine", "warmup_steps": 5, "lr": 3e-3},
+    ),
 }
 STEPS = 24
 
@@ -119,7 +123,7 @@ def test_a_replayed_step_trains_exactly_as_the_eager_step(case, data_dir):
     assert graph_status(graphed) == "replayed" and graph_status(eager) is None  # the run's cuda_graphs tag
     # bit for bit against the same steps run eagerly with the same optimizer
     assert torch.equal(graphed.state.step_losses, same_optimizer.state.step_losses)
-    for a, b in zip(graphed.model.parameters(), same_optimizer.model.parameters()):
+    for a, b in zip(graphed.model.parameters(), same_optimizer.model.parameters(), strict=True):
         assert torch.equal(a, b)
     # capturable AdamW computes its bias correction in float32 tensors: 1.4e-6 from the default after 24 steps
     torch.testing.assert_close(graphed.state.step_losses, eager.state.step_losses, rtol=0, atol=1e-5)
@@ -142,11 +146,12 @@ def test_the_stand_in_catches_a_step_input_that_is_not_refreshed(data_dir):
 def test_the_stand_in_catches_a_schedule_whose_lr_the_graph_never_reads(data_dir, monkeypatch):
     """A trainer that gives the optimizer a new lr tensor each step, instead of filling the one the graph read,
     trains at the capture step's lr from then on: the stand-in must show it, as a CUDA graph would."""
+
     def replace_lr(optimizer, lr):
         for group in optimizer.param_groups:
             group["lr"] = torch.tensor(lr) if torch.is_tensor(group["lr"]) else lr
 
-    monkeypatch.setattr("harness.train.set_lr", replace_lr)
+    monkeypatch.setattr("harness.train.trainer.set_lr", replace_lr)
     corpus = load_corpus(DataConfig("tinyshakespeare"), data_dir)
     train = {"lr_schedule": "cosine", "warmup_steps": 5, "lr": 3e-3}
     graphed = trainer(corpus, {"kind": "ffn"}, train, ReplayedOps())

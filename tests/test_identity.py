@@ -2,19 +2,20 @@
 
 from __future__ import annotations
 
+from conftest import EXPERIMENTS
 from mlflow.tracking import MlflowClient
 
-from harness.spec import expand, load_spec
+from harness.spec.expansion import expand
+from harness.spec.parsing import load_spec
 from harness.sweep import plan_sweep
-
-from conftest import EXPERIMENTS
 
 
 def test_a_run_recorded_under_the_old_hash_is_skipped_as_finished(mlflow_store):
     variants = expand(load_spec(EXPERIMENTS / "seed.yaml"))
     english = next(v for v in variants if v.id == "kind=bigram,batch_size=32,dataset=tinyshakespeare")
     korean = next(v for v in variants if v.id == "kind=bigram,batch_size=32,dataset=korean-chatbot")
-    # The v1 reference's config_hash of this variant (results/seed-ablations/runs.csv as committed in a10aa8f, seed 1337);
+    # The v1 reference's config_hash of this variant (results/seed-ablations/runs.csv
+    # as committed in a10aa8f, seed 1337);
     # the Korean one has none: its split changed, so no old run trained what it trains now.
     assert english.legacy_hash == "84aadc8ba6316399" and korean.legacy_hash is None
     client = MlflowClient(mlflow_store)

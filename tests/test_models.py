@@ -13,9 +13,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from harness.data import DataConfig, load_corpus
-from harness.gpt import GPTLanguageModel
-from harness.models import MODEL_KINDS, CharLanguageModel, ModelConfig, build_model, count_parameters
+from harness.data.corpora import DataConfig, load_corpus
+from harness.models.base import CharLanguageModel
+from harness.models.config import ModelConfig
+from harness.models.gpt import GPTLanguageModel
+from harness.models.registry import MODEL_KINDS, build_model, count_parameters
 
 V, T, C = 65, 8, 32  # Tiny Shakespeare's vocabulary, the lecture's block size and n_embd
 
@@ -23,12 +25,12 @@ V, T, C = 65, 8, 32  # Tiny Shakespeare's vocabulary, the lecture's block size a
 # scores scaled by n_embd, PyTorch's default init, no LayerNorm until its own rung.
 LECTURE = dict(kind="gpt", n_embd=C, attention_scale="n_embd", init="pytorch", layer_norm="none", dropout=0.0)
 RUNGS = {
-    "bigram-factored": dict(n_layer=0),                                                        # 28e5fd7
-    "one-head": dict(n_layer=1, n_head=1, feed_forward=False, residual=False),                 # 10024b1
-    "multi-head": dict(n_layer=1, n_head=4, feed_forward=False, residual=False),               # a6e0bee
-    "feed-forward": dict(n_layer=1, n_head=4, ffn_multiplier=1, residual=False),               # 97dd3f9
-    "3-blocks": dict(n_layer=3, n_head=4, ffn_multiplier=1, residual=False),                   # the video
-    "residual": dict(n_layer=3, n_head=4, ffn_multiplier=4, residual=True),                    # 5c3a2d2
+    "bigram-factored": dict(n_layer=0),  # 28e5fd7
+    "one-head": dict(n_layer=1, n_head=1, feed_forward=False, residual=False),  # 10024b1
+    "multi-head": dict(n_layer=1, n_head=4, feed_forward=False, residual=False),  # a6e0bee
+    "feed-forward": dict(n_layer=1, n_head=4, ffn_multiplier=1, residual=False),  # 97dd3f9
+    "3-blocks": dict(n_layer=3, n_head=4, ffn_multiplier=1, residual=False),  # the video
+    "residual": dict(n_layer=3, n_head=4, ffn_multiplier=4, residual=True),  # 5c3a2d2
     "layer-norm": dict(n_layer=3, n_head=4, ffn_multiplier=4, residual=True, layer_norm="pre"),  # 0016836
 }
 
@@ -52,17 +54,26 @@ VALID = [s for s in SWITCHES if s[1] or s[2]]
 
 @pytest.mark.parametrize("position_embedding,attention,feed_forward,residual,layer_norm", VALID)
 def test_logits_never_read_the_future(position_embedding, attention, feed_forward, residual, layer_norm):
-    config = ModelConfig(kind="gpt", n_layer=2, n_head=2, n_embd=8, position_embedding=position_embedding,
-                         attention=attention, feed_forward=feed_forward, residual=residual,
-                         layer_norm=layer_norm, ffn_multiplier=2 if residual else 1,
-                         init="pytorch")  # nanoGPT's small weights without LayerNorm move logits by ~1e-6 only
+    config = ModelConfig(
+        kind="gpt",
+        n_layer=2,
+        n_head=2,
+        n_embd=8,
+        position_embedding=position_embedding,
+        attention=attention,
+        feed_forward=feed_forward,
+        residual=residual,
+        layer_norm=layer_norm,
+        ffn_multiplier=2 if residual else 1,
+        init="pytorch",
+    )  # nanoGPT's small weights without LayerNorm move logits by ~1e-6 only
     model = gpt(config)
     g = torch.Generator().manual_seed(1)
     idx = torch.randint(V, (3, T), generator=g)
     logits, _ = model(idx)
     for t in range(T):
         changed = idx.clone()
-        changed[:, t + 1:] = (idx[:, t + 1:] + 1 + torch.randint(V - 1, (3, T - t - 1), generator=g)) % V
+        changed[:, t + 1 :] = (idx[:, t + 1 :] + 1 + torch.randint(V - 1, (3, T - t - 1), generator=g)) % V
         torch.testing.assert_close(model(changed)[0][:, : t + 1], logits[:, : t + 1], rtol=0, atol=1e-6)
     # The past: with attention, position T-1 reads token 0; without it, each position reads only its own token.
     earlier = idx.clone()
@@ -131,8 +142,13 @@ def test_each_rung_of_the_ladder_adds_what_the_lecture_added():
         "layer-norm": tok + pos + 3 * (ln + qkv + proj + ln + ffn_4) + ln + lm_head,
     }
     assert expected == {
-        "bigram-factored": 4481, "one-head": 7553, "multi-head": 7553, "feed-forward": 8609,
-        "3-blocks": 16865, "residual": 41921, "layer-norm": 42369,
+        "bigram-factored": 4481,
+        "one-head": 7553,
+        "multi-head": 7553,
+        "feed-forward": 8609,
+        "3-blocks": 16865,
+        "residual": 41921,
+        "layer-norm": 42369,
     }
     assert {name: count_parameters(gpt(rung(name))) for name in RUNGS} == expected
 
@@ -148,10 +164,14 @@ def test_each_switch_changes_the_count_by_its_layers():
         "attention": (dict(attention=False), -3 * per_block_attention),
         "feed_forward": (dict(feed_forward=False), -3 * per_block_ffn),
         # residual off: no projection, and the feed-forward becomes Linear(32, 32) (multiplier 1)
-        "residual": (dict(residual=False, ffn_multiplier=1),
-                     -3 * ((C * C + C) + (C * 4 * C + 4 * C) + (4 * C * C + C) - (C * C + C))),
-        "ffn_multiplier": (dict(ffn_multiplier=2),  # 128 -> 64 hidden units
-                           3 * (((C * 2 * C + 2 * C) + (2 * C * C + C)) - ((C * 4 * C + 4 * C) + (4 * C * C + C)))),
+        "residual": (
+            dict(residual=False, ffn_multiplier=1),
+            -3 * ((C * C + C) + (C * 4 * C + 4 * C) + (4 * C * C + C) - (C * C + C)),
+        ),
+        "ffn_multiplier": (
+            dict(ffn_multiplier=2),  # 128 -> 64 hidden units
+            3 * (((C * 2 * C + 2 * C) + (2 * C * C + C)) - ((C * 4 * C + 4 * C) + (4 * C * C + C))),
+        ),
         "layer_norm": (dict(layer_norm="none"), -(3 * 2 + 1) * 2 * C),  # 2 per block and the final one
         # no bias in: projection (32), Linear(32, 128) (128), Linear(128, 32) (32), 7 LayerNorms (32), lm_head (65)
         "bias": (dict(bias=False), -(3 * (C + 4 * C + C + 2 * C) + C + V)),
@@ -178,8 +198,16 @@ def test_the_lectures_final_model_has_its_printed_parameter_count():
     block = (2 * n) + 3 * n * n + (n * n + n) + (2 * n) + (n * 4 * n + 4 * n) + (4 * n * n + n)
     by_hand = V * n + ctx * n + L * block + 2 * n + (n * V + V)
     assert by_hand == 10_788_929
-    config = ModelConfig(kind="gpt", n_layer=L, n_head=6, n_embd=n, dropout=0.2, layer_norm="pre",
-                         attention_scale="n_embd", init="pytorch")
+    config = ModelConfig(
+        kind="gpt",
+        n_layer=L,
+        n_head=6,
+        n_embd=n,
+        dropout=0.2,
+        layer_norm="pre",
+        attention_scale="n_embd",
+        init="pytorch",
+    )
     with torch.device("meta"):  # counts without allocating 43 MB
         assert count_parameters(build_model(config, V, ctx)) == 10_788_929
 
@@ -206,7 +234,7 @@ def test_generate_crops_to_the_context():
     out = model.generate(prompt, 2 * T, torch.Generator().manual_seed(5))
     assert out.shape == (1, 5 * T) and seen == [T] * (2 * T)
     cropped = model.generate(prompt[:, -T:], 2 * T, torch.Generator().manual_seed(5))
-    assert torch.equal(out[:, 3 * T:], cropped[:, T:])  # the tokens before the context never mattered
+    assert torch.equal(out[:, 3 * T :], cropped[:, T:])  # the tokens before the context never mattered
 
 
 def test_position_wise_models_see_one_token():
@@ -249,30 +277,36 @@ def test_a_model_that_does_not_declare_position_wise_fails_with_its_name():
     assert all(build_model(ModelConfig(k), V, T).context_length == T for k in MODEL_KINDS)
 
 
-@pytest.mark.parametrize("setting,key,words", [
-    (dict(n_embd=30, n_head=4), "n_embd", "divisible by model.n_head (4)"),
-    (dict(n_head=0), "n_head", ">= 1"),
-    (dict(n_embd=0), "n_embd", ">= 1"),
-    (dict(n_layer=-1), "n_layer", ">= 0"),
-    (dict(ffn_multiplier=0), "ffn_multiplier", ">= 1"),
-    (dict(dropout=1.0), "dropout", "[0, 1)"),
-    (dict(dropout=-0.1), "dropout", "[0, 1)"),
-    (dict(layer_norm="post"), "layer_norm", "choices: none, pre"),
-    (dict(init="xavier"), "init", "choices: pytorch, nanogpt"),
-    (dict(attention_scale="C"), "attention_scale", "choices: head_size, n_embd"),
-    (dict(residual=False, ffn_multiplier=4), "ffn_multiplier", "model.residual: false"),
-    (dict(attention=False, feed_forward=False), "attention", "model.n_layer: 0"),
-])
+@pytest.mark.parametrize(
+    "setting,key,words",
+    [
+        (dict(n_embd=30, n_head=4), "n_embd", "divisible by model.n_head (4)"),
+        (dict(n_head=0), "n_head", ">= 1"),
+        (dict(n_embd=0), "n_embd", ">= 1"),
+        (dict(n_layer=-1), "n_layer", ">= 0"),
+        (dict(ffn_multiplier=0), "ffn_multiplier", ">= 1"),
+        (dict(dropout=1.0), "dropout", "[0, 1)"),
+        (dict(dropout=-0.1), "dropout", "[0, 1)"),
+        (dict(layer_norm="post"), "layer_norm", "choices: none, pre"),
+        (dict(init="xavier"), "init", "choices: pytorch, nanogpt"),
+        (dict(attention_scale="C"), "attention_scale", "choices: head_size, n_embd"),
+        (dict(residual=False, ffn_multiplier=4), "ffn_multiplier", "model.residual: false"),
+        (dict(attention=False, feed_forward=False), "attention", "model.n_layer: 0"),
+    ],
+)
 def test_config_errors_name_the_key(setting, key, words):
     problems = dict(ModelConfig(kind="gpt", **setting).problems())
     assert key in problems and words in problems[key], problems
 
 
-@pytest.mark.parametrize("setting", [
-    dict(n_layer=0, attention=False, feed_forward=False),  # no blocks: the block switches mean nothing
-    dict(residual=False, feed_forward=False),  # ffn_multiplier is not read without a feed-forward
-    dict(n_embd=30, n_head=4, attention=False),  # nor n_head without attention
-])
+@pytest.mark.parametrize(
+    "setting",
+    [
+        dict(n_layer=0, attention=False, feed_forward=False),  # no blocks: the block switches mean nothing
+        dict(residual=False, feed_forward=False),  # ffn_multiplier is not read without a feed-forward
+        dict(n_embd=30, n_head=4, attention=False),  # nor n_head without attention
+    ],
+)
 def test_settings_that_are_not_read_are_not_errors(setting):
     assert ModelConfig(kind="gpt", **setting).problems() == []
     assert ModelConfig(kind="bigram", n_embd=30).problems() == []  # gpt keys are checked for kind gpt only

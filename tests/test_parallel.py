@@ -13,20 +13,33 @@ import textwrap
 from collections import Counter
 
 import pytest
+from conftest import EXPERIMENTS
 from mlflow.tracking import MlflowClient
 
-from harness.spec import expand, load_spec, with_seeds
+from harness.spec.expansion import expand, with_seeds
+from harness.spec.parsing import load_spec
 from harness.sweep import longest_first, plan_units, preflight
-
-from conftest import EXPERIMENTS
 
 # 200 steps with an evaluation every 5 (the overrides below): 41 points per loss curve (steps 0, 5, ..., 200),
 # one batch loss per step, and each end-of-run number once, at step 0 (as MLflow logs a stepless metric).
 EVALS = list(range(0, 201, 5))
-SUMMARIES = ("train_loss", "val_loss", "bigram_floor", "excess_loss", "loss_noise", "eval_tokens",
-             "train_time_s", "steps_per_s", "tokens_per_s")
-EXPECTED = {"loss/train": EVALS, "loss/val": EVALS, "loss/batch": list(range(1, 201)),
-            **{f"summary/{name}": [0] for name in SUMMARIES}}
+SUMMARIES = (
+    "train_loss",
+    "val_loss",
+    "bigram_floor",
+    "excess_loss",
+    "loss_noise",
+    "eval_tokens",
+    "train_time_s",
+    "steps_per_s",
+    "tokens_per_s",
+)
+EXPECTED = {
+    "loss/train": EVALS,
+    "loss/val": EVALS,
+    "loss/batch": list(range(1, 201)),
+    **{f"summary/{name}": [0] for name in SUMMARIES},
+}
 PER_RUN = 2 * 41 + 200 + 9
 
 
@@ -38,9 +51,26 @@ def test_four_workers_into_sqlite_lose_no_run_and_no_point(tmp_path, data_dir):
     env = {**os.environ, "MLFLOW_TRACKING_URI": uri}
     if data_dir:
         env["HARNESS_DATA_DIR"] = str(data_dir)
-    proc = subprocess.run([sys.executable, "-m", "harness", "run", str(spec), *(f"{k}={v}" for k, v in overrides.items()), "--jobs", "4", "--no-progress",
-                           "--results-dir", str(tmp_path / "results")], cwd=tmp_path, env=env, capture_output=True,
-                          text=True, timeout=900)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "harness",
+            "run",
+            str(spec),
+            *(f"{k}={v}" for k, v in overrides.items()),
+            "--jobs",
+            "4",
+            "--no-progress",
+            "--results-dir",
+            str(tmp_path / "results"),
+        ],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
     assert proc.returncode == 0, proc.stdout + proc.stderr
 
     variants = {v.config.config_hash(): v for v in expand(load_spec(spec), overrides)}
@@ -90,8 +120,16 @@ def test_four_raw_writers_with_small_batches_lose_nothing(tmp_path):
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     client = MlflowClient(uri)
     experiment_id = client.create_experiment("writers")
-    procs = [subprocess.Popen([sys.executable, "-c", WRITER, uri, experiment_id, str(i)], stdout=subprocess.PIPE,
-                              stderr=subprocess.PIPE, text=True, cwd=tmp_path) for i in range(4)]
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", WRITER, uri, experiment_id, str(i)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            cwd=tmp_path,
+        )
+        for i in range(4)
+    ]
     run_ids = []
     for proc in procs:
         out, err = proc.communicate(timeout=600)
@@ -106,7 +144,7 @@ def test_four_raw_writers_with_small_batches_lose_nothing(tmp_path):
 
 def test_retrying_waits_out_a_locked_database_and_raises_anything_else(monkeypatch):
     """SQLite's own busy wait (20 s in MLflow) covers most contention; past it, ``retrying`` tries again."""
-    from harness import tracking
+    from harness.tracking import store as tracking
 
     monkeypatch.setattr(tracking.time, "sleep", lambda s: None)
     calls = []

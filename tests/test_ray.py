@@ -19,8 +19,9 @@ from mlflow.tracking import MlflowClient
 
 from harness.cli import main
 from harness.executors.ray import absolute_uri, wants_gpu
-from harness.spec import expand, load_spec
-from harness.checkpoints import LocalCheckpoints
+from harness.spec.expansion import expand
+from harness.spec.parsing import load_spec
+from harness.tracking.checkpoints import LocalCheckpoints
 
 # Before Ray is imported: keep the test's Ray instance (and the sweeps that join it) on 127.0.0.1. On Linux
 # Ray otherwise binds to this machine's network address, and resolves even _node_ip_address="127.0.0.1" to it.
@@ -56,13 +57,17 @@ def _no_runs(uri: str) -> bool:
 
 
 @pytest.mark.parametrize("problem", ["not-installed", "dead-address"])
-def test_ray_missing_or_unreachable_exits_2_before_any_run(problem, tmp_path, mlflow_store, data_dir, monkeypatch, capsys):
+def test_ray_missing_or_unreachable_exits_2_before_any_run(
+    problem, tmp_path, mlflow_store, data_dir, monkeypatch, capsys
+):
     if problem == "not-installed":
         monkeypatch.setitem(sys.modules, "ray", None)  # import ray -> ImportError
         address, expected = [], "pip install 'nanoko-harness[ray]'"
     else:
         ray = pytest.importorskip("ray")
-        monkeypatch.setattr(ray, "init", lambda *a, **k: pytest.fail("ray.init retries a dead address for many minutes"))
+        monkeypatch.setattr(
+            ray, "init", lambda *a, **k: pytest.fail("ray.init retries a dead address for many minutes")
+        )
         with socket.socket() as s:  # a loopback port where nothing listens
             s.bind(("127.0.0.1", 0))
             port = s.getsockname()[1]
@@ -70,7 +75,9 @@ def test_ray_missing_or_unreachable_exits_2_before_any_run(problem, tmp_path, ml
     spec = tmp_path / "spec.yaml"
     spec.write_text(textwrap.dedent(SPEC.format(name="no-ray", steps=10, every=0)), encoding="utf-8")
     data = ["--data-dir", str(data_dir)] if data_dir else []
-    code = main(["run", str(spec), "--executor", "ray", *address, "--no-progress", "--results-dir", str(tmp_path / "r"), *data])
+    code = main(
+        ["run", str(spec), "--executor", "ray", *address, "--no-progress", "--results-dir", str(tmp_path / "r"), *data]
+    )
     err = capsys.readouterr().err
     assert code == 2 and expected in err and "Traceback" not in err, err
     assert _no_runs(mlflow_store), "no parent run for a sweep that never started"
@@ -92,8 +99,22 @@ def _sweep(tmp_path: Path, spec: Path, address: str, data_dir) -> tuple[list[str
     env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}"}
     if data_dir:
         env["HARNESS_DATA_DIR"] = str(data_dir)
-    command = [sys.executable, "-m", "harness", "run", str(spec), "--executor", "ray", "--ray-address", address,
-               "--no-progress", "--checkpoint-dir", str(tmp_path / "ckpt"), "--results-dir", str(tmp_path / "results")]
+    command = [
+        sys.executable,
+        "-m",
+        "harness",
+        "run",
+        str(spec),
+        "--executor",
+        "ray",
+        "--ray-address",
+        address,
+        "--no-progress",
+        "--checkpoint-dir",
+        str(tmp_path / "ckpt"),
+        "--results-dir",
+        str(tmp_path / "results"),
+    ]
     return command, env
 
 
@@ -130,12 +151,21 @@ def test_ctrl_c_cancels_ray_tasks_and_their_runs_end_killed(ray_cluster, tmp_pat
     spec.write_text(textwrap.dedent(SPEC.format(name="ray-ctrl-c", steps=200_000, every=500)), encoding="utf-8")
     variants = expand(load_spec(spec))
     command, env = _sweep(tmp_path, spec, ray_cluster, data_dir)
-    proc = subprocess.Popen(command, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            start_new_session=True)
+    proc = subprocess.Popen(
+        command,
+        cwd=tmp_path,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
     try:
         deadline = time.monotonic() + 600
         while not any(LocalCheckpoints(tmp_path / "ckpt").path(v).exists() for v in variants):  # a task is training
-            assert proc.poll() is None and time.monotonic() < deadline, proc.stdout.read() if proc.poll() is not None else "timeout"
+            assert proc.poll() is None and time.monotonic() < deadline, (
+                proc.stdout.read() if proc.poll() is not None else "timeout"
+            )
             time.sleep(0.05)
         os.killpg(proc.pid, signal.SIGINT)  # reaches the driver only: the tasks run in the cluster's workers
         out, _ = proc.communicate(timeout=600)
@@ -146,7 +176,9 @@ def test_ctrl_c_cancels_ray_tasks_and_their_runs_end_killed(ray_cluster, tmp_pat
     assert proc.returncode == 130, out
     runs = _runs(env["MLFLOW_TRACKING_URI"], "ray-ctrl-c")
     children = [r for r in runs if "config_hash" in r.data.tags]
-    assert children and all(r.info.status == "KILLED" for r in runs), [(r.data.tags.get("variant"), r.info.status) for r in runs]
+    assert children and all(r.info.status == "KILLED" for r in runs), [
+        (r.data.tags.get("variant"), r.info.status) for r in runs
+    ]
 
 
 @pytest.mark.slow
@@ -154,8 +186,10 @@ def test_two_ray_drivers_on_one_spec_train_each_variant_once(ray_cluster, tmp_pa
     spec = tmp_path / "spec.yaml"
     spec.write_text(textwrap.dedent(SPEC.format(name="two-drivers", steps=30, every=0)), encoding="utf-8")
     command, env = _sweep(tmp_path, spec, ray_cluster, data_dir)
-    drivers = [subprocess.Popen(command, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-               for _ in range(2)]
+    drivers = [
+        subprocess.Popen(command, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        for _ in range(2)
+    ]
     outs = [driver.communicate(timeout=600)[0] for driver in drivers]
     assert [driver.returncode for driver in drivers] == [0, 0], outs
     children = [r for r in _runs(env["MLFLOW_TRACKING_URI"], "two-drivers") if "config_hash" in r.data.tags]

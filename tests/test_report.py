@@ -6,32 +6,48 @@ import math
 import re
 import shutil
 from pathlib import Path
+from types import SimpleNamespace
 
 import pandas as pd
 import pytest
 from mlflow.tracking import MlflowClient
 
-from types import SimpleNamespace
-
-from harness import analysis, plots
 from harness.cli import main
-from harness.report import (display_command, display_path, factor_table, ladder_view, md_text, overrides_folder,
-                            pre_block, runs_table, scrub_paths)
 from harness.metrics import mlflow_key
-from harness.report import write_report
-from harness.spec import expand, load_spec
+from harness.report import analysis, plots
+from harness.report.tables import (
+    display_command,
+    display_path,
+    factor_table,
+    ladder_view,
+    md_text,
+    overrides_folder,
+    pre_block,
+    runs_table,
+    scrub_paths,
+    write_report,
+)
+from harness.spec.expansion import expand
+from harness.spec.parsing import load_spec
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 SMOKE = PROJECT_ROOT / "experiments" / "smoke.yaml"
 # 40 steps: every variant of the grid in seconds (loss_noise may be NaN that short, and the report says why);
 # one torch thread because a second one only spins when the machine is busy; short windows because the loss
 # is position-wise.
-TINY = ["train.steps=40", "train.eval_interval=10", "train.device=cpu", "train.threads=1",
-        "train.context_length=16", "sample.max_new_tokens=30"]
+TINY = [
+    "train.steps=40",
+    "train.eval_interval=10",
+    "train.device=cpu",
+    "train.threads=1",
+    "train.context_length=16",
+    "sample.max_new_tokens=30",
+]
 HANGUL = re.compile("[\uac00-\ud7a3]")
 
 
 # -- statistics on hand-made tables -------------------------------------------------------------------------
+
 
 def test_mean_ci_matches_textbook_t_intervals():
     # t_{0.975, 2} = 4.303 and t_{0.975, 1} = 12.706 from a printed t table; the intervals worked by hand.
@@ -62,11 +78,24 @@ def _grid_table() -> pd.DataFrame:
         for batch in (32, 128):
             for seed in (1, 2):
                 val = 3.0 + (1.0 if model == "ffn" else 0.0) - (0.1 if batch == 128 else 0.0) + noise[seed]
-                rows.append({"variant": f"{model},{batch},{seed}", "setting": f"kind={model},batch_size={batch}",
-                             "status": "FINISHED", "model.kind": model, "train.batch_size": batch, "train.seed": seed,
-                             "final_train_loss": val - 0.05, "final_val_loss": val, "excess_loss": val - 2.5,
-                             "loss_noise": 0.05 if batch == 32 else 0.02 + noise[seed] / 10, "bigram_floor": 2.45,
-                             "steps_run": 50_000, "val_change_last_10pct": -0.001, "near_convergence": True})
+                rows.append(
+                    {
+                        "variant": f"{model},{batch},{seed}",
+                        "setting": f"kind={model},batch_size={batch}",
+                        "status": "FINISHED",
+                        "model.kind": model,
+                        "train.batch_size": batch,
+                        "train.seed": seed,
+                        "final_train_loss": val - 0.05,
+                        "final_val_loss": val,
+                        "excess_loss": val - 2.5,
+                        "loss_noise": 0.05 if batch == 32 else 0.02 + noise[seed] / 10,
+                        "bigram_floor": 2.45,
+                        "steps_run": 50_000,
+                        "val_change_last_10pct": -0.001,
+                        "near_convergence": True,
+                    }
+                )
     return pd.DataFrame(rows)
 
 
@@ -147,10 +176,22 @@ def _ladder_table() -> pd.DataFrame:
     for corpus, shift in (("tinyshakespeare", 0.0), ("korean-chatbot", 0.4)):
         for level, val in reversed(published.items()):  # rows in reverse: the order must come from ORDER
             for seed, noise in ((1, 0.01), (2, -0.01)):
-                rows.append({"variant": f"{level},{corpus},{seed}", "setting": f"rung={level},dataset={corpus}",
-                             "status": "FINISHED", "rung": level, "data.dataset": corpus, "train.seed": seed,
-                             "final_val_loss": val + shift + noise, "loss_noise": 0.01, "bigram_floor": 2.45,
-                             "steps_run": 5000, "val_change_last_10pct": -0.002, "near_convergence": True})
+                rows.append(
+                    {
+                        "variant": f"{level},{corpus},{seed}",
+                        "setting": f"rung={level},dataset={corpus}",
+                        "status": "FINISHED",
+                        "rung": level,
+                        "data.dataset": corpus,
+                        "train.seed": seed,
+                        "final_val_loss": val + shift + noise,
+                        "loss_noise": 0.01,
+                        "bigram_floor": 2.45,
+                        "steps_run": 5000,
+                        "val_change_last_10pct": -0.002,
+                        "near_convergence": True,
+                    }
+                )
     return pd.DataFrame(rows)
 
 
@@ -158,8 +199,14 @@ ORDER = {"rung": ["table", "mlp", "deeper"]}
 
 
 def test_named_axis_compares_each_level_with_the_previous_one():
-    effects = analysis.effects(_ladder_table(), ["rung", "data.dataset"], "train.seed", metrics=["final_val_loss"],
-                               data=["data.dataset"], orders=ORDER)
+    effects = analysis.effects(
+        _ladder_table(),
+        ["rung", "data.dataset"],
+        "train.seed",
+        metrics=["final_val_loss"],
+        data=["data.dataset"],
+        orders=ORDER,
+    )
     english = effects[(effects["kind"] == "treatment") & (effects["data"] == "dataset=tinyshakespeare")]
     steps = {(r.level, r.baseline): r.mean_difference for r in english.itertuples()}
     assert steps == {("mlp", "table"): pytest.approx(-0.10), ("deeper", "mlp"): pytest.approx(-0.12)}
@@ -168,8 +215,14 @@ def test_named_axis_compares_each_level_with_the_previous_one():
 
 
 def test_references_give_measured_ci_published_and_difference():
-    refs = [SimpleNamespace(match={"rung": "mlp", "data.dataset": "tinyshakespeare"}, metric="final_val_loss",
-                            value=2.38, source="lecture v2.py @a6e0bee")]
+    refs = [
+        SimpleNamespace(
+            match={"rung": "mlp", "data.dataset": "tinyshakespeare"},
+            metric="final_val_loss",
+            value=2.38,
+            source="lecture v2.py @a6e0bee",
+        )
+    ]
     table = _ladder_table()
     found = analysis.references(table, refs).iloc[0]
     assert found["n"] == 2 and found["measured_mean"] == pytest.approx(2.40)
@@ -185,15 +238,28 @@ def test_references_give_measured_ci_published_and_difference():
 
 def test_ladder_rows_keep_the_written_order_with_one_column_group_per_corpus():
     table = _ladder_table()
-    refs = [SimpleNamespace(match={"rung": "mlp", "data.dataset": "tinyshakespeare"}, metric="final_val_loss",
-                            value=2.38, source="lecture")]
-    effects = analysis.effects(table, ["rung", "data.dataset"], "train.seed", metrics=["final_val_loss"],
-                               data=["data.dataset"], orders=ORDER)
+    refs = [
+        SimpleNamespace(
+            match={"rung": "mlp", "data.dataset": "tinyshakespeare"},
+            metric="final_val_loss",
+            value=2.38,
+            source="lecture",
+        )
+    ]
+    effects = analysis.effects(
+        table, ["rung", "data.dataset"], "train.seed", metrics=["final_val_loss"], data=["data.dataset"], orders=ORDER
+    )
     ladder = ladder_view(table, effects, "rung", ORDER["rung"], ["data.dataset"], refs)
     assert list(ladder["rung"]) == ["table", "mlp", "deeper"]
-    assert list(ladder.columns) == ["rung", "tinyshakespeare [95% CI]", "tinyshakespeare published",
-                                    "tinyshakespeare change from previous", "korean-chatbot [95% CI]",
-                                    "korean-chatbot change from previous", "near convergence"]
+    assert list(ladder.columns) == [
+        "rung",
+        "tinyshakespeare [95% CI]",
+        "tinyshakespeare published",
+        "tinyshakespeare change from previous",
+        "korean-chatbot [95% CI]",
+        "korean-chatbot change from previous",
+        "near convergence",
+    ]
     mlp = ladder.iloc[1]
     assert mlp["tinyshakespeare [95% CI]"] == "2.4000 [2.2729, 2.5271]"
     assert mlp["tinyshakespeare published"] == "2.3800" and ladder.iloc[0]["tinyshakespeare published"] == "-"
@@ -202,6 +268,7 @@ def test_ladder_rows_keep_the_written_order_with_one_column_group_per_corpus():
 
 
 # -- convergence: the rule behind every verdict ----------------------------------------------------------------
+
 
 def _curve(steps: int, every: int, start: float, per_step: float) -> pd.DataFrame:
     points = list(range(0, steps + 1, every))
@@ -212,8 +279,11 @@ def test_val_movement_is_the_change_over_the_last_tenth_of_the_steps():
     # 300 steps evaluated every 6: the last 10% starts after step 270; 30 steps at -0.001 per step = -0.03 nats.
     assert analysis.val_movement(_curve(300, 6, 4.2, 0.001)) == (300, pytest.approx(-0.03))
     # Evaluated every 40: the last point at or before step 270 is 240, so the change covers 60 steps.
-    assert analysis.val_movement(_curve(300, 40, 4.2, 0.001)[lambda c: c["step"] <= 280].pipe(
-        lambda c: pd.concat([c, pd.DataFrame({"step": [300], "value": [3.9]})]))) == (300, pytest.approx(-0.06))
+    assert analysis.val_movement(
+        _curve(300, 40, 4.2, 0.001)[lambda c: c["step"] <= 280].pipe(
+            lambda c: pd.concat([c, pd.DataFrame({"step": [300], "value": [3.9]})])
+        )
+    ) == (300, pytest.approx(-0.06))
     steps, change = analysis.val_movement(pd.DataFrame({"step": [300], "value": [3.9]}))
     assert steps == 300 and math.isnan(change)
     # 100 steps of a spec that evaluates every 250: points at 0 and 100 only; a change since step 0 is not the
@@ -233,7 +303,13 @@ def test_runs_still_moving_get_too_short_to_judge_not_a_verdict():
     text = "\n".join(s for sentences in answers.values() for s in sentences)
     assert text.count("too short to judge") == 4  # two corpora, the batch question, closest to the floor
     assert "8 of 16 runs were still moving" in text and "0.0400 nats over the last 10% of their 300 steps" in text
-    for verdict in ("the FFN is worse", "the FFN is better", "cannot tell", "oscillates less", "Closest to the floor: kind"):
+    for verdict in (
+        "the FFN is worse",
+        "the FFN is better",
+        "cannot tell",
+        "oscillates less",
+        "Closest to the floor: kind",
+    ):
         assert verdict not in text
     assert "+1.0000" in text  # the number is still shown
 
@@ -254,10 +330,14 @@ def test_context_models_below_the_floor_are_said_to_be_below():
 
 
 def test_every_plot_draws_the_bigram_floor():
-    table = _ladder_table().assign(run_id=lambda t: t["variant"], bigram_floor=lambda t: t["data.dataset"].map(
-        {"tinyshakespeare": 2.45, "korean-chatbot": 2.76}))
-    histories = {r: {"val_loss": _curve(5000, 100, 3.0, 0.0001), "train_loss": _curve(5000, 100, 2.9, 0.0001)}
-                 for r in table["run_id"]}
+    table = _ladder_table().assign(
+        run_id=lambda t: t["variant"],
+        bigram_floor=lambda t: t["data.dataset"].map({"tinyshakespeare": 2.45, "korean-chatbot": 2.76}),
+    )
+    histories = {
+        r: {"val_loss": _curve(5000, 100, 3.0, 0.0001), "train_loss": _curve(5000, 100, 2.9, 0.0001)}
+        for r in table["run_id"]
+    }
     factors = ["rung", "data.dataset"]
     for factor in factors:
         figure = plots.loss_curves(table, histories, factor, factors)
@@ -315,7 +395,9 @@ def test_zip_group_is_one_factor_and_list_values_group(tmp_path):
         "base: {data: {dataset: tinyshakespeare}, model: {kind: ffn}, train: {steps: 40, device: cpu}}\n"
         "grid: {model.hidden_sizes: [[8], [16, 8]]}\n"
         "zip: {train.batch_size: [32, 128], train.lr: [0.001, 0.002]}\n"
-        "seeds: [1, 2]\n", encoding="utf-8")
+        "seeds: [1, 2]\n",
+        encoding="utf-8",
+    )
     spec = load_spec(spec_path)
     variants = expand(spec)
     table, factors, seed = factor_table(runs_table(pd.DataFrame(), variants), spec, variants)
@@ -335,48 +417,74 @@ def levels_of(table, factor):
 
 # -- paths and folders --------------------------------------------------------------------------------------
 
+
 def test_committed_text_holds_no_machine_paths():
     root = str(PROJECT_ROOT)
     assert display_path(f"{root}/experiments/seed.yaml") == "experiments/seed.yaml"
     assert display_path("/somewhere/else/data") == ".../data"
-    assert display_command(f"/tmp/x/harness/__main__.py run {root}/experiments/seed.yaml --data-dir /srv/data") == \
-        "harness run experiments/seed.yaml --data-dir .../data"
-    assert scrub_paths(f'File "{root}/harness/train.py", line 3, ratio 1/2') == 'File "harness/train.py", line 3, ratio 1/2'
+    assert (
+        display_command(f"/tmp/x/harness/__main__.py run {root}/experiments/seed.yaml --data-dir /srv/data")
+        == "harness run experiments/seed.yaml --data-dir .../data"
+    )
+    assert (
+        scrub_paths(f'File "{root}/harness/train.py", line 3, ratio 1/2')
+        == 'File "harness/train.py", line 3, ratio 1/2'
+    )
 
 
 def test_overrides_folder_is_a_short_stable_hash_of_overrides_and_seeds():
     first = overrides_folder({"train.steps": 500}, None)
     assert re.fullmatch(r"overrides-[0-9a-f]{8}", first)
     assert first == overrides_folder({"train.steps": 500}, None)
-    assert len({first, overrides_folder({"train.steps": 501}, None), overrides_folder({"train.steps": 500}, [1, 2])}) == 3
+    assert (
+        len({first, overrides_folder({"train.steps": 501}, None), overrides_folder({"train.steps": 500}, [1, 2])}) == 3
+    )
 
 
 # -- recorded runs without training: old and new metric names, named levels --------------------------------
 
+
 def _record(client: MlflowClient, experiment_id: str, variant, val: float, flat_names: bool) -> None:
-    """A FINISHED run as the harness logs one: before the metric sections (flat names) or after (loss/val, final/...)."""
+    """A FINISHED run as the harness logs one: before the metric sections (flat names) or after
+    (loss/val, final/...)."""
     from mlflow.entities import Metric
 
     name = (lambda key: key) if flat_names else mlflow_key
     run = client.create_run(experiment_id, tags={"config_hash": variant.config.config_hash(), "variant": variant.id})
-    curve = [Metric(name("val_loss"), val + 0.5 * (1000 - step) / 1000 if step < 900 else val + 0.001 * (1000 - step) / 100,
-                    0, step) for step in range(0, 1001, 100)]
-    finals = {"final_train_loss": val - 0.05, "final_val_loss": val, "bigram_floor": 2.45, "excess_loss": val - 2.5,
-              "loss_noise": 0.01, "eval_tokens": 100_000}
+    curve = [
+        Metric(
+            name("val_loss"),
+            val + 0.5 * (1000 - step) / 1000 if step < 900 else val + 0.001 * (1000 - step) / 100,
+            0,
+            step,
+        )
+        for step in range(0, 1001, 100)
+    ]
+    finals = {
+        "final_train_loss": val - 0.05,
+        "final_val_loss": val,
+        "bigram_floor": 2.45,
+        "excess_loss": val - 2.5,
+        "loss_noise": 0.01,
+        "eval_tokens": 100_000,
+    }
     client.log_batch(run.info.run_id, metrics=curve + [Metric(name(k), v, 0, 1000) for k, v in finals.items()])
     client.set_terminated(run.info.run_id, "FINISHED")
 
 
 def test_report_reads_stores_with_old_and_new_metric_names(mlflow_store, tmp_path):
     spec_path = tmp_path / "names.yaml"
-    spec_path.write_text("name: names\nbase: {data: {dataset: tinyshakespeare}, train: {steps: 1000}}\ngrid: {model.kind: [bigram, ffn]}\nseeds: [1, 2]\n",
-                         encoding="utf-8")
+    spec_path.write_text(
+        "name: names\nbase: {data: {dataset: tinyshakespeare}, train: {steps: 1000}}\n"
+        "grid: {model.kind: [bigram, ffn]}\nseeds: [1, 2]\n",
+        encoding="utf-8",
+    )
     spec = load_spec(spec_path)
     variants = expand(spec)
     client = MlflowClient(mlflow_store)
     experiment_id = client.create_experiment("names")
     values = [2.50, 2.52, 2.40, 2.41]  # FFN - bigram: -0.10 and -0.11, an interval below 0
-    for k, (variant, val) in enumerate(zip(variants, values)):
+    for k, (variant, val) in enumerate(zip(variants, values, strict=True)):
         _record(client, experiment_id, variant, val, flat_names=k % 2 == 0)
     report = write_report(mlflow_store, spec, variants, tmp_path / "results", log_to_mlflow=False)
     runs = pd.read_csv(report.directory / "runs.csv")
@@ -386,7 +494,7 @@ def test_report_reads_stores_with_old_and_new_metric_names(mlflow_store, tmp_pat
     # The val curve moved 0.001 over the last 100 of 1,000 steps: near convergence, so a verdict is drawn.
     assert runs["near_convergence"].all() and list(runs["val_change_last_10pct"]) == pytest.approx([-0.001] * 4)
     text = (report.directory / "report.md").read_text(encoding="utf-8")
-    answers = text[text.index("## Answers"):text.index("## Summary")]
+    answers = text[text.index("## Answers") : text.index("## Summary")]
     assert "the FFN is better" in answers and "too short to judge" not in answers
 
 
@@ -404,7 +512,9 @@ def test_named_levels_references_and_ladder_in_the_report(mlflow_store, tmp_path
         "seeds: [1, 2]\n"
         "references:\n"
         "  - {match: {rung: mlp, data.dataset: tinyshakespeare}, metric: final_val_loss, value: 2.38,\n"
-        "     source: 'ng-video-lecture v2.py @a6e0bee'}\n", encoding="utf-8")
+        "     source: 'ng-video-lecture v2.py @a6e0bee'}\n",
+        encoding="utf-8",
+    )
     try:
         spec = load_spec(spec_path)
     except Exception as exc:  # before the spec parses named levels (issue 10)
@@ -421,21 +531,22 @@ def test_named_levels_references_and_ladder_in_the_report(mlflow_store, tmp_path
         _record(client, experiment_id, variant, base[axes["rung"]] + shift + noise, flat_names=False)
     report = write_report(mlflow_store, spec, variants, tmp_path / "results", log_to_mlflow=False)
     text = (report.directory / "report.md").read_text(encoding="utf-8")
-    ladder = text[text.index("## Ladder: rung"):]
+    ladder = text[text.index("## Ladder: rung") :]
     rows = [line for line in ladder.splitlines() if line.startswith("| ")][1:4]
     assert [row.split("|")[1].strip() for row in rows] == ["table", "mlp", "deeper"]
     assert "2.4000 [2.2729, 2.5271]" in rows[1] and "2.3800" in rows[1]
-    references = text[text.index("## Published references"):]
+    references = text[text.index("## Published references") :]
     assert "ng-video-lecture v2.py @a6e0bee" in references and "+0.0200" in references
     summary = pd.read_csv(report.directory / "summary.csv")
     hit = summary[summary["final_val_loss_reference"].notna()].iloc[0]
     assert hit["final_val_loss_reference_difference"] == pytest.approx(0.02)
     effects = pd.read_csv(report.directory / "effects.csv")
     rung = effects[(effects["axis"] == "rung") & (effects["metric"] == "final_val_loss")]
-    assert set(zip(rung["level"], rung["baseline"])) == {("mlp", "table"), ("deeper", "mlp")}
+    assert set(zip(rung["level"], rung["baseline"], strict=True)) == {("mlp", "table"), ("deeper", "mlp")}
 
 
 # -- a real tiny sweep --------------------------------------------------------------------------------------
+
 
 @pytest.fixture(scope="module")
 def sweep(tmp_path_factory, data_dir):
@@ -520,7 +631,7 @@ def test_report_md_has_provenance_tables_answers_and_korean_samples(sweep):
     assert "| korean-chatbot  | shuffled-rows" in text and "| tinyshakespeare | position" in text
     assert "| setting" in text and "| metric" in text
     assert "![final_val_loss](final_val_loss.png)" in text
-    samples = text[text.index("## Samples"):]
+    samples = text[text.index("## Samples") :]
     assert samples.count("<pre>") == 32 and HANGUL.search(samples)
     assert "(not logged)" not in samples
     # Nothing of this machine: no absolute paths (the command had them), no "-dirty" snapshot.
@@ -532,20 +643,35 @@ def test_report_md_has_provenance_tables_answers_and_korean_samples(sweep):
 
 def test_a_300_step_run_is_too_short_to_judge(mlflow_store, data_dir):
     data = ["--data-dir", str(data_dir)] if data_dir else []
-    words = ["train.steps=300", "train.context_length=8", "train.threads=1", "train.device=cpu", "sample.max_new_tokens=10"]
-    assert main(["run", str(SMOKE), *words, "train.batch_size=32", "data.dataset=tinyshakespeare", *data,
-                 "--no-progress"]) == 0
+    words = [
+        "train.steps=300",
+        "train.context_length=8",
+        "train.threads=1",
+        "train.device=cpu",
+        "sample.max_new_tokens=10",
+    ]
+    assert (
+        main(["run", str(SMOKE), *words, "train.batch_size=32", "data.dataset=tinyshakespeare", *data, "--no-progress"])
+        == 0
+    )
     (out,) = Path("results/smoke").glob("overrides-*")
     text = (out / "report.md").read_text(encoding="utf-8")
-    answers = text[text.index("## Answers"):text.index("## Summary")]
+    answers = text[text.index("## Answers") : text.index("## Summary")]
     assert "Steps actually run: 300" in text
     assert "too short to judge" in answers and "still moving" in answers and "300 steps" in answers
-    for verdict in ("the FFN is worse", "the FFN is better", "cannot tell", "the single pair says",
-                    "Closest to the floor: kind"):
+    for verdict in (
+        "the FFN is worse",
+        "the FFN is better",
+        "cannot tell",
+        "the single pair says",
+        "Closest to the floor: kind",
+    ):
         assert verdict not in answers
     runs = pd.read_csv(out / "runs.csv")
     bigram = runs[runs["model.kind"] == "bigram"].iloc[0]
-    assert not bigram["near_convergence"] and bigram["val_change_last_10pct"] < -0.01  # still falling, 2 nats above its floor
+    assert (
+        not bigram["near_convergence"] and bigram["val_change_last_10pct"] < -0.01
+    )  # still falling, 2 nats above its floor
 
 
 def test_report_rebuilds_the_same_csvs_from_mlflow_alone(sweep):

@@ -20,14 +20,17 @@ import pytest
 import torch
 from mlflow.tracking import MlflowClient
 
-from harness.data import load_corpus
-from harness.models import build_model
-from harness.spec import expand, load_spec
-from harness import runs
+from harness.data.corpora import load_corpus
+from harness.models.registry import build_model
+from harness.spec.expansion import expand
+from harness.spec.parsing import load_spec
 from harness.sweep import plan_sweep, run_sweep
-from harness.checkpoints import LocalCheckpoints
-from harness.tracking import PARENT_TAG, experiment_id_for, run_variant
-from harness.train import CheckpointError, Trainer, load_checkpoint, save_checkpoint
+from harness.tracking import claims as runs
+from harness.tracking.checkpoints import LocalCheckpoints
+from harness.tracking.recorded import run_variant
+from harness.tracking.store import PARENT_TAG, experiment_id_for
+from harness.train.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from harness.train.trainer import Trainer
 
 # Tiny Shakespeare bigram: thousands of steps a second, so a kill lands mid-run with time to spare.
 KILL_SPEC = """
@@ -62,19 +65,27 @@ def _trainer(variant, data_dir) -> Trainer:
     config = variant.config
     corpus = load_corpus(config.data, data_dir)
     torch.manual_seed(config.train.seed)
-    return Trainer(build_model(config.model, corpus.tokenizer.vocab_size, config.train.context_length), corpus, config.train, torch.device("cpu"))
+    return Trainer(
+        build_model(config.model, corpus.tokenizer.vocab_size, config.train.context_length),
+        corpus,
+        config.train,
+        torch.device("cpu"),
+    )
 
 
 @pytest.mark.parametrize("kind", ["bigram", "ffn"])
 def test_trainer_resumed_from_a_checkpoint_matches_an_uninterrupted_run(tmp_path, data_dir, kind):
     model = "{kind: ffn, hidden_sizes: [32]}" if kind == "ffn" else "{kind: bigram}"  # hidden_sizes is an ffn key
-    spec = _write(tmp_path, f"""
+    spec = _write(
+        tmp_path,
+        f"""
         name: unit
         base:
           data: {{dataset: tinyshakespeare}}
           model: {model}
           train: {{steps: 60, eval_interval: 10, checkpoint_interval: 20, device: cpu}}
-    """)
+    """,
+    )
     variant = expand(load_spec(spec))[0]
     straight = _trainer(variant, data_dir)
     ckpt = tmp_path / "ckpt" / "unit.pt"
@@ -97,13 +108,16 @@ def test_trainer_resumed_from_a_checkpoint_matches_an_uninterrupted_run(tmp_path
 
 
 def _unit_variant(tmp_path, steps=50, every=7, eval_interval=10):
-    spec = _write(tmp_path, f"""
+    spec = _write(
+        tmp_path,
+        f"""
         name: unit
         base:
           data: {{dataset: tinyshakespeare}}
           model: {{kind: bigram}}
           train: {{steps: {steps}, eval_interval: {eval_interval}, checkpoint_interval: {every}, device: cpu}}
-    """)
+    """,
+    )
     return expand(load_spec(spec))[0]
 
 
@@ -207,10 +221,17 @@ def test_a_stale_run_without_its_checkpoint_is_closed_and_a_new_run_started(tmp_
     variant = expand(spec)[0]
     client = MlflowClient(mlflow_store)
     experiment_id = experiment_id_for(client, spec.name)
-    stale = client.create_run(experiment_id, tags={"config_hash": variant.config.config_hash(), runs.OWNER_TAG: "gone:1",
-                                                   runs.HEARTBEAT_TAG: f"{time.time() - 3600:.3f}"}).info.run_id
-    result = run_variant(variant, experiment_id=experiment_id, data_dir=data_dir,
-                         checkpoint_dir=tmp_path / "ckpt", show_progress=False)
+    stale = client.create_run(
+        experiment_id,
+        tags={
+            "config_hash": variant.config.config_hash(),
+            runs.OWNER_TAG: "gone:1",
+            runs.HEARTBEAT_TAG: f"{time.time() - 3600:.3f}",
+        },
+    ).info.run_id
+    result = run_variant(
+        variant, experiment_id=experiment_id, data_dir=data_dir, checkpoint_dir=tmp_path / "ckpt", show_progress=False
+    )
     assert result.status == "FINISHED" and result.run_id != stale
     assert client.get_run(stale).info.status == "KILLED"
     assert client.get_run(stale).data.tags["error"].startswith("stale claim: owner gone:1")
@@ -225,8 +246,19 @@ def _env(tmp_path: Path, data_dir) -> dict:
 
 
 def _command(spec: Path, tmp_path: Path, *extra: str) -> list[str]:
-    return [sys.executable, "-m", "harness", "run", str(spec), "--no-progress", "--checkpoint-dir", str(tmp_path / "ckpt"),
-            "--results-dir", str(tmp_path / "results"), *extra]
+    return [
+        sys.executable,
+        "-m",
+        "harness",
+        "run",
+        str(spec),
+        "--no-progress",
+        "--checkpoint-dir",
+        str(tmp_path / "ckpt"),
+        "--results-dir",
+        str(tmp_path / "results"),
+        *extra,
+    ]
 
 
 def _wait_for(predicate, proc: subprocess.Popen, what: str, timeout: float = 600) -> None:
@@ -257,8 +289,15 @@ def test_kill_9_mid_run_then_rerun_resumes_in_the_same_run_and_matches(tmp_path,
     uri = env["MLFLOW_TRACKING_URI"]
     ckpt = LocalCheckpoints(tmp_path / "ckpt").path(first)
 
-    proc = subprocess.Popen(_command(spec, tmp_path), cwd=tmp_path, env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    proc = subprocess.Popen(
+        _command(spec, tmp_path),
+        cwd=tmp_path,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
     try:
         _wait_for(ckpt.exists, proc, "the first checkpoint")
         os.killpg(proc.pid, signal.SIGKILL)  # no handler runs: the run stays RUNNING, the points after it are lost
@@ -292,22 +331,36 @@ def test_kill_9_mid_run_then_rerun_resumes_in_the_same_run_and_matches(tmp_path,
 
     # The same variant straight through, in another store: the resumed run must end at the same loss.
     other = f"sqlite:///{tmp_path / 'straight.db'}"
-    straight = run_variant(first, experiment_id=experiment_id_for(MlflowClient(other), "straight"), uri=other,
-                           data_dir=data_dir, threads=1, show_progress=False)
+    straight = run_variant(
+        first,
+        experiment_id=experiment_id_for(MlflowClient(other), "straight"),
+        uri=other,
+        data_dir=data_dir,
+        threads=1,
+        show_progress=False,
+    )
     assert straight.status == "FINISHED"
     assert resumed.data.metrics["summary/train_loss"] == pytest.approx(straight.metrics["final_train_loss"], abs=1e-4)
     assert resumed.data.metrics["summary/val_loss"] == pytest.approx(straight.metrics["final_val_loss"], abs=1e-4)
 
 
-def _ctrl_c_once_checkpointed(command: list[str], tmp_path: Path, env: dict, variants,
-                              sig: signal.Signals = signal.SIGINT) -> tuple[int, str]:
+def _ctrl_c_once_checkpointed(
+    command: list[str], tmp_path: Path, env: dict, variants, sig: signal.Signals = signal.SIGINT
+) -> tuple[int, str]:
     """Run ``command`` as a terminal's foreground group; once each of ``variants`` has a checkpoint, press Ctrl-C
     (or send ``sig`` to the group, as a scheduler stopping a job does with SIGTERM).
 
     Returns the exit code and what the command printed.
     """
-    proc = subprocess.Popen(command, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            start_new_session=True)
+    proc = subprocess.Popen(
+        command,
+        cwd=tmp_path,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
     try:
         _wait_for(lambda: all(LocalCheckpoints(tmp_path / "ckpt").path(v).exists() for v in variants), proc, "training")
         os.killpg(proc.pid, sig)  # what Ctrl-C in a terminal does: the whole foreground group
@@ -320,8 +373,10 @@ def _ctrl_c_once_checkpointed(command: list[str], tmp_path: Path, env: dict, var
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("jobs,executor,sig", [(1, "local", "SIGINT"), (2, "local", "SIGINT"), (2, "threads", "SIGINT"),
-                                              (2, "local", "SIGTERM")])  # SIGTERM: a scheduler stopping the job
+@pytest.mark.parametrize(
+    "jobs,executor,sig",
+    [(1, "local", "SIGINT"), (2, "local", "SIGINT"), (2, "threads", "SIGINT"), (2, "local", "SIGTERM")],
+)  # SIGTERM: a scheduler stopping the job
 def test_ctrl_c_closes_running_variants_killed_and_exits_130(tmp_path, data_dir, jobs, executor, sig):
     spec = _write(tmp_path, KILL_SPEC.format(name="ctrl-c", steps=200_000, every=500))
     variants = expand(load_spec(spec))
@@ -385,7 +440,7 @@ def test_a_run_resumed_after_ctrl_c_ends_under_the_sweep_that_finished_it_withou
 
 def test_a_checkpoint_in_the_runs_artifacts_round_trips_and_is_removed_when_done(tmp_path, mlflow_store):
     """--checkpoint-store mlflow: any machine that reaches the store can resume the run."""
-    from harness.checkpoints import MlflowCheckpoints
+    from harness.tracking.checkpoints import MlflowCheckpoints
 
     variant = expand(load_spec(_write(tmp_path, KILL_SPEC.format(name="in-mlflow", steps=20, every=10))))[0]
     client = MlflowClient(mlflow_store)
@@ -403,7 +458,9 @@ def test_a_checkpoint_in_the_runs_artifacts_round_trips_and_is_removed_when_done
 @pytest.mark.slow
 def test_ctrl_c_of_stacked_seeds_closes_each_seed_killed_with_its_checkpoint(tmp_path, data_dir):
     """Seeds trained as one stack stop as separate runs do: each KILLED, each checkpoint kept for the rerun."""
-    text = KILL_SPEC.format(name="ctrl-c-stacked", steps=200_000, every=500).replace("threads: 1}", "threads: 1, stack_seeds: true}")
+    text = KILL_SPEC.format(name="ctrl-c-stacked", steps=200_000, every=500).replace(
+        "threads: 1}", "threads: 1, stack_seeds: true}"
+    )
     text = text.replace("train.batch_size: [16, 32]", "train.batch_size: [16]") + "    seeds: [1, 2]\n"
     spec = _write(tmp_path, text)
     variants = expand(load_spec(spec))

@@ -15,11 +15,10 @@ import time
 import urllib.request
 
 import pytest
+from conftest import EXPERIMENTS
 from mlflow.tracking import MlflowClient
 
 from harness.cli import main
-
-from conftest import EXPERIMENTS
 
 SHORT = ["train.steps=20", "train.eval_interval=10", "sample.max_new_tokens=10"]
 
@@ -37,9 +36,27 @@ def server(tmp_path):
     artifacts = tmp_path / "mlartifacts"
     log = open(tmp_path / "server.log", "w")
     proc = subprocess.Popen(
-        [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", f"sqlite:///{tmp_path / 'server.db'}",
-         "--artifacts-destination", str(artifacts), "--host", "127.0.0.1", "--port", str(port), "--workers", "2"],
-        cwd=tmp_path, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        [
+            sys.executable,
+            "-m",
+            "mlflow",
+            "server",
+            "--backend-store-uri",
+            f"sqlite:///{tmp_path / 'server.db'}",
+            "--artifacts-destination",
+            str(artifacts),
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--workers",
+            "2",
+        ],
+        cwd=tmp_path,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
     uri = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 180
@@ -72,9 +89,26 @@ def test_smoke_grid_against_a_real_tracking_server(server, tmp_path, data_dir):
         env["HARNESS_DATA_DIR"] = str(data_dir)
     work = tmp_path / "work"
     work.mkdir()
-    proc = subprocess.run([sys.executable, "-m", "harness", "run", str(EXPERIMENTS / "smoke.yaml"), *SHORT, "--jobs", "2",
-                           "--no-progress", "--results-dir", str(tmp_path / "results")],
-                          cwd=work, env=env, capture_output=True, text=True, timeout=900)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "harness",
+            "run",
+            str(EXPERIMENTS / "smoke.yaml"),
+            *SHORT,
+            "--jobs",
+            "2",
+            "--no-progress",
+            "--results-dir",
+            str(tmp_path / "results"),
+        ],
+        cwd=work,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert list((tmp_path / "results" / "smoke").glob("overrides-*/runs.csv"))  # overrides: beside the spec's own
 
@@ -88,7 +122,9 @@ def test_smoke_grid_against_a_real_tracking_server(server, tmp_path, data_dir):
     for run in children:
         assert run.data.tags["mlflow.parentRunId"] == parent.info.run_id
         assert run.data.params["train.steps"] == "20"
-        assert {"summary/train_loss", "summary/val_loss", "loss/train", "loss/val", "loss/batch"} <= set(run.data.metrics)
+        assert {"summary/train_loss", "summary/val_loss", "loss/train", "loss/val", "loss/batch"} <= set(
+            run.data.metrics
+        )
         assert [m.step for m in client.get_metric_history(run.info.run_id, "loss/train")] == [0, 10, 20]
         names = {a.path for a in client.list_artifacts(run.info.run_id)}
         names |= {a.path for a in client.list_artifacts(run.info.run_id, "samples")}
@@ -108,7 +144,9 @@ def test_unreachable_tracking_server_fails_in_seconds_before_training(tmp_path, 
     monkeypatch.chdir(tmp_path)
     data = ["--data-dir", str(data_dir)] if data_dir else []
     started = time.monotonic()
-    code = main(["run", str(EXPERIMENTS / "smoke.yaml"), *SHORT, "--no-progress", "--results-dir", str(tmp_path / "r"), *data])
+    code = main(
+        ["run", str(EXPERIMENTS / "smoke.yaml"), *SHORT, "--no-progress", "--results-dir", str(tmp_path / "r"), *data]
+    )
     elapsed = time.monotonic() - started
     err = capsys.readouterr().err
     assert code == 2

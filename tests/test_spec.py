@@ -5,15 +5,15 @@ from __future__ import annotations
 import dataclasses
 import textwrap
 
+import pandas as pd
 import pytest
+from conftest import EXPERIMENTS, PROJECT_ROOT
 
-from harness.spec import SpecError, expand, load_spec, parse_overrides, with_seeds
+from harness.spec.expansion import expand, parse_overrides, with_seeds
+from harness.spec.parsing import load_spec
+from harness.spec.problems import SpecError
 
 SCHEMA_LINE = "# yaml-language-server: $schema=spec.schema.json"
-
-import pandas as pd
-
-from conftest import EXPERIMENTS, PROJECT_ROOT
 
 
 def write_spec(tmp_path, body: str, name: str = "spec.yaml"):
@@ -44,7 +44,9 @@ def test_seed_spec_is_the_write_up_grid():
     assert len(variants) == 8
     assert {tuple(v.axes) for v in variants} == {("model.kind", "train.batch_size", "data.dataset")}
     combos = {(v.config.model.kind, v.config.train.batch_size, v.config.data.dataset) for v in variants}
-    assert combos == {(m, b, d) for m in ("bigram", "ffn") for b in (32, 128) for d in ("tinyshakespeare", "korean-chatbot")}
+    assert combos == {
+        (m, b, d) for m in ("bigram", "ffn") for b in (32, 128) for d in ("tinyshakespeare", "korean-chatbot")
+    }
     for v in variants:
         assert v.config.train.steps == 50000
         assert v.config.train.context_length == 128
@@ -55,36 +57,48 @@ def test_seed_spec_is_the_write_up_grid():
 
 
 def test_zip_varies_lists_together_and_grid_multiplies(tmp_path):
-    path = write_spec(tmp_path, BASE + """
+    path = write_spec(
+        tmp_path,
+        BASE
+        + """
     grid:
       model.kind: [bigram, ffn]
     zip:
       - train.batch_size: [32, 128]
         train.lr: [0.001, 0.002]
-    """)
+    """,
+    )
     variants = expand(load_spec(path))
     pairs = {(v.config.model.kind, v.config.train.batch_size, v.config.train.lr) for v in variants}
     assert pairs == {(k, 32, 0.001) for k in ("bigram", "ffn")} | {(k, 128, 0.002) for k in ("bigram", "ffn")}
 
 
 def test_exclude_drops_matching_points(tmp_path):
-    path = write_spec(tmp_path, BASE + """
+    path = write_spec(
+        tmp_path,
+        BASE
+        + """
     grid:
       model.kind: [bigram, ffn]
       train.batch_size: [32, 128]
     exclude:
       - {model.kind: ffn, train.batch_size: 128}
-    """)
+    """,
+    )
     ids = [v.id for v in expand(load_spec(path))]
     assert ids == ["kind=bigram,batch_size=32", "kind=bigram,batch_size=128", "kind=ffn,batch_size=32"]
 
 
 def test_seeds_repeat_every_variant_and_cli_seeds_replace_them(tmp_path):
-    path = write_spec(tmp_path, BASE + """
+    path = write_spec(
+        tmp_path,
+        BASE
+        + """
     grid:
       model.kind: [bigram, ffn]
     seeds: [1, 2, 3]
-    """)
+    """,
+    )
     spec = load_spec(path)
     variants = expand(spec)
     assert len(variants) == 6
@@ -120,12 +134,27 @@ def test_config_hash_ignores_nothing_that_changes_training():
     [
         ("name: t\nbase:\n  trian: {steps: 1}\n", ["unknown section 'trian'", "did you mean 'train'"]),
         ("name: t\nbase:\n  train: {stpes: 1}\n", ["train.stpes", "did you mean 'steps'", "batch_size"]),
-        ("name: t\nbase:\n  data: {dataset: tinyshakespeare}\n  train: {steps: many}\n", ["train.steps", "expected integer", "'many'"]),
-        ("name: t\nbase:\n  data: {dataset: tinyshakespeare}\n  train: {batch_size: 0}\n", ["train.batch_size", ">= 1"]),
+        (
+            "name: t\nbase:\n  data: {dataset: tinyshakespeare}\n  train: {steps: many}\n",
+            ["train.steps", "expected integer", "'many'"],
+        ),
+        (
+            "name: t\nbase:\n  data: {dataset: tinyshakespeare}\n  train: {batch_size: 0}\n",
+            ["train.batch_size", ">= 1"],
+        ),
         ("name: t\nbase:\n  data: {dataset: tinyshakespeare}\n  train: {lr: -0.1}\n", ["train.lr", "> 0"]),
-        ("name: t\nbase:\n  data: {dataset: tinyshakespeare}\n  model: {kind: gtp}\n", ["model.kind", "'gtp'", "bigram, ffn, gpt", "did you mean 'gpt'"]),
-        ("name: t\nbase:\n  data: {dataset: shakespear}\n", ["data.dataset", "'shakespear'", "tinyshakespeare, korean-chatbot"]),
-        ("name: t\nbase:\n  data: {dataset: tinyshakespeare}\ngrid:\n  model.kind: bigram\n", ["grid", "model.kind", "non-empty list"]),
+        (
+            "name: t\nbase:\n  data: {dataset: tinyshakespeare}\n  model: {kind: gtp}\n",
+            ["model.kind", "'gtp'", "bigram, ffn, gpt", "did you mean 'gpt'"],
+        ),
+        (
+            "name: t\nbase:\n  data: {dataset: shakespear}\n",
+            ["data.dataset", "'shakespear'", "tinyshakespeare, korean-chatbot"],
+        ),
+        (
+            "name: t\nbase:\n  data: {dataset: tinyshakespeare}\ngrid:\n  model.kind: bigram\n",
+            ["grid", "model.kind", "non-empty list"],
+        ),
         ("name: t\nbase: {}\nseedz: [1]\n", ["unknown top-level key 'seedz'", "did you mean 'seeds'"]),
         ("name: [1, 2]\n", ["name", "expected a string"]),
     ],
@@ -230,20 +259,24 @@ def test_the_committed_seed_references_carry_the_pinned_hashes():
     by real sweeps under identity v2: their config_hash columns are the pinned hashes."""
     folder = PROJECT_ROOT / "results" / "seed-ablations"
     one_seed = pd.read_csv(folder / "runs.csv")
-    assert {f"{v},seed=1337": h for v, h in zip(one_seed["variant"], one_seed["config_hash"])} == {
-        k: h for k, h in SEED_V2_HASHES.items() if k.endswith("seed=1337")}
+    assert {f"{v},seed=1337": h for v, h in zip(one_seed["variant"], one_seed["config_hash"], strict=True)} == {
+        k: h for k, h in SEED_V2_HASHES.items() if k.endswith("seed=1337")
+    }
     two_seeds = pd.read_csv(folder / "overrides-217b9bd5" / "runs.csv")
-    assert dict(zip(two_seeds["variant"], two_seeds["config_hash"])) == SEED_V2_HASHES
+    assert dict(zip(two_seeds["variant"], two_seeds["config_hash"], strict=True)) == SEED_V2_HASHES
     assert set(one_seed["status"]) == set(two_seeds["status"]) == {"FINISHED"}
 
 
 def _file_spec(tmp_path, data_path, extra=""):
-    return write_spec(tmp_path, f"""
+    return write_spec(
+        tmp_path,
+        f"""
     name: file-data
     base:
       data: {{path: {data_path}}}
       train: {{steps: 10, context_length: 8}}
-    {extra}""")
+    {extra}""",
+    )
 
 
 def test_data_is_identified_by_its_content_not_its_path(tmp_path):
@@ -274,17 +307,29 @@ def load_spec_error(path, overrides=None) -> str:
 
 def test_execution_keys_do_not_change_identity():
     plain = [v.config.config_hash() for v in seed_variants()]
-    execution = {"train.checkpoint_interval": 100, "train.threads": 1, "train.device": "cpu",
-                 "train.eval_interval": 7, "train.compile": True, "sample.prompt": "To be",
-                 "sample.max_new_tokens": 5}
+    execution = {
+        "train.checkpoint_interval": 100,
+        "train.threads": 1,
+        "train.device": "cpu",
+        "train.eval_interval": 7,
+        "train.compile": True,
+        "sample.prompt": "To be",
+        "sample.max_new_tokens": 5,
+    }
     assert [v.config.config_hash() for v in seed_variants(execution)] == plain
     assert [v.config.config_hash() for v in seed_variants({"train.steps": 123})] != plain
 
 
 def test_keys_added_later_count_only_off_their_default():
     plain = [v.config.config_hash() for v in seed_variants()]
-    defaults = {"train.grad_clip": 0, "train.lr_schedule": "constant", "train.warmup_steps": 0,
-                "train.betas": [0.9, 0.999], "model.n_layer": 4, "model.dropout": 0}
+    defaults = {
+        "train.grad_clip": 0,
+        "train.lr_schedule": "constant",
+        "train.warmup_steps": 0,
+        "train.betas": [0.9, 0.999],
+        "model.n_layer": 4,
+        "model.dropout": 0,
+    }
     assert [v.config.config_hash() for v in seed_variants(defaults)] == plain
     assert [v.config.config_hash() for v in seed_variants({"train.grad_clip": 1})] != plain
 
@@ -302,23 +347,31 @@ def test_equal_numbers_are_one_identity_and_a_repeated_value_is_reported(tmp_pat
 
 def test_a_model_key_counts_only_for_its_kinds_and_is_an_error_for_others(tmp_path):
     bigram = expand(load_spec(write_spec(tmp_path, BASE)))[0].config.config_hash()
-    shared = write_spec(tmp_path, BASE + """
+    shared = write_spec(
+        tmp_path,
+        BASE
+        + """
       model: {n_embd: 32, n_head: 4}
     grid:
       rung:
         bigram: {model.kind: bigram}
         gpt: {model.kind: gpt}
-    """)
+    """,
+    )
     variants = expand(load_spec(shared))  # base keys for the gpt rung do not touch the bigram rung
     assert variants[0].config.config_hash() == bigram
     assert variants[1].config.model.n_embd == 32
-    wrong = write_spec(tmp_path, BASE + "    grid:\n      rung:\n        small: {model.kind: bigram, model.n_layer: 2}\n")
+    wrong = write_spec(
+        tmp_path, BASE + "    grid:\n      rung:\n        small: {model.kind: bigram, model.n_layer: 2}\n"
+    )
     assert f"{wrong}:8:48: model.n_layer: applies to model.kind gpt only, not 'bigram'" in load_spec_error(wrong)
 
 
 # --- named levels and references (issue 10) ---------------------------------------------------------------
 
-LADDER = BASE + """
+LADDER = (
+    BASE
+    + """
     grid:
       rung:
         bigram: {model.kind: bigram}
@@ -327,19 +380,28 @@ LADDER = BASE + """
       data.dataset: [tinyshakespeare, korean-chatbot]
     seeds: [1337, 1338]
 """
+)
 
 
 def test_named_axis_levels_keep_their_order_and_name_the_variant(tmp_path):
-    spec = load_spec(write_spec(tmp_path, LADDER + """
+    spec = load_spec(
+        write_spec(
+            tmp_path,
+            LADDER
+            + """
     exclude:
       - {rung: four-heads, data.dataset: korean-chatbot}
-    """))
+    """,
+        )
+    )
     assert spec.named_axes == {"rung": ["bigram", "one-head", "four-heads"]}
     assert spec.axis_keys == ["rung", "data.dataset", "train.seed"]
     variants = expand(spec)
-    assert [v.id for v in variants][:3] == ["rung=bigram,dataset=tinyshakespeare,seed=1337",
-                                            "rung=bigram,dataset=tinyshakespeare,seed=1338",
-                                            "rung=bigram,dataset=korean-chatbot,seed=1337"]
+    assert [v.id for v in variants][:3] == [
+        "rung=bigram,dataset=tinyshakespeare,seed=1337",
+        "rung=bigram,dataset=tinyshakespeare,seed=1338",
+        "rung=bigram,dataset=korean-chatbot,seed=1337",
+    ]
     assert len(variants) == 10
     one_head = next(v for v in variants if v.axes["rung"] == "one-head")
     assert one_head.axes == {"rung": "one-head", "data.dataset": "tinyshakespeare", "train.seed": 1337}
@@ -349,7 +411,10 @@ def test_named_axis_levels_keep_their_order_and_name_the_variant(tmp_path):
 
 
 def test_named_axis_levels_are_validated_like_everything_else(tmp_path):
-    path = write_spec(tmp_path, BASE + """
+    path = write_spec(
+        tmp_path,
+        BASE
+        + """
     grid:
       rung:
         one: {model.kind: gtp}
@@ -357,7 +422,8 @@ def test_named_axis_levels_are_validated_like_everything_else(tmp_path):
         three: [model.kind, gpt]
     exclude:
       - {rung: four}
-    """)
+    """,
+    )
     lines = load_spec_error(path).splitlines()
     assert any(line.startswith(f"{path}:9:") and "did you mean 'gpt'" in line for line in lines)
     assert any(line.startswith(f"{path}:10:") and "did you mean 'n_layer'" in line for line in lines)
@@ -366,19 +432,31 @@ def test_named_axis_levels_are_validated_like_everything_else(tmp_path):
 
 
 def test_references_are_parsed_and_each_must_select_a_variant(tmp_path):
-    spec = load_spec(write_spec(tmp_path, LADDER + """
+    spec = load_spec(
+        write_spec(
+            tmp_path,
+            LADDER
+            + """
     references:
       - match: {rung: one-head, data.dataset: tinyshakespeare}
         metric: final_val_loss
         value: 2.4
         source: "karpathy/ng-video-lecture, the lecture at 1:19:00"
-    """))
+    """,
+        )
+    )
     (reference,) = spec.references
     assert (reference.metric, reference.value) == ("final_val_loss", 2.4)
     matched = [v.id for v in expand(spec) if reference.matches(v)]
-    assert matched == ["rung=one-head,dataset=tinyshakespeare,seed=1337", "rung=one-head,dataset=tinyshakespeare,seed=1338"]
+    assert matched == [
+        "rung=one-head,dataset=tinyshakespeare,seed=1337",
+        "rung=one-head,dataset=tinyshakespeare,seed=1338",
+    ]
 
-    path = write_spec(tmp_path, LADDER + """
+    path = write_spec(
+        tmp_path,
+        LADDER
+        + """
     exclude:
       - {rung: one-head, data.dataset: tinyshakespeare}
     references:
@@ -386,16 +464,21 @@ def test_references_are_parsed_and_each_must_select_a_variant(tmp_path):
         metric: val_los
         value: two
         source: lecture
-    """)
+    """,
+    )
     message = load_spec_error(path)
     assert "references[0].metric: unknown metric 'val_los'" in message and "final_val_loss" in message
     assert "references[0].value: expected a number" in message
-    bad_match = write_spec(tmp_path, LADDER + """
+    bad_match = write_spec(
+        tmp_path,
+        LADDER
+        + """
     exclude:
       - {rung: one-head, data.dataset: tinyshakespeare}
     references:
       - {match: {rung: one-head, data.dataset: tinyshakespeare}, metric: final_val_loss, value: 2.4, source: x}
-    """)
+    """,
+    )
     assert "selects no variant of the spec" in load_spec_error(bad_match)
 
 
@@ -438,28 +521,40 @@ def test_a_spec_with_five_problems_reports_all_five_with_their_lines(tmp_path, c
 
 
 def test_exclude_values_are_compared_after_typing(tmp_path):
-    path = write_spec(tmp_path, BASE + """
+    path = write_spec(
+        tmp_path,
+        BASE
+        + """
     grid:
       train.lr: [0.001, 0.002]
     exclude:
       - {train.lr: 1e-3}
-    """)
+    """,
+    )
     assert [v.config.train.lr for v in expand(load_spec(path))] == [0.002]
 
 
 def test_one_key_in_two_zip_groups_or_in_zip_and_grid_is_an_error(tmp_path):
-    two_groups = write_spec(tmp_path, BASE + """
+    two_groups = write_spec(
+        tmp_path,
+        BASE
+        + """
     zip:
       - {train.lr: [0.1, 0.2], train.batch_size: [8, 16]}
       - {train.lr: [0.3, 0.4], train.steps: [5, 6]}
-    """)
+    """,
+    )
     assert f"{two_groups}:9:6: train.lr: is varied by zip group 0 and by zip group 1" in load_spec_error(two_groups)
-    zip_and_grid = write_spec(tmp_path, BASE + """
+    zip_and_grid = write_spec(
+        tmp_path,
+        BASE
+        + """
     grid:
       train.lr: [0.1, 0.2]
     zip:
       - {train.lr: [0.3, 0.4], train.steps: [5, 6]}
-    """)
+    """,
+    )
     assert f"{zip_and_grid}:10:6: train.lr: is varied by grid and by zip group 0" in load_spec_error(zip_and_grid)
 
 
@@ -471,8 +566,9 @@ def test_name_is_a_safe_folder_name(tmp_path, name):
 
 # --- the JSON Schema --------------------------------------------------------------------------------------
 
+
 def test_the_committed_json_schema_is_current():
-    from harness.spec import SCHEMA_PATH, schema_text
+    from harness.spec.schema import SCHEMA_PATH, schema_text
 
     assert SCHEMA_PATH == EXPERIMENTS / "spec.schema.json"
     assert SCHEMA_PATH.read_text(encoding="utf-8") == schema_text(), "run `make schema` and commit the result"
@@ -499,5 +595,7 @@ def test_a_catalog_corpus_missing_from_the_data_folder_is_reported_at_its_line(t
         expand(load_spec(path), data_dir=empty)
     lines = caught.value.problems
     assert len(lines) == 2
-    assert lines[0].startswith(f"{path}:7:18: data.dataset: dataset 'tinyshakespeare': {empty}/tinyshakespeare.txt not found")
+    assert lines[0].startswith(
+        f"{path}:7:18: data.dataset: dataset 'tinyshakespeare': {empty}/tinyshakespeare.txt not found"
+    )
     assert lines[1].startswith(f"{path}:7:35: data.dataset: dataset 'korean-chatbot'")

@@ -12,16 +12,18 @@ import os
 
 import pytest
 import torch
+from conftest import EXPERIMENTS, shrink_args
 from mlflow.tracking import MlflowClient
 
-from harness.data import DataConfig, load_corpus
-from harness.models import ModelConfig, build_model
-from harness.stacking import StackedTrainer
+from harness.data.corpora import DataConfig, load_corpus
 from harness.metrics import mlflow_key
-from harness.tracking import PARENT_TAG, STACKED_TAG
-from harness.train import DivergedError, TrainConfig, Trainer
-
-from conftest import EXPERIMENTS, shrink_args
+from harness.models.config import ModelConfig
+from harness.models.registry import build_model
+from harness.tracking.recorded import STACKED_TAG
+from harness.tracking.store import PARENT_TAG
+from harness.train.config import TrainConfig
+from harness.train.stacking import StackedTrainer
+from harness.train.trainer import DivergedError, Trainer
 
 SEEDS = (1337, 1338, 1339)
 STEPS = 200
@@ -44,10 +46,18 @@ def trainers(data_dir, dataset: str, model: dict, dtype=torch.float32, **train) 
     torch.set_default_dtype(dtype)
     try:
         for seed in SEEDS:
-            config = TrainConfig(**{"steps": STEPS, "batch_size": 16, "context_length": 32, "device": "cpu", "seed": seed, **train})
+            config = TrainConfig(
+                **{"steps": STEPS, "batch_size": 16, "context_length": 32, "device": "cpu", "seed": seed, **train}
+            )
             torch.manual_seed(seed)
-            made.append(Trainer(build_model(ModelConfig(**model), corpus.tokenizer.vocab_size, config.context_length),
-                                corpus, config, torch.device("cpu")))
+            made.append(
+                Trainer(
+                    build_model(ModelConfig(**model), corpus.tokenizer.vocab_size, config.context_length),
+                    corpus,
+                    config,
+                    torch.device("cpu"),
+                )
+            )
     finally:
         torch.set_default_dtype(previous)
     return made
@@ -62,18 +72,27 @@ def separate_losses(data_dir, dataset, model, dtype=torch.float32, **train) -> t
     return torch.stack(rows)
 
 
-# The GPT runs in float64. In float32 the batched matmuls of the stack round differently from the separate
-# runs' (5e-7 at step 0), and 200 AdamW steps of a GPT amplify that to ~2e-3; in float64 the stack is the
-# separate runs' path bit for bit, which is what shows that its math is the same.
+# Exactness is shown in float64: there the GPT stack is the separate runs' path bit for bit, and the FFN's within
+# 1e-12 (measured 2.7e-15 over 200 steps with ATEN_CPU_CAPABILITY=default and =avx2). In float32 the batched
+# matmuls of the stack round differently from the separate runs' (5e-7 at step 0), and 200 AdamW steps amplify
+# that by a factor that depends on the CPU's kernels: an unclipped FFN reached 4.1e-4 (avx2) and 1.7e-3 (default)
+# on an AMD EPYC, against 1e-5 on the AVX-512 machine the bound was set on. So float32 cases check what a user
+# sees over the first FLOAT32_STEPS steps (at most 7.2e-7 on both kernel paths), and the whole run must learn.
+FLOAT32_STEPS = 20
 CASES = {
     "bigram-english": ("tinyshakespeare", {"kind": "bigram"}, torch.float32, {}),
     "bigram-korean": ("korean-chatbot", {"kind": "bigram"}, torch.float32, {}),  # separate CPU runs: subset rows
     "ffn-english": ("tinyshakespeare", {"kind": "ffn"}, torch.float32, {}),
+    "ffn-english-float64": ("tinyshakespeare", {"kind": "ffn"}, torch.float64, {}),
     "ffn-clip": ("tinyshakespeare", {"kind": "ffn"}, torch.float32, {"grad_clip": 0.05}),
     "gpt-english": ("tinyshakespeare", TINY_GPT, torch.float64, {}),
     # every training key that acts per step: warmup + cosine lr, and a clip small enough to act at every step
-    "gpt-schedule-clip": ("tinyshakespeare", TINY_GPT, torch.float64, {"lr_schedule": "cosine", "warmup_steps": 20,
-                                                                        "min_lr": 1e-4, "grad_clip": 0.05, "lr": 3e-3}),
+    "gpt-schedule-clip": (
+        "tinyshakespeare",
+        TINY_GPT,
+        torch.float64,
+        {"lr_schedule": "cosine", "warmup_steps": 20, "min_lr": 1e-4, "grad_clip": 0.05, "lr": 3e-3},
+    ),
 }
 
 
@@ -86,8 +105,9 @@ def test_a_stack_of_three_seeds_follows_three_separate_runs(case, data_dir):
     for i in range(STEPS):
         stack.train_step(i)
     assert stack.step_losses.shape == (len(SEEDS), STEPS)
-    difference = (stack.step_losses - expected).abs().max().item()
-    bound = 0.0 if dtype == torch.float64 else 1e-5  # float64: the separate runs' path, bit for bit
+    compared = STEPS if dtype == torch.float64 else FLOAT32_STEPS
+    difference = (stack.step_losses - expected)[:, :compared].abs().max().item()
+    bound = {"gpt": 0.0, "bigram": 0.0}.get(model["kind"], 1e-12) if dtype == torch.float64 else 1e-5
     assert difference <= bound, f"{case}: the stack drifts from separate runs by {difference:.2e}"
     # the seeds did differ (a stack that trained one seed three times would pass the check above for no seed)
     assert (expected[0] - expected[1]).abs().max().item() > 1e-3
@@ -127,7 +147,9 @@ def test_a_stacked_seed_checkpoints_as_a_separate_run_and_resumes_alone(data_dir
 
     saved = {}
     stack = StackedTrainer(trainers(data_dir, "tinyshakespeare", model, **train))
-    stack.run([Recorder() for _ in SEEDS], on_checkpoint=lambda s, t: saved.setdefault(s, copy.deepcopy(t.state_dict())))
+    stack.run(
+        [Recorder() for _ in SEEDS], on_checkpoint=lambda s, t: saved.setdefault(s, copy.deepcopy(t.state_dict()))
+    )
     assert sorted(saved) == [0, 1, 2] and all(state["step"] == 40 for state in saved.values())
 
     for s, resumed in enumerate(trainers(data_dir, "tinyshakespeare", model, **train)):
@@ -146,22 +168,44 @@ def test_a_stacked_seed_checkpoints_as_a_separate_run_and_resumes_alone(data_dir
 
 def test_a_stack_refuses_trainers_that_differ_in_more_than_the_seed(data_dir):
     corpus = load_corpus(DataConfig("tinyshakespeare"), data_dir)
-    made = [Trainer(build_model(ModelConfig("bigram"), corpus.tokenizer.vocab_size, 8), corpus,
-                    TrainConfig(steps=5, context_length=8, seed=seed, lr=lr), torch.device("cpu"))
-            for seed, lr in ((1, 1e-3), (2, 2e-3))]
+    made = [
+        Trainer(
+            build_model(ModelConfig("bigram"), corpus.tokenizer.vocab_size, 8),
+            corpus,
+            TrainConfig(steps=5, context_length=8, seed=seed, lr=lr),
+            torch.device("cpu"),
+        )
+        for seed, lr in ((1, 1e-3), (2, 2e-3))
+    ]
     with pytest.raises(ValueError, match="every setting but train.seed"):
         StackedTrainer(made)
 
 
 # -- stacked seeds in a sweep: one MLflow run per seed -------------------------------------------------
 
+
 def _sweep(tmp_path, data_dir, name: str, *extra: str, code: int = 0) -> MlflowClient:
     from harness.cli import main
 
     results = tmp_path / "results"
-    args = ["run", str(EXPERIMENTS / "smoke.yaml"), *shrink_args(**{"train.steps": 60, "train.eval_interval": 20}),
-            "model.kind=ffn", "train.batch_size=16", "data.dataset=tinyshakespeare", *extra,
-            "--seeds", "1337", "1338", "1339", "--data-dir", str(data_dir), "--results-dir", str(results), "--no-progress"]
+    args = [
+        "run",
+        str(EXPERIMENTS / "smoke.yaml"),
+        *shrink_args(**{"train.steps": 60, "train.eval_interval": 20}),
+        "model.kind=ffn",
+        "train.batch_size=16",
+        "data.dataset=tinyshakespeare",
+        *extra,
+        "--seeds",
+        "1337",
+        "1338",
+        "1339",
+        "--data-dir",
+        str(data_dir),
+        "--results-dir",
+        str(results),
+        "--no-progress",
+    ]
     assert main(args) == code
     client = MlflowClient(os.environ["MLFLOW_TRACKING_URI"])
     return client
@@ -198,7 +242,8 @@ def test_a_sweep_stacks_seeds_into_one_run_per_seed_with_the_curves_of_separate_
 
 
 def test_units_stack_only_seeds_of_one_config_and_only_where_asked(data_dir):
-    from harness.spec import expand, load_spec, with_seeds
+    from harness.spec.expansion import expand, with_seeds
+    from harness.spec.parsing import load_spec
     from harness.sweep import plan_units
 
     spec_seeds = with_seeds(load_spec(EXPERIMENTS / "seed.yaml"), [1, 2])
@@ -215,20 +260,24 @@ def test_units_stack_only_seeds_of_one_config_and_only_where_asked(data_dir):
 def test_on_a_gpu_seeds_stack_by_default_but_a_gpts_do_not(monkeypatch):
     """null on a GPU: stacked, except a GPT (vmap over CUDA attention failed on an H200; true still asks for it)."""
     from harness import sweep
-    from harness.spec import expand, load_spec, with_seeds
+    from harness.spec.expansion import expand, with_seeds
+    from harness.spec.parsing import load_spec
 
     monkeypatch.setattr(sweep, "pick_device", lambda requested: torch.device("cuda"))
     seed_grid = sweep.plan_units(expand(with_seeds(load_spec(EXPERIMENTS / "seed.yaml"), [1, 2])))
     assert len(seed_grid) == 8 and all(len(unit) == 2 for unit in seed_grid)
     gpts = expand(with_seeds(load_spec(EXPERIMENTS / "gpt-cpu.yaml"), [1, 2]))
     assert [len(unit) for unit in sweep.plan_units(gpts)] == [1, 1, 1, 1]
-    asked = sweep.plan_units(expand(with_seeds(load_spec(EXPERIMENTS / "gpt-cpu.yaml"), [1, 2]), {"train.stack_seeds": True}))
+    asked = sweep.plan_units(
+        expand(with_seeds(load_spec(EXPERIMENTS / "gpt-cpu.yaml"), [1, 2]), {"train.stack_seeds": True})
+    )
     assert [len(unit) for unit in asked] == [2, 2]
 
 
 @pytest.mark.slow
 def test_in_a_sweep_a_seed_that_diverges_fails_its_run_only(tmp_path, data_dir, mlflow_store, monkeypatch):
-    """Seed 1338's weights turn to NaN at step 30 (as a diverging run's would): its run FAILED with why, the others FINISHED."""
+    """Seed 1338's weights turn to NaN at step 30 (as a diverging run's would): its run FAILED with why, the others
+    FINISHED."""
     original = StackedTrainer.train_step
 
     def diverging_step(self, i):
@@ -242,7 +291,10 @@ def test_in_a_sweep_a_seed_that_diverges_fails_its_run_only(tmp_path, data_dir, 
     runs = _children(_sweep(tmp_path, data_dir, "smoke", "train.stack_seeds=true", code=1), "smoke")
     status = {variant: run.info.status for variant, run in runs.items()}
     assert status == {"seed=1337": "FINISHED", "seed=1338": "FAILED", "seed=1339": "FINISHED"}
-    assert "DivergedError" in runs["seed=1338"].data.tags["error"] and "lower train.lr" in runs["seed=1338"].data.tags["error"]
+    assert (
+        "DivergedError" in runs["seed=1338"].data.tags["error"]
+        and "lower train.lr" in runs["seed=1338"].data.tags["error"]
+    )
     for variant in ("seed=1337", "seed=1339"):
         assert math.isfinite(runs[variant].data.metrics[mlflow_key("final_val_loss")])
 

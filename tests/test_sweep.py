@@ -10,16 +10,17 @@ import json
 
 import pandas as pd
 import pytest
+from conftest import EXPERIMENTS, shrink_args
 from mlflow.tracking import MlflowClient
 
 from harness.cli import main
-from harness.data import CATALOG
+from harness.data.corpora import CATALOG
 from harness.metrics import CURVES, FINALS, SUMMARY_STEP, mlflow_key
-from harness.naming import DISTINCT_CHARS, run_names
-from harness.spec import expand, load_spec
-from harness.tracking import EXPERIMENT_KIND, EXPERIMENT_KIND_TAG, PARENT_TAG, SAMPLES_TABLE, wrap
-
-from conftest import EXPERIMENTS, shrink_args
+from harness.spec.expansion import expand
+from harness.spec.parsing import load_spec
+from harness.tracking.naming import DISTINCT_CHARS, run_names
+from harness.tracking.recorded import wrap
+from harness.tracking.store import EXPERIMENT_KIND, EXPERIMENT_KIND_TAG, PARENT_TAG, SAMPLES_TABLE
 
 SMOKE = str(EXPERIMENTS / "smoke.yaml")
 
@@ -39,7 +40,18 @@ def smoke_sweep(data_dir, tmp_path_factory):
         patch.chdir(root)
         printed = io.StringIO()
         with contextlib.redirect_stdout(printed):
-            code = main(["run", SMOKE, *shrink_args(), "--data-dir", str(data_dir), "--results-dir", str(results), "--no-progress"])
+            code = main(
+                [
+                    "run",
+                    SMOKE,
+                    *shrink_args(),
+                    "--data-dir",
+                    str(data_dir),
+                    "--results-dir",
+                    str(results),
+                    "--no-progress",
+                ]
+            )
         assert code == 0, printed.getvalue()
         client = MlflowClient(uri)
         yield client, client.get_experiment_by_name("smoke").experiment_id, results, printed.getvalue()
@@ -72,7 +84,14 @@ def test_smoke_sweep_logs_every_variant_as_a_closed_child_run(smoke_sweep):
         assert params["data.dataset"] in ("tinyshakespeare", "korean-chatbot")
         for tag in ("variant", "config_hash", "git_commit", "device", "torch_version"):
             assert tags[tag]
-        for metric in ("final_train_loss", "final_val_loss", "train_time_s", "tokens_per_s", "bigram_floor", "excess_loss"):
+        for metric in (
+            "final_train_loss",
+            "final_val_loss",
+            "train_time_s",
+            "tokens_per_s",
+            "bigram_floor",
+            "excess_loss",
+        ):
             assert mlflow_key(metric) in metrics
         history = client.get_metric_history(run.info.run_id, "loss/train")
         assert [m.step for m in sorted(history, key=lambda m: m.step)] == [0, 10, 20, 30, 40]
@@ -145,11 +164,13 @@ def test_samples_table_has_one_row_per_run_and_the_text_files_are_wrapped(smoke_
     for run in children_of(client, experiment_id):
         run_id = run.info.run_id
         table = json.load(open(client.download_artifacts(run_id, SAMPLES_TABLE, str(tmp_path)), encoding="utf-8"))
-        rows = [dict(zip(table["columns"], row)) for row in table["data"]]
+        rows = [dict(zip(table["columns"], row, strict=True)) for row in table["data"]]
         assert table["columns"] == ["prompt", "after", "before", "variant"] and len(rows) == 1
         assert rows[0]["variant"] == run.data.tags["variant"] and rows[0]["prompt"] == " "
         for name in ("before", "after"):
-            text = open(client.download_artifacts(run_id, f"samples/{name}.txt", str(tmp_path)), encoding="utf-8").read()
+            text = open(
+                client.download_artifacts(run_id, f"samples/{name}.txt", str(tmp_path)), encoding="utf-8"
+            ).read()
             assert text == wrap(rows[0][name])
 
 
@@ -164,7 +185,9 @@ def test_wrap_keeps_the_models_newlines_and_cuts_long_lines():
 
 def test_samples_and_config_artifacts_are_readable(smoke_sweep, tmp_path):
     client, experiment_id, _, _ = smoke_sweep
-    korean = [r for r in client.search_runs([experiment_id]) if r.data.params.get("data.dataset") == "korean-chatbot"][0]
+    korean = [r for r in client.search_runs([experiment_id]) if r.data.params.get("data.dataset") == "korean-chatbot"][
+        0
+    ]
     run_id = korean.info.run_id
     after = open(client.download_artifacts(run_id, "samples/after.txt", str(tmp_path)), encoding="utf-8").read()
     assert after.startswith(" ") and len(after) == 21
@@ -177,8 +200,18 @@ def test_runs_csv_has_one_row_per_variant_and_the_axes(smoke_sweep):
     (folder,) = (results / "smoke").glob("overrides-*")  # a run with overrides reports beside the spec's own
     table = pd.read_csv(folder / "runs.csv")
     assert len(table) == 8
-    for column in ("variant", "status", "model.kind", "train.batch_size", "data.dataset", "final_train_loss",
-                   "final_val_loss", "train_time_s", "tokens_per_s", "run_id"):
+    for column in (
+        "variant",
+        "status",
+        "model.kind",
+        "train.batch_size",
+        "data.dataset",
+        "final_train_loss",
+        "final_val_loss",
+        "train_time_s",
+        "tokens_per_s",
+        "run_id",
+    ):
         assert column in table.columns
     assert (table["status"] == "FINISHED").all()
     assert set(table["train.batch_size"]) == {32, 128}
@@ -200,7 +233,9 @@ def test_report_rebuilds_runs_csv_from_mlflow_alone(in_sweep_store, capsys):
 
 def test_rerun_skips_finished_variants(in_sweep_store, data_dir, capsys):
     client, experiment_id, results, _ = in_sweep_store
-    code = main(["run", SMOKE, *shrink_args(), "--data-dir", str(data_dir), "--results-dir", str(results), "--no-progress"])
+    code = main(
+        ["run", SMOKE, *shrink_args(), "--data-dir", str(data_dir), "--results-dir", str(results), "--no-progress"]
+    )
     out = capsys.readouterr().out
     assert code == 0
     assert out.count("skip ") == 8 and "finished 0, skipped 8, failed 0" in out
@@ -214,7 +249,9 @@ def test_a_diverging_variant_fails_with_its_reason_and_the_others_finish(mlflow_
         "# lr ablation. Run: harness run lr.yaml\n"
         "name: lr\nbase:\n  data: {dataset: tinyshakespeare}\n  model: {kind: ffn}\n"
         "  train: {steps: 60, eval_interval: 10, device: cpu}\n  sample: {max_new_tokens: 5}\n"
-        "grid:\n  train.lr: [1.0e-3, 1.0e+6]\n", encoding="utf-8")
+        "grid:\n  train.lr: [1.0e-3, 1.0e+6]\n",
+        encoding="utf-8",
+    )
     code = main(["run", str(spec), "--data-dir", str(data_dir), "--results-dir", str(tmp_path / "r"), "--no-progress"])
     captured = capsys.readouterr()
     assert code == 1

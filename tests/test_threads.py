@@ -18,8 +18,9 @@ from mlflow.tracking import MlflowClient
 from harness.cli import main
 from harness.executors.threads import WorkerStreams, draws_random_while_training
 from harness.metrics import mlflow_key
-from harness.spec import expand, load_spec
-from harness.tracking import PARENT_TAG
+from harness.spec.expansion import expand
+from harness.spec.parsing import load_spec
+from harness.tracking.store import PARENT_TAG
 
 # Tiny GPTs with and without dropout, English and Korean, two seeds: units that draw from the global generator
 # while training (dropout 0.2) beside units that do not, alone or stacked, and enough units for 3 threads to overlap.
@@ -39,8 +40,24 @@ SPEC = textwrap.dedent("""
 def _sweep(tmp_path, data_dir, name: str, *extra: str) -> dict[str, object]:
     spec = tmp_path / f"{name}.yaml"
     spec.write_text(SPEC.format(name=name), encoding="utf-8")
-    assert main(["run", str(spec), "--seeds", "1", "2", "--data-dir", str(data_dir), "--no-progress",
-                 "--results-dir", str(tmp_path / "results"), *extra]) == 0
+    assert (
+        main(
+            [
+                "run",
+                str(spec),
+                "--seeds",
+                "1",
+                "2",
+                "--data-dir",
+                str(data_dir),
+                "--no-progress",
+                "--results-dir",
+                str(tmp_path / "results"),
+                *extra,
+            ]
+        )
+        == 0
+    )
     client = MlflowClient()
     experiment_id = client.get_experiment_by_name(name).experiment_id
     return {r.data.tags["variant"]: r for r in client.search_runs([experiment_id]) if PARENT_TAG in r.data.tags}
@@ -49,7 +66,9 @@ def _sweep(tmp_path, data_dir, name: str, *extra: str) -> dict[str, object]:
 @pytest.mark.slow
 @pytest.mark.parametrize("stack", ["null", "true"])  # on a CPU null trains every seed alone; true stacks them
 def test_units_trained_by_threads_end_as_they_end_one_after_the_other(tmp_path, data_dir, mlflow_store, stack):
-    threaded = _sweep(tmp_path, data_dir, "threaded", "--executor", "threads", "--jobs", "3", f"train.stack_seeds={stack}")
+    threaded = _sweep(
+        tmp_path, data_dir, "threaded", "--executor", "threads", "--jobs", "3", f"train.stack_seeds={stack}"
+    )
     serial = _sweep(tmp_path, data_dir, "serial", f"train.stack_seeds={stack}")
     client = MlflowClient()
     assert len(threaded) == len(serial) == 8

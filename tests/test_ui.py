@@ -14,14 +14,14 @@ import subprocess
 from pathlib import Path
 
 import pytest
+from conftest import EXPERIMENTS, PROJECT_ROOT, shrink_args
 from mlflow.tracking import MlflowClient
 
 from harness.cli import main
-from harness.naming import DISTINCT_CHARS, run_names
-from harness.report import SWEEP_TAG
-from harness.spec import expand, load_spec
-
-from conftest import EXPERIMENTS, PROJECT_ROOT, shrink_args
+from harness.spec.expansion import expand
+from harness.spec.parsing import load_spec
+from harness.tracking.claims import SWEEP_TAG
+from harness.tracking.naming import DISTINCT_CHARS, run_names
 
 
 def names_of(spec_text: str, tmp_path: Path, **overrides) -> dict[str, str]:
@@ -45,8 +45,10 @@ def test_seed_grid_names_are_the_varying_values_only():
 
 
 def test_seeds_make_names_cut_their_words_to_stay_apart_within_20_characters(tmp_path):
-    spec = ("name: s\nbase:\n  train: {steps: 5}\ngrid:\n  model.kind: [bigram, ffn]\n  train.batch_size: [32, 128]\n"
-            "  data.dataset: [tinyshakespeare, korean-chatbot]\nseeds: [1337, 1338]\n")
+    spec = (
+        "name: s\nbase:\n  train: {steps: 5}\ngrid:\n  model.kind: [bigram, ffn]\n  train.batch_size: [32, 128]\n"
+        "  data.dataset: [tinyshakespeare, korean-chatbot]\nseeds: [1337, 1338]\n"
+    )
     names = names_of(spec, tmp_path)
     assert len(names) == 16
     assert_distinct_early(names)
@@ -54,16 +56,23 @@ def test_seeds_make_names_cut_their_words_to_stay_apart_within_20_characters(tmp
 
 
 def test_an_overridden_axis_leaves_the_names(tmp_path):
-    names = names_of("name: s\nbase:\n  data: {dataset: tinyshakespeare}\ngrid:\n  model.kind: [bigram, ffn]\n"
-                     "  train.lr: [1.0e-3, 3.0e-4]\n", tmp_path,
-                     **{"model.kind": "ffn"})
+    names = names_of(
+        "name: s\nbase:\n  data: {dataset: tinyshakespeare}\ngrid:\n  model.kind: [bigram, ffn]\n"
+        "  train.lr: [1.0e-3, 3.0e-4]\n",
+        tmp_path,
+        **{"model.kind": "ffn"},
+    )
     assert sorted(names.values()) == ["lr0.0003", "lr0.001"]
 
 
 def test_named_levels_appear_by_name_and_stay_apart_with_seeds():
     levels = ("bigram", "one-head", "four-heads", "full-gpt")  # issue 10's rung axis: a level name per value
-    axes = {f"{level},{dataset},{seed}": {"rung": level, "data.dataset": dataset, "train.seed": seed}
-            for level in levels for dataset in ("tinyshakespeare", "korean-chatbot") for seed in (1337, 1338)}
+    axes = {
+        f"{level},{dataset},{seed}": {"rung": level, "data.dataset": dataset, "train.seed": seed}
+        for level in levels
+        for dataset in ("tinyshakespeare", "korean-chatbot")
+        for seed in (1337, 1338)
+    }
     names = run_names(axes)
     assert_distinct_early(names)
     assert names["one-head,korean-chatbot,1337"].startswith("one-head ")
@@ -76,8 +85,14 @@ def test_make_builds_its_own_venv_unless_one_is_active():
     env = {k: v for k, v in os.environ.items() if k not in ours and not k.startswith("MAKE")}  # also under make test
 
     def dry_run(*args, **more_env) -> list[str]:
-        done = subprocess.run(["make", "-n", "--no-print-directory", "test", *args], cwd=PROJECT_ROOT,
-                              env={**env, **more_env}, capture_output=True, text=True, check=True)
+        done = subprocess.run(
+            ["make", "-n", "--no-print-directory", "test", *args],
+            cwd=PROJECT_ROOT,
+            env={**env, **more_env},
+            capture_output=True,
+            text=True,
+            check=True,
+        )
         return [line.strip() for line in done.stdout.splitlines()]
 
     fresh = dry_run("VENV=.no-such-venv")
@@ -103,7 +118,10 @@ def test_runs_page_in_chromium_shows_every_child_run_by_name(mlflow_store, data_
         pytest.skip(str(exc))
     smoke = str(EXPERIMENTS / "smoke.yaml")
     args = shrink_args(**{"train.steps": 20, "sample.max_new_tokens": 10})
-    assert main(["run", smoke, *args, "--data-dir", str(data_dir), "--results-dir", str(tmp_path / "r"), "--no-progress"]) == 0
+    assert (
+        main(["run", smoke, *args, "--data-dir", str(data_dir), "--results-dir", str(tmp_path / "r"), "--no-progress"])
+        == 0
+    )
     client = MlflowClient(mlflow_store)
     experiment = client.get_experiment_by_name("smoke")
     runs = client.search_runs([experiment.experiment_id])

@@ -2,9 +2,10 @@
 
 An executor gets the units to train (``sweep.plan_units``: a variant alone, or seeds that train as one
 stacked model) and ``train_kwargs`` for ``run_unit`` (experiment, parent run, store, data, checkpoints), and
-calls ``on_result(VariantResult)`` as each variant ends. ``run_unit`` claims each variant itself (harness/runs.py), so two sweeps, or two executors, never train one twice;
+calls ``on_result(VariantResult)`` as each variant ends. ``run_unit`` claims each variant itself
+(harness/tracking/claims.py), so two sweeps, or two executors, never train one twice;
 an executor's own duties are only to run it somewhere, and to close the run of a worker that died
-before reporting (``harness.runs.close_lost_run``). On Ctrl-C it closes what runs KILLED and re-raises
+before reporting (``harness.tracking.claims.close_lost_run``). On Ctrl-C it closes what runs KILLED and re-raises
 KeyboardInterrupt.
 
 To add one (SLURM, Kubernetes), write ``harness/executors/<name>.py`` with a class that has:
@@ -13,38 +14,14 @@ To add one (SLURM, Kubernetes), write ``harness/executors/<name>.py`` with a cla
 - ``prepare()``: fail with ``ExecutorError`` before any run exists (missing package, unreachable cluster);
 - ``run(units, train_kwargs, on_result)``: ``run_unit(unit, **train_kwargs)`` somewhere, for each unit.
 
-and register it in ``EXECUTORS`` below.
+and register it in ``EXECUTORS`` and ``make_executor`` below.
 """
 
 from __future__ import annotations
 
-from typing import Callable, Protocol
+from harness.executors.base import Executor, ExecutorError, could_not_start, interrupted
 
-from harness.spec import SpecError, Variant
-from harness.tracking import VariantResult
-
-
-class ExecutorError(SpecError):
-    """The executor cannot start (missing package, unreachable cluster); raised before any run exists (exit 2)."""
-
-
-class Executor(Protocol):
-    name: str
-
-    def prepare(self) -> None: ...
-
-    def run(self, units: list[list[Variant]], train_kwargs: dict, on_result: Callable[[VariantResult], None]) -> None: ...
-
-
-def could_not_start(unit: list[Variant], exc: Exception) -> list[VariantResult]:
-    """The results of a unit whose runs could not even be opened (the next units still train)."""
-    return [VariantResult(v.id, "", "FAILED", {}, f"could not start: {type(exc).__name__}: {exc}") for v in unit]
-
-
-def interrupted(unit: list[Variant]) -> list[VariantResult]:
-    """The results of a unit stopped by Ctrl-C in a worker (its runs, if opened, are closed KILLED already)."""
-    return [VariantResult(v.id, "", "KILLED", {}, "interrupted (Ctrl-C)") for v in unit]
-
+__all__ = ["EXECUTORS", "Executor", "ExecutorError", "could_not_start", "interrupted", "make_executor"]
 
 EXECUTORS = ("local", "threads", "ray")  # --executor choices; "local" with --jobs N > 1 means worker processes
 

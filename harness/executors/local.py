@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from harness.executors import could_not_start, interrupted
-from harness.tracking import run_unit
+from harness.executors.base import could_not_start, interrupted
+from harness.tracking.recorded import run_unit
 
 
 class InProcessExecutor:

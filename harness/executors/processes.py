@@ -17,10 +17,10 @@ import time
 
 from mlflow.tracking import MlflowClient
 
-from harness.executors import could_not_start, interrupted
-from harness.runs import close_lost_run
-from harness.spec import Variant
-from harness.tracking import VariantResult, run_unit
+from harness.executors.base import could_not_start, interrupted
+from harness.spec.records import Variant
+from harness.tracking.claims import close_lost_run
+from harness.tracking.recorded import VariantResult, run_unit
 
 
 def _ignore_signal(signum, frame) -> None:
@@ -98,12 +98,16 @@ class ProcessExecutor:
                 results = []
                 for variant in unit:
                     if interrupted:  # stopped by Ctrl-C before it reported (or before it began)
-                        run_id = close_lost_run(client, experiment_id, parent_run_id, variant, "KILLED", "interrupted (Ctrl-C)")
+                        run_id = close_lost_run(
+                            client, experiment_id, parent_run_id, variant, "KILLED", "interrupted (Ctrl-C)"
+                        )
                         if run_id:
                             results.append(VariantResult(variant.id, run_id, "KILLED", {}, "interrupted (Ctrl-C)"))
                     else:
-                        reason = (f"worker process died (exit code {process.exitcode}) before reporting: "
-                                  "killed by the OS (out of memory?) or a crash in native code")
+                        reason = (
+                            f"worker process died (exit code {process.exitcode}) before reporting: "
+                            "killed by the OS (out of memory?) or a crash in native code"
+                        )
                         run_id = close_lost_run(client, experiment_id, parent_run_id, variant, "FAILED", reason)
                         results.append(VariantResult(variant.id, run_id, "FAILED", {}, reason))
             for result in results:
@@ -116,7 +120,9 @@ class ProcessExecutor:
                     receive, send = context.Pipe(duplex=False)
                     row = min(set(range(1, jobs + 1)) - {r[2] for r in running.values()})  # a free progress bar row
                     kwargs = dict(train_kwargs, threads=threads, progress_position=row)
-                    process = context.Process(target=_worker_main, args=(send, unit, kwargs), name=f"harness {unit[0].id}")
+                    process = context.Process(
+                        target=_worker_main, args=(send, unit, kwargs), name=f"harness {unit[0].id}"
+                    )
                     process.start()
                     send.close()  # only the worker's end stays open, so a dead worker reads as EOF
                     running[receive] = (process, unit, row)
@@ -132,7 +138,9 @@ class ProcessExecutor:
                         pass
             try:
                 while running and time.monotonic() < deadline:
-                    for conn in multiprocessing.connection.wait(list(running), timeout=max(0.0, deadline - time.monotonic())):
+                    for conn in multiprocessing.connection.wait(
+                        list(running), timeout=max(0.0, deadline - time.monotonic())
+                    ):
                         collect(conn, interrupted=True)
             finally:  # past the grace period, or a second Ctrl-C: stop them now (they ignore SIGINT and SIGTERM now)
                 for conn in list(running):

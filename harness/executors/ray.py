@@ -16,12 +16,12 @@ from __future__ import annotations
 import os
 import socket
 import sys
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
-from harness.executors import ExecutorError
-from harness.spec import Variant
-from harness.tracking import VariantResult
+from harness.executors.base import ExecutorError
+from harness.spec.records import Variant
+from harness.tracking.recorded import VariantResult
 
 CANCEL_GRACE_S = 60.0  # how long cancelled tasks get to close their runs KILLED before Ray shuts down
 _connected_here = False  # connect() started or joined Ray, so run_on_ray shuts it down when done
@@ -37,7 +37,9 @@ def connect(ray_address: str | None = None) -> None:
     try:
         import ray
     except ImportError as exc:
-        raise ExecutorError(f"--executor ray needs Ray ({exc}); install it with: pip install 'nanoko-harness[ray]'") from exc
+        raise ExecutorError(
+            f"--executor ray needs Ray ({exc}); install it with: pip install 'nanoko-harness[ray]'"
+        ) from exc
     if ray.is_initialized():
         return
     if ray_address:
@@ -61,15 +63,17 @@ def _check_reachable(address: str, timeout_s: float = 5.0) -> None:
     try:
         socket.create_connection((host, int(port)), timeout=timeout_s).close()
     except OSError as exc:
-        raise ExecutorError(f"--ray-address {address}: nothing answers there ({exc}). Start the cluster "
-                            "(ray start --head) or leave --ray-address out to start a local Ray instance.") from exc
+        raise ExecutorError(
+            f"--ray-address {address}: nothing answers there ({exc}). Start the cluster "
+            "(ray start --head) or leave --ray-address out to start a local Ray instance."
+        ) from exc
 
 
 def absolute_uri(uri: str) -> str:
     """A relative ``sqlite:///mlflow.db`` would open another file from a worker's own folder."""
     prefix = "sqlite:///"
-    if uri.startswith(prefix) and not uri[len(prefix):].startswith("/"):
-        return prefix + str(Path(uri[len(prefix):]).resolve())
+    if uri.startswith(prefix) and not uri[len(prefix) :].startswith("/"):
+        return prefix + str(Path(uri[len(prefix) :]).resolve())
     return uri
 
 
@@ -85,16 +89,20 @@ def _train(variant: Variant, kwargs: dict, cwd: str) -> VariantResult:
     import ray
     from mlflow.tracking import MlflowClient
 
-    from harness.tracking import retrying, run_variant
+    from harness.tracking.recorded import run_variant
+    from harness.tracking.store import retrying
 
     result = run_variant(variant, show_progress=False, **kwargs)
     if result.run_id and result.status != "SKIPPED":  # which machine trained it, for post-mortems
-        node = {"executor": "ray", "ray_node_ip": ray.util.get_node_ip_address(),
-                "ray_node_id": ray.get_runtime_context().get_node_id()}
+        node = {
+            "executor": "ray",
+            "ray_node_ip": ray.util.get_node_ip_address(),
+            "ray_node_id": ray.get_runtime_context().get_node_id(),
+        }
         client = MlflowClient(kwargs["uri"])
         for key, value in node.items():
             try:
-                retrying(lambda: client.set_tag(result.run_id, key, value))
+                retrying(lambda key=key, value=value: client.set_tag(result.run_id, key, value))
             except Exception:  # a nice-to-have; the run itself is closed already
                 pass
     return result
@@ -141,8 +149,11 @@ def run_on_ray(
 
     uri = absolute_uri(uri)
     if ray_address and not uri.startswith(("http://", "https://")):
-        print(f"warning: tracking URI {uri} is a local store; Ray workers on other machines cannot write to it "
-              "(use an MLflow server: make server, MLFLOW_TRACKING_URI=http://HOST:PORT)", file=sys.stderr)
+        print(
+            f"warning: tracking URI {uri} is a local store; Ray workers on other machines cannot write to it "
+            "(use an MLflow server: make server, MLFLOW_TRACKING_URI=http://HOST:PORT)",
+            file=sys.stderr,
+        )
     kwargs = dict(
         experiment_id=experiment_id,
         parent_run_id=parent_run_id,
@@ -160,8 +171,9 @@ def run_on_ray(
             # A local instance without GPUs cannot grow one: asking would leave the task waiting forever;
             # without the request it fails at once, FAILED with "CUDA is not available", like a local run.
             gpu = wants_gpu(variant.config.train.device, gpus) and (gpus > 0 or not local)
-            ref = task.options(num_gpus=1 if gpu else 0, num_cpus=1, max_retries=0, name=f"harness {variant.id}").remote(
-                variant, kwargs, os.getcwd())
+            ref = task.options(
+                num_gpus=1 if gpu else 0, num_cpus=1, max_retries=0, name=f"harness {variant.id}"
+            ).remote(variant, kwargs, os.getcwd())
             pending[ref] = variant
         while pending:
             done, _ = ray.wait(list(pending), num_returns=1)
@@ -189,7 +201,7 @@ def _result(ray, ref, variant: Variant, kwargs: dict, interrupted: bool = False)
     except Exception as exc:
         from mlflow.tracking import MlflowClient
 
-        from harness.runs import close_lost_run
+        from harness.tracking.claims import close_lost_run
 
         cancelled = interrupted or isinstance(exc, ray.exceptions.TaskCancelledError)
         status = "KILLED" if cancelled else "FAILED"

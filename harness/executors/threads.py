@@ -16,7 +16,7 @@ What keeps the numbers those of a run alone:
 
 Ctrl-C: no new unit starts, running units stop at their next evaluation and close KILLED, then
 KeyboardInterrupt is re-raised. A second Ctrl-C leaves at once; runs not yet closed are then stale, and the
-next sweep closes or resumes them (harness/runs.py).
+next sweep closes or resumes them (harness/tracking/claims.py).
 """
 
 from __future__ import annotations
@@ -28,9 +28,9 @@ from collections import deque
 
 import torch
 
-from harness.executors import ExecutorError, could_not_start, interrupted
-from harness.tracking import VariantResult, run_unit
-from harness.train import pick_device
+from harness.executors.base import ExecutorError, could_not_start, interrupted
+from harness.tracking.recorded import VariantResult, run_unit
+from harness.train.device import pick_device
 
 MAX_JOBS = 32  # torch.cuda.Stream() draws from 32 streams per device
 
@@ -63,7 +63,9 @@ class WorkerStreams:
                     if len(made) == self.count:
                         break
                 else:
-                    raise RuntimeError(f"--jobs {self.count}: PyTorch has only {len(made)} distinct streams on {device}")
+                    raise RuntimeError(
+                        f"--jobs {self.count}: PyTorch has only {len(made)} distinct streams on {device}"
+                    )
                 self.free[device] = queue.SimpleQueue()
                 for stream in made.values():
                     self.free[device].put(stream)
@@ -110,8 +112,10 @@ class ThreadExecutor:
 
     def prepare(self) -> None:
         if self.jobs > MAX_JOBS:
-            raise ExecutorError(f"--executor threads --jobs {self.jobs}: at most {MAX_JOBS} (PyTorch keeps {MAX_JOBS} "
-                                "streams per device, and each running unit needs one of its own)")
+            raise ExecutorError(
+                f"--executor threads --jobs {self.jobs}: at most {MAX_JOBS} (PyTorch keeps {MAX_JOBS} "
+                "streams per device, and each running unit needs one of its own)"
+            )
 
     def run(self, units, train_kwargs: dict, on_result) -> None:
         """Train ``jobs`` units at a time; ``on_result`` is called from this thread as each variant ends."""
@@ -131,8 +135,10 @@ class ThreadExecutor:
                 finished.put(train_unit(unit, dict(kwargs, progress_position=row), streams))
             finished.put(None)  # this worker is done
 
-        workers = [threading.Thread(target=worker, args=(row,), name=f"harness worker {row}", daemon=True)
-                   for row in range(1, min(self.jobs, len(shared)) + 1)]
+        workers = [
+            threading.Thread(target=worker, args=(row,), name=f"harness worker {row}", daemon=True)
+            for row in range(1, min(self.jobs, len(shared)) + 1)
+        ]
         live = len(workers)
 
         def report_until_workers_end() -> None:

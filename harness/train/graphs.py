@@ -59,8 +59,11 @@ class CudaGraphs:
         graph = torch.cuda.CUDAGraph()
         # One capture at a time in a process, each checked only against its own thread's calls: other threads
         # (--executor threads) may go on training on their own streams meanwhile.
-        with CAPTURE_LOCK, off_default_stream() as stream, torch.cuda.graph(graph, stream=stream,
-                                                                           capture_error_mode="thread_local"):
+        with (
+            CAPTURE_LOCK,
+            off_default_stream() as stream,
+            torch.cuda.graph(graph, stream=stream, capture_error_mode="thread_local"),
+        ):
             out = body()
         return graph.replay, out
 
@@ -97,8 +100,13 @@ class CapturedStep:
     graph's and stay put.
     """
 
-    def __init__(self, body: Callable[[], torch.Tensor], params: list[torch.Tensor], backend: GraphBackend,
-                 warmup: int = WARMUP_STEPS):
+    def __init__(
+        self,
+        body: Callable[[], torch.Tensor],
+        params: list[torch.Tensor],
+        backend: GraphBackend,
+        warmup: int = WARMUP_STEPS,
+    ):
         self.body = body
         self.params = params
         self.backend = backend
@@ -149,4 +157,6 @@ def graph_status(stepper) -> str | None:
 
 # The warmup steps run a capturable AdamW outside a capture by design, and a failed capture says so itself;
 # torch's advice to drop capturable=True is for optimizers that are never captured.
-warnings.filterwarnings("ignore", message=r".*capturable=True.*running without CUDA graph capture", category=UserWarning)
+warnings.filterwarnings(
+    "ignore", message=r".*capturable=True.*running without CUDA graph capture", category=UserWarning
+)

@@ -27,15 +27,15 @@ import random
 import socket
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 from mlflow.entities import RunTag
 from mlflow.tracking import MlflowClient
 from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
 
-from harness.tracking import retrying
+from harness.tracking.store import retrying
 
 SWEEP_TAG = "harness.sweep"  # marks parent runs; their params record the overrides and seeds used
 OWNER_TAG = "harness.owner"  # HOST:PID of the process that trains (or drives) the run now
@@ -68,7 +68,7 @@ def open_store(uri: str) -> MlflowClient:
         import fcntl
     except ImportError:  # Windows: no advisory locks here; a fresh store opened twice at once may fail
         return MlflowClient(uri)
-    database = Path(uri[len("sqlite:///"):])
+    database = Path(uri[len("sqlite:///") :])
     database.parent.mkdir(parents=True, exist_ok=True)
     with open(database.with_name(database.name + "-lock"), "a") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
@@ -91,8 +91,11 @@ def _process_table() -> str:
 
 
 def owner_tags() -> dict[str, str]:
-    return {OWNER_TAG: f"{socket.gethostname()}:{os.getpid()}", OWNER_PROC_TAG: _process_table(),
-            HEARTBEAT_TAG: f"{time.time():.3f}"}
+    return {
+        OWNER_TAG: f"{socket.gethostname()}:{os.getpid()}",
+        OWNER_PROC_TAG: _process_table(),
+        HEARTBEAT_TAG: f"{time.time():.3f}",
+    }
 
 
 def _pid_gone(pid: int) -> bool:
@@ -130,8 +133,12 @@ def owner_gone(run) -> bool:
 
 def is_live(run, now: float | None = None) -> bool:
     """RUNNING, not a lost claim, and its owner showed signs of life recently."""
-    return (run.info.status == "RUNNING" and run.data.tags.get(CLAIM_TAG) != "lost"
-            and heartbeat_age_s(run, now) < stale_after_s() and not owner_gone(run))
+    return (
+        run.info.status == "RUNNING"
+        and run.data.tags.get(CLAIM_TAG) != "lost"
+        and heartbeat_age_s(run, now) < stale_after_s()
+        and not owner_gone(run)
+    )
 
 
 def describe_owner(run) -> str:
@@ -149,7 +156,7 @@ class Heartbeat:
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._beat, name=f"heartbeat {run_id}", daemon=True)
 
-    def start(self) -> "Heartbeat":
+    def start(self) -> Heartbeat:
         self._thread.start()
         return self
 
@@ -172,8 +179,11 @@ class Heartbeat:
 def _search(client: MlflowClient, experiment_id: str, filter_string: str) -> list:
     found, token = [], None
     while True:
-        page = retrying(lambda: client.search_runs([experiment_id], filter_string=filter_string, max_results=1000,
-                                                   page_token=token))
+        page = retrying(
+            lambda token=token: client.search_runs(
+                [experiment_id], filter_string=filter_string, max_results=1000, page_token=token
+            )
+        )
         found += list(page)
         token = page.token
         if not token:
@@ -183,14 +193,18 @@ def _search(client: MlflowClient, experiment_id: str, filter_string: str) -> lis
 def variant_hashes(variant) -> list[str]:
     """The identity hash, and the hash the variant had under the previous scheme when it differs."""
     hashes = [variant.config.config_hash()]
-    legacy = getattr(variant, "legacy_hash", None)  # harness/spec.py (identity v2); absent before it
+    legacy = getattr(variant, "legacy_hash", None)  # harness/spec/identity.py (identity v2); absent before it
     return hashes + ([legacy] if legacy and legacy not in hashes else [])
 
 
 def variant_runs(client: MlflowClient, experiment_id: str, variant, status: str | None = None) -> list:
     """Every run of the variant (by identity hash, old hash included), oldest first."""
     where = f" and attributes.status = '{status}'" if status else ""
-    runs = [run for h in variant_hashes(variant) for run in _search(client, experiment_id, f"tags.config_hash = '{h}'{where}")]
+    runs = [
+        run
+        for h in variant_hashes(variant)
+        for run in _search(client, experiment_id, f"tags.config_hash = '{h}'{where}")
+    ]
     return sorted(runs, key=lambda r: (r.info.start_time, r.info.run_id))
 
 
@@ -204,8 +218,10 @@ def existing_runs(client: MlflowClient, experiment_id: str) -> dict[str, list]:
 
 def close_run(client: MlflowClient, run_id: str, status: str, reason: str) -> None:
     """Close a run with why; never raises (the store itself may be what failed)."""
-    for action in (lambda: client.set_tag(run_id, "error", reason[:5000]),
-                   lambda: client.set_terminated(run_id, status=status)):
+    for action in (
+        lambda: client.set_tag(run_id, "error", reason[:5000]),
+        lambda: client.set_terminated(run_id, status=status),
+    ):
         try:
             retrying(action)
         except Exception:
@@ -244,9 +260,17 @@ def _contend(client: MlflowClient, experiment_id: str, variant, mine: str) -> tu
     return True, None
 
 
-def claim_variant(client: MlflowClient, experiment_id: str, variant, create_run: Callable[[], str], *,
-                  load_checkpoint: Callable[[str], dict | None] = lambda run_id: None,
-                  driver: str | None = None, finished_before_ms: int | None = None, log=print) -> Claim:
+def claim_variant(
+    client: MlflowClient,
+    experiment_id: str,
+    variant,
+    create_run: Callable[[], str],
+    *,
+    load_checkpoint: Callable[[str], dict | None] = lambda run_id: None,
+    driver: str | None = None,
+    finished_before_ms: int | None = None,
+    log=print,
+) -> Claim:
     """Claim ``variant`` for this process: a new run from ``create_run``, or a stale/KILLED run to resume.
 
     ``create_run()`` creates the run (with ``owner_tags()`` and ``harness.claim=pending``) and returns its
@@ -255,10 +279,15 @@ def claim_variant(client: MlflowClient, experiment_id: str, variant, create_run:
     """
     for attempt in range(CLAIM_ATTEMPTS):
         runs = variant_runs(client, experiment_id, variant)
-        finished = [r for r in runs if r.info.status == "FINISHED"
-                    and (finished_before_ms is None or r.info.start_time >= finished_before_ms)]
+        finished = [
+            r
+            for r in runs
+            if r.info.status == "FINISHED" and (finished_before_ms is None or r.info.start_time >= finished_before_ms)
+        ]
         if finished:
-            return Claim(finished[0].info.run_id, skip=f"already FINISHED in run {finished[0].info.run_id}", finished=True)
+            return Claim(
+                finished[0].info.run_id, skip=f"already FINISHED in run {finished[0].info.run_id}", finished=True
+            )
         live = [r for r in runs if is_live(r) and r.data.tags.get(CLAIM_TAG, "won") == "won"]
         if live:
             return Claim(live[0].info.run_id, skip=f"running elsewhere: {describe_owner(live[0])}")
@@ -266,8 +295,10 @@ def claim_variant(client: MlflowClient, experiment_id: str, variant, create_run:
         won, rival = _contend(client, experiment_id, variant, mine)
         if won:
             return _take_over(client, experiment_id, variant, mine, load_checkpoint, driver, log)
-        retrying(lambda: client.set_tag(mine, CLAIM_TAG, "lost"))
-        close_run(client, mine, "KILLED", f"lost the claim to run {rival.info.run_id} ({rival.data.tags.get(OWNER_TAG, '?')})")
+        retrying(lambda mine=mine: client.set_tag(mine, CLAIM_TAG, "lost"))
+        close_run(
+            client, mine, "KILLED", f"lost the claim to run {rival.info.run_id} ({rival.data.tags.get(OWNER_TAG, '?')})"
+        )
         time.sleep(random.uniform(0.05, 0.5) * (attempt + 1))  # then look again: the rival may have dropped out too
     return Claim("", skip=f"could not claim it in {CLAIM_ATTEMPTS} attempts (other sweeps kept racing for it)")
 
@@ -275,9 +306,14 @@ def claim_variant(client: MlflowClient, experiment_id: str, variant, create_run:
 def _take_over(client, experiment_id, variant, mine, load_checkpoint, driver, log) -> Claim:
     """We hold the claim: resume the newest unfinished run that has a checkpoint, close stale ones KILLED."""
     me = owner_tags()[OWNER_TAG]
-    unfinished = [r for r in variant_runs(client, experiment_id, variant)
-                  if r.info.run_id != mine and r.info.status in ("RUNNING", "KILLED") and not is_live(r)
-                  and r.data.tags.get(CLAIM_TAG) != "lost"]
+    unfinished = [
+        r
+        for r in variant_runs(client, experiment_id, variant)
+        if r.info.run_id != mine
+        and r.info.status in ("RUNNING", "KILLED")
+        and not is_live(r)
+        and r.data.tags.get(CLAIM_TAG) != "lost"
+    ]
     unfinished.sort(key=lambda r: -r.info.start_time)
     resume = saved = None
     for run in unfinished:
@@ -287,8 +323,10 @@ def _take_over(client, experiment_id, variant, mine, load_checkpoint, driver, lo
             break
     for run in unfinished:
         if run is not resume and run.info.status == "RUNNING":
-            reason = (f"stale claim: owner {describe_owner(run)}, "
-                      f"{'process gone' if owner_gone(run) else 'no heartbeat for too long'}; taken over by {me}")
+            reason = (
+                f"stale claim: owner {describe_owner(run)}, "
+                f"{'process gone' if owner_gone(run) else 'no heartbeat for too long'}; taken over by {me}"
+            )
             log(f"{variant.id}: {reason}")
             close_run(client, run.info.run_id, "KILLED", reason)
     if resume is None:
@@ -318,18 +356,26 @@ def close_stale_parents(client: MlflowClient, experiment_id: str, log=print) -> 
     for run in _search(client, experiment_id, f"tags.`{SWEEP_TAG}` = 'true' and attributes.status = 'RUNNING'"):
         if not is_live(run):
             why = "process gone" if owner_gone(run) else "no heartbeat for too long"
-            reason = f"sweep stopped without closing its run: {describe_owner(run)}, {why}; closed by {owner_tags()[OWNER_TAG]}"
+            reason = (
+                f"sweep stopped without closing its run: {describe_owner(run)}, {why}; "
+                f"closed by {owner_tags()[OWNER_TAG]}"
+            )
             close_run(client, run.info.run_id, "KILLED", reason)
             log(f"closed stale sweep run {run.info.run_id}: {reason}")
             closed.append(run.info.run_id)
     return closed
 
 
-def close_lost_run(client: MlflowClient, experiment_id: str, parent_run_id: str, variant, status: str, reason: str) -> str:
+def close_lost_run(
+    client: MlflowClient, experiment_id: str, parent_run_id: str, variant, status: str, reason: str
+) -> str:
     """Close the run of a worker that died without closing it (kill -9, out of memory); returns its id or ''."""
     try:
-        lost = [r for r in variant_runs(client, experiment_id, variant, "RUNNING")
-                if r.data.tags.get(DRIVER_TAG) == parent_run_id]  # a run another sweep took over is not ours
+        lost = [
+            r
+            for r in variant_runs(client, experiment_id, variant, "RUNNING")
+            if r.data.tags.get(DRIVER_TAG) == parent_run_id
+        ]  # a run another sweep took over is not ours
         for run in lost:
             close_run(client, run.info.run_id, status, reason)
         return lost[-1].info.run_id if lost else ""

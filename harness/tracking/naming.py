@@ -10,7 +10,8 @@ that still tells their axis's values apart (``bigram`` -> ``big``). The full id 
 
 from __future__ import annotations
 
-from typing import Any, Iterable
+from collections.abc import Iterable
+from typing import Any
 
 DISTINCT_CHARS = 20  # what the runs table shows of a name before it cuts it
 MIN_WORD = 3  # shortest cut of a word token: "big", "kor", "sha" still read as words
@@ -83,7 +84,9 @@ def run_names(axes_of: dict[str, dict[str, Any]]) -> dict[str, str]:
     cut: dict[str, int] = {}  # axis -> length its words are cut to
 
     def name(vid: str) -> str:
-        parts = [text[: cut[axis]] if is_word and axis in cut else text for axis, (text, is_word) in tokens[vid].items()]
+        parts = [
+            text[: cut[axis]] if is_word and axis in cut else text for axis, (text, is_word) in tokens[vid].items()
+        ]
         return " ".join(parts) or "base"
 
     def clash() -> bool:

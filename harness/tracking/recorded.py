@@ -1,208 +1,58 @@
-"""MLflow plumbing and ``run_variant(variant) -> metrics``, which always closes its run.
-
-Everything goes through ``MlflowClient`` with explicit run ids (no global active run), so the same
-code serves the main process, worker processes and Ray tasks.
+"""A recorded run: ``run_variant(variant) -> result`` trains one variant (``run_stacked`` a stack of seeds) into
+its MLflow run, with params, datasets, curves, samples and a config artifact, and always closes the run
+(FAILED with the reason when it fails).
 """
 
 from __future__ import annotations
 
-import functools
-import getpass
 import json
 import logging
 import os
 import platform
-import subprocess
 import textwrap
 import threading
-import time
 import traceback
-import urllib.error
-import urllib.request
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 from mlflow.entities import Dataset as DatasetEntity
-from mlflow.entities import DatasetInput, InputTag, Metric, Param, RunTag
+from mlflow.entities import DatasetInput, InputTag, Param, RunTag
 from mlflow.tracking import MlflowClient
 
-from harness import spec as spec_module
-from harness.data import CATALOG, Corpus, DataConfig, content_sha256, load_corpus
-from harness.graphs import graph_status
-from harness.metrics import SUMMARY_STEP, mlflow_key
-from harness.models import build_model
-from harness.naming import run_name
-from harness.spec import Variant
-from harness.train import Trainer, pick_device
+from harness.data.corpora import CATALOG, Corpus, DataConfig, content_sha256, load_corpus
+from harness.metrics import SUMMARY_STEP
+from harness.models.registry import build_model
+from harness.spec.keys import IDENTITY_VERSION
+from harness.spec.records import Variant
+from harness.tracking import claims
+from harness.tracking.naming import run_name
+from harness.tracking.store import (
+    PARENT_TAG,
+    SAMPLES_TABLE,
+    WRAP_COLUMNS,
+    BufferedMetrics,
+    git_commit,
+    log_dataset_inputs,
+    retrying,
+    source_tags,
+    tracking_uri,
+)
+from harness.train.device import pick_device
+from harness.train.graphs import graph_status
+from harness.train.trainer import Trainer
+
+log = logging.getLogger(__name__)
 
 # Held from ``torch.manual_seed`` to the built model and Trainer, so that runs trained by threads of one process
 # (--executor threads) each start from exactly the weights their seed gives alone.
 SEEDED_BUILD = threading.Lock()
-PARENT_TAG = "mlflow.parentRunId"
-METRICS_PER_BATCH = 1000  # MLflow's limit for one log_batch call
-FLUSH_SECONDS = 15.0
-# MLflow 3 opens an experiment on its GenAI "Overview" unless the UI's workflow type is "machine
-# learning". The UI of 3.17 takes that from ``?workflowType=`` or the browser's last choice; older 3.x
-# UIs read this experiment tag. Both are set: the tag here, the URL by ``runs_url`` (``make ui``).
-EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
-EXPERIMENT_KIND = "custom_model_development"
-SAMPLES_TABLE = "samples.json"
-WRAP_COLUMNS = 100  # samples/*.txt: lines a browser shows without scrolling sideways
+
+
 SYSTEM_METRICS_INTERVAL_S = 5.0  # MLflow's MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL wins
-
-log = logging.getLogger(__name__)
-
-
-class TrackingError(Exception):
-    """The tracking store cannot be used; raised before any training."""
-
-
-def tracking_uri() -> str:
-    """``MLFLOW_TRACKING_URI``, else a SQLite store ``mlflow.db`` in the current folder (the project root)."""
-    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{Path.cwd() / 'mlflow.db'}"
-
-
-def check_tracking_reachable(uri: str, timeout_s: float = 5.0) -> None:
-    """Fail in seconds, not after MLflow's minutes of retries, when a tracking server is down."""
-    if not uri.startswith(("http://", "https://")):
-        return
-    try:
-        with urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=timeout_s) as response:
-            response.read()
-    except (urllib.error.URLError, OSError) as exc:
-        raise TrackingError(
-            f"MLflow tracking server {uri} is not reachable ({getattr(exc, 'reason', exc)}). "
-            "Start it (make server) or unset MLFLOW_TRACKING_URI to use the local SQLite store."
-        ) from exc
-
-
-LOST_WRITE_RACES = ("locked",)
-"""Store errors that mean "another writer was first": the same call, repeated, succeeds."""
-
-DATASET_RACE = "unique constraint failed: datasets"
-"""MLflow registers a dataset by check-then-insert; two runs logging one new corpus at once make the second
-insert fail. Repeated, the call finds the row the other run wrote and links to it."""
-
-
-def retrying(call: Callable[[], Any], attempts: int = 8, races: tuple[str, ...] = LOST_WRITE_RACES) -> Any:
-    """Retry a store call that lost a race with another writer (by default, for SQLite's write lock)."""
-    for attempt in range(attempts):
-        try:
-            return call()
-        except Exception as exc:  # MLflow wraps the sqlite error in its own exception types
-            message = str(exc).lower()
-            if not any(race in message for race in races) or attempt == attempts - 1:
-                raise
-            time.sleep(0.05 * 2**attempt)
-
-
-def log_dataset_inputs(client: MlflowClient, run_id: str, inputs: list[DatasetInput]) -> None:
-    """``client.log_inputs``, safe when several runs log the same new dataset at the same moment."""
-    retrying(lambda: client.log_inputs(run_id, datasets=inputs), races=(*LOST_WRITE_RACES, DATASET_RACE))
-
-
-def default_artifact_location(uri: str, name: str) -> str | None:
-    """Artifacts of a SQLite store live beside the database file, not wherever the command ran."""
-    if not uri.startswith("sqlite:///"):
-        return None
-    database = Path(uri[len("sqlite:///"):])
-    return (database.parent / "mlartifacts" / name).resolve().as_uri()
-
-
-def experiment_id_for(client: MlflowClient, name: str) -> str:
-    """The experiment ``name`` (created, or restored if deleted), marked as model training."""
-    experiment = client.get_experiment_by_name(name)
-    if experiment is not None:
-        if experiment.lifecycle_stage == "deleted":
-            client.restore_experiment(experiment.experiment_id)
-        if experiment.tags.get(EXPERIMENT_KIND_TAG) != EXPERIMENT_KIND:  # a store from before this tag
-            client.set_experiment_tag(experiment.experiment_id, EXPERIMENT_KIND_TAG, EXPERIMENT_KIND)
-        return experiment.experiment_id
-    try:
-        return client.create_experiment(name, artifact_location=default_artifact_location(client.tracking_uri, name),
-                                        tags={EXPERIMENT_KIND_TAG: EXPERIMENT_KIND})
-    except Exception:  # another process created it first
-        return client.get_experiment_by_name(name).experiment_id
-
-
-def runs_url(base_url: str, experiment_id: str) -> str:
-    """The UI page of an experiment's runs table (not the GenAI overview MLflow 3 opens by default)."""
-    return f"{base_url.rstrip('/')}/#/experiments/{experiment_id}/runs?workflowType=machine_learning"
-
-
-@functools.lru_cache(maxsize=1)
-def git_commit() -> str:
-    """The commit the code ran from, with ``-dirty`` when the tree had uncommitted changes."""
-    here = Path(__file__).resolve().parent  # the harness's own checkout, wherever the command runs from
-    try:
-        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True, timeout=5, check=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=here, capture_output=True, text=True, timeout=5).stdout.strip()
-        return commit + ("-dirty" if dirty else "")
-    except (OSError, subprocess.SubprocessError):
-        return "unknown"
-
-
-@functools.lru_cache(maxsize=1)
-def source_tags() -> dict[str, str]:
-    """MLflow's own source tags, so the UI's Source column and run page show the code and its commit."""
-    here = Path(__file__).resolve().parent
-    tags = {"mlflow.source.type": "LOCAL", "mlflow.source.name": str(here)}
-    commit = git_commit()
-    if commit != "unknown":
-        tags["mlflow.source.git.commit"] = commit.removesuffix("-dirty")
-        try:
-            remote = subprocess.run(["git", "remote", "get-url", "origin"], cwd=here, capture_output=True, text=True,
-                                    timeout=5).stdout.strip()
-        except (OSError, subprocess.SubprocessError):
-            remote = ""
-        if remote.startswith(("https://", "http://", "git@")):  # the UI links the commit there; a local path it cannot
-            tags["mlflow.source.git.repoURL"] = remote
-    try:
-        tags["mlflow.user"] = getpass.getuser()
-    except (KeyError, OSError):  # no user name in a bare container
-        pass
-    return tags
-
-
-class BufferedMetrics:
-    """Collects metric points and writes them with ``log_batch``: one store call per ~1000 points.
-
-    ``auto_flush=False`` holds points until ``flush()`` (used with checkpoints, so that a resumed run
-    never logs a step twice).
-    """
-
-    def __init__(self, client: MlflowClient, run_id: str, auto_flush: bool = True):
-        self.client = client
-        self.run_id = run_id
-        self.auto_flush = auto_flush
-        self.pending: list[Metric] = []
-        self.last_flush = time.monotonic()
-        self.logged = 0
-        self.stored_through: dict[str, int] = {}  # key -> last step already in the store (set on resume)
-
-    def log(self, key: str, value: float, step: int) -> None:
-        """Log a trainer key (``train_loss``) under its MLflow name (``loss/train``)."""
-        key = mlflow_key(key)
-        if step <= self.stored_through.get(key, -1):
-            return
-        self.pending.append(Metric(key, float(value), int(time.time() * 1000), int(step)))
-        if self.auto_flush and (len(self.pending) >= METRICS_PER_BATCH or time.monotonic() - self.last_flush > FLUSH_SECONDS):
-            self.flush()
-
-    def log_dict(self, values: dict[str, float], step: int) -> None:
-        for key, value in values.items():
-            self.log(key, value, step)
-
-    def flush(self) -> None:
-        while self.pending:
-            chunk = self.pending[:METRICS_PER_BATCH]
-            retrying(lambda: self.client.log_batch(self.run_id, metrics=chunk))
-            self.logged += len(chunk)
-            del self.pending[: len(chunk)]
-        self.last_flush = time.monotonic()
 
 
 def _param_value(value: Any) -> str:
@@ -221,8 +71,10 @@ class VariantResult:
 def wrap(text: str, width: int = WRAP_COLUMNS) -> str:
     """``text`` with lines of at most ``width`` characters; the model's own newlines stay."""
     lines = text.split("\n")
-    return "\n".join(line if len(line) <= width else "\n".join(textwrap.wrap(line, width, replace_whitespace=False))
-                     for line in lines)
+    return "\n".join(
+        line if len(line) <= width else "\n".join(textwrap.wrap(line, width, replace_whitespace=False))
+        for line in lines
+    )
 
 
 def dataset_name(config: DataConfig) -> str:
@@ -250,8 +102,13 @@ def dataset_inputs(config: DataConfig, data_dir: Path | None, corpus: Corpus) ->
     inputs = []
     for context, tokens in (("train", corpus.train), ("val", corpus.val)):
         meta = MetaDataset(source, name=f"{name}/{context}", digest=sha256[:36])
-        profile = {"sha256": sha256, "split": config.split, "train_fraction": config.train_fraction,
-                   "tokens": len(tokens), "vocab_size": corpus.tokenizer.vocab_size}
+        profile = {
+            "sha256": sha256,
+            "split": config.split,
+            "train_fraction": config.train_fraction,
+            "tokens": len(tokens),
+            "vocab_size": corpus.tokenizer.vocab_size,
+        }
         entity = DatasetEntity(**meta.to_dict(), profile=json.dumps(profile))
         inputs.append(DatasetInput(entity, tags=[InputTag("mlflow.data.context", context)]))
     return inputs
@@ -305,18 +162,30 @@ class _VariantRun:
     """One variant's MLflow run while it trains, in phases, so that one run (``run_variant``) and a stack
     of seeds (``run_stacked``) open, record and close their runs the same way."""
 
-    def __init__(self, variant: Variant, *, experiment_id: str, parent_run_id: str | None = None,
-                 data_dir: Path | None = None, uri: str | None = None, checkpoint_dir: Path | None = None,
-                 checkpoint_store: str = "local", finished_before_ms: int | None = None, progress_position: int = 1,
-                 show_progress: bool = True, names: dict[str, str] | None = None,
-                 should_stop: Callable[[], bool] | None = None):
-        from harness import runs
-        from harness.checkpoints import checkpoint_store as make_checkpoint_store
+    def __init__(
+        self,
+        variant: Variant,
+        *,
+        experiment_id: str,
+        parent_run_id: str | None = None,
+        data_dir: Path | None = None,
+        uri: str | None = None,
+        checkpoint_dir: Path | None = None,
+        checkpoint_store: str = "local",
+        finished_before_ms: int | None = None,
+        progress_position: int = 1,
+        show_progress: bool = True,
+        names: dict[str, str] | None = None,
+        should_stop: Callable[[], bool] | None = None,
+    ):
+        from harness.tracking.checkpoints import checkpoint_store as make_checkpoint_store
 
         self.variant, self.experiment_id, self.parent_run_id = variant, experiment_id, parent_run_id
         self.data_dir, self.finished_before_ms = data_dir, finished_before_ms
         self.progress_position, self.show_progress = progress_position, show_progress
-        self.should_stop = should_stop  # asked at every evaluation; True stops the run as Ctrl-C does (--executor threads)
+        self.should_stop = (
+            should_stop  # asked at every evaluation; True stops the run as Ctrl-C does (--executor threads)
+        )
         self.uri = uri or tracking_uri()
         self.client = MlflowClient(self.uri)
         self.config = variant.config
@@ -324,7 +193,7 @@ class _VariantRun:
         self.tags = {
             "variant": variant.id,
             "config_hash": self.config.config_hash(),
-            "identity_version": str(getattr(spec_module, "IDENTITY_VERSION", 2)),
+            "identity_version": str(IDENTITY_VERSION),
             "git_commit": git_commit(),
             "torch_version": torch.__version__,
             "python_version": platform.python_version(),
@@ -333,33 +202,44 @@ class _VariantRun:
         }
         if parent_run_id:
             self.tags[PARENT_TAG] = parent_run_id
-            self.tags[runs.DRIVER_TAG] = parent_run_id
-        self.store = (make_checkpoint_store(checkpoint_store, self.client, checkpoint_dir)
-                      if self.config.train.checkpoint_interval else None)
+            self.tags[claims.DRIVER_TAG] = parent_run_id
+        self.store = (
+            make_checkpoint_store(checkpoint_store, self.client, checkpoint_dir)
+            if self.config.train.checkpoint_interval
+            else None
+        )
         self.run_id = ""
         self.heartbeat = self.metrics = self.monitor = self.bar = None
         self.corpus = self.before = None
 
     def claim(self) -> VariantResult | None:
-        """Claim the variant in the store (harness/runs.py); a VariantResult SKIPPED when it is not ours."""
-        from harness import runs
+        """Claim the variant in the store (harness/tracking/claims.py); a VariantResult SKIPPED when it is not ours."""
 
         client = self.client
 
         def create_run() -> str:
-            claim_tags = {**self.tags, **runs.owner_tags(), runs.CLAIM_TAG: "pending"}
-            return retrying(lambda: client.create_run(self.experiment_id, run_name=self.name, tags=claim_tags)).info.run_id
+            claim_tags = {**self.tags, **claims.owner_tags(), claims.CLAIM_TAG: "pending"}
+            return retrying(
+                lambda: client.create_run(self.experiment_id, run_name=self.name, tags=claim_tags)
+            ).info.run_id
 
         store, variant = self.store, self.variant
         # Resume only from the run's own checkpoint: restarting at step 0 inside a run that already holds
         # metrics would log its steps twice, so without one a stale run is closed and a new one started.
-        claim = runs.claim_variant(client, self.experiment_id, variant, create_run, driver=self.parent_run_id,
-                                   load_checkpoint=(lambda rid: store.load(rid, variant)) if store else (lambda rid: None),
-                                   finished_before_ms=self.finished_before_ms, log=tqdm_write)
+        claim = claims.claim_variant(
+            client,
+            self.experiment_id,
+            variant,
+            create_run,
+            driver=self.parent_run_id,
+            load_checkpoint=(lambda rid: store.load(rid, variant)) if store else (lambda rid: None),
+            finished_before_ms=self.finished_before_ms,
+            log=tqdm_write,
+        )
         if claim.skip:
             return VariantResult(variant.id, claim.run_id, "SKIPPED", {}, claim.skip)
         self.run_id, self.saved = claim.run_id, claim.saved
-        self.heartbeat = runs.Heartbeat(client, self.run_id).start()
+        self.heartbeat = claims.Heartbeat(client, self.run_id).start()
         self.metrics = BufferedMetrics(client, self.run_id, auto_flush=store is None)
         return None
 
@@ -385,7 +265,11 @@ class _VariantRun:
             torch.manual_seed(config.train.seed)
             model = build_model(config.model, corpus.tokenizer.vocab_size, config.train.context_length)
             trainer = Trainer(model, corpus, config.train, device)
-        retrying(lambda: client.log_batch(run_id, tags=[RunTag("device", str(device)), RunTag("vocab_size", str(corpus.tokenizer.vocab_size))]))
+        retrying(
+            lambda: client.log_batch(
+                run_id, tags=[RunTag("device", str(device)), RunTag("vocab_size", str(corpus.tokenizer.vocab_size))]
+            )
+        )
         resumed_from = 0
         if saved is not None:
             trainer.load_state_dict(saved)
@@ -399,8 +283,16 @@ class _VariantRun:
             retrying(lambda: client.log_text(run_id, wrap(self.before), "samples/before.txt"))
         else:  # sampled by the run's first process; the wrapped text is what is left of it
             self.before = _read_artifact(client, run_id, "samples/before.txt")
-        self.bar = tqdm(total=config.train.steps, initial=resumed_from, desc=self.name, position=self.progress_position,
-                        leave=False, disable=not self.show_progress, dynamic_ncols=True, unit="step")
+        self.bar = tqdm(
+            total=config.train.steps,
+            initial=resumed_from,
+            desc=self.name,
+            position=self.progress_position,
+            leave=False,
+            disable=not self.show_progress,
+            dynamic_ncols=True,
+            unit="step",
+        )
         return trainer
 
     def on_progress(self, done: int, train_loss: float) -> None:
@@ -445,7 +337,12 @@ class _VariantRun:
         # One row per run. The experiment page's artifact view pivots the runs' tables: grouped by its
         # first column (the prompt, the same in every run) and comparing the second, it lays the runs'
         # samples side by side.
-        row = {"prompt": [config.sample.prompt], "after": [after], "before": [self.before], "variant": [self.variant.id]}
+        row = {
+            "prompt": [config.sample.prompt],
+            "after": [after],
+            "before": [self.before],
+            "variant": [self.variant.id],
+        }
         retrying(lambda: client.log_table(run_id, data=row, artifact_file=SAMPLES_TABLE))
         self.metrics.log_dict(final, SUMMARY_STEP)
         self.metrics.flush()
@@ -484,7 +381,7 @@ def tqdm_write(line: str) -> None:
 def run_variant(variant: Variant, *, threads: int = 0, **options) -> VariantResult:
     """Train one variant into its own MLflow run; the run ends FINISHED, FAILED (with why) or KILLED.
 
-    The run is claimed first (harness/runs.py): a variant FINISHED or live elsewhere comes back SKIPPED
+    The run is claimed first (harness/tracking/claims.py): a variant FINISHED or live elsewhere comes back SKIPPED
     with the reason; a stale or KILLED run with a checkpoint is resumed. ``options`` are ``_VariantRun``'s:
     ``experiment_id``, ``parent_run_id``, ``data_dir``, ``uri``, checkpoints, progress, and ``names`` (the
     sweep's run names by variant id, ``naming.run_names``, so that they differ early).
@@ -509,12 +406,12 @@ GRAPHS_TAG = "cuda_graphs"  # on a run whose steps were to be CUDA graphs: graph
 
 
 def run_stacked(variants: list[Variant], *, threads: int = 0, **options) -> list[VariantResult]:
-    """Train variants that differ only in ``train.seed`` as one stack (harness/stacking.py), one run each.
+    """Train variants that differ only in ``train.seed`` as one stack (harness/train/stacking.py), one run each.
 
     Each seed is claimed, recorded and closed on its own, as by ``run_variant``: a seed claimed elsewhere is
     skipped, one that diverges fails alone. Seeds that resume from a checkpoint train alone (their steps differ).
     """
-    from harness.stacking import StackedTrainer
+    from harness.train.stacking import StackedTrainer
 
     show_progress = options.pop("show_progress", True)
     runs_ = [_VariantRun(v, **options, show_progress=show_progress and i == 0) for i, v in enumerate(variants)]
@@ -540,7 +437,7 @@ def run_stacked(variants: list[Variant], *, threads: int = 0, **options) -> list
         if fresh:
             seeds = ",".join(str(run.config.train.seed) for run in fresh)
             for run in fresh:
-                retrying(lambda: run.client.set_tag(run.run_id, STACKED_TAG, seeds))
+                retrying(lambda run=run: run.client.set_tag(run.run_id, STACKED_TAG, seeds))
             stack = None
             try:
                 stack = StackedTrainer([trainers[run.variant.id] for run in fresh])
@@ -550,7 +447,7 @@ def run_stacked(variants: list[Variant], *, threads: int = 0, **options) -> list
                 raise
             except Exception as exc:  # the stack itself failed (out of memory...): every seed in it did
                 outcomes = [exc] * len(fresh)
-            for run, outcome in zip(fresh, outcomes):
+            for run, outcome in zip(fresh, outcomes, strict=True):
                 results[run.variant.id] = run.conclude(trainers[run.variant.id], outcome, stack)
         for run in alone:
             results[run.variant.id] = run.train(trainers[run.variant.id])
@@ -586,10 +483,15 @@ def _read_artifact(client: MlflowClient, run_id: str, path: str) -> str:
 def _stored_through(client: MlflowClient, run_id: str) -> dict[str, int]:
     """The last step of each metric already stored for ``run_id``."""
     keys = retrying(lambda: client.get_run(run_id)).data.metrics
-    return {key: max((m.step for m in retrying(lambda: client.get_metric_history(run_id, key))), default=-1) for key in keys}
+    return {
+        key: max((m.step for m in retrying(lambda key=key: client.get_metric_history(run_id, key))), default=-1)
+        for key in keys
+    }
 
 
-def _close(client: MlflowClient, metrics: BufferedMetrics, run_id: str, status: str, reason: str, details: str | None) -> None:
+def _close(
+    client: MlflowClient, metrics: BufferedMetrics, run_id: str, status: str, reason: str, details: str | None
+) -> None:
     """Record why a run stopped, keeping every point already collected; never raise from here."""
     # A KILLED run with checkpoints resumes from its last one: points after it would be logged twice.
     keep_pending = metrics.auto_flush or status != "KILLED"

@@ -14,10 +14,16 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
+from harness.train.evaluation import LOSS_NOISE_MIN_STEPS
+
 CONFIDENCE = 0.95
 SUMMARY_METRICS = ["final_train_loss", "final_val_loss", "excess_loss", "loss_noise"]
-EFFECT_METRICS = ["final_val_loss", "loss_noise"]  # the effect on val loss is the headline; noise for the batch question
+EFFECT_METRICS = [
+    "final_val_loss",
+    "loss_noise",
+]  # the effect on val loss is the headline; noise for the batch question
 FINISHED = "FINISHED"
+
 
 @dataclass(frozen=True)
 class Interval:
@@ -92,7 +98,7 @@ def combinations(table: pd.DataFrame, factors: list[str]) -> list[dict]:
     """Every combination of ``factors`` present in the table, in table order ([{}] for no factors)."""
     if not factors:
         return [{}]
-    return [dict(zip(factors, row)) for row in table[factors].drop_duplicates().itertuples(index=False)]
+    return [dict(zip(factors, row, strict=True)) for row in table[factors].drop_duplicates().itertuples(index=False)]
 
 
 def select(table: pd.DataFrame, values: dict) -> pd.DataFrame:
@@ -112,8 +118,9 @@ CONVERGENCE_RULE = (
     f"evaluation at or before {1 - CONVERGENCE_WINDOW:.0%} of the steps)| < {CONVERGENCE_TOLERANCE}, where that "
     f"evaluation comes after {1 - 2 * CONVERGENCE_WINDOW:.0%} of them (else the curve cannot tell). A verdict (worse, "
     f"better, oscillates less, closest to the floor) is drawn only when every run it uses is near convergence; "
-    f"otherwise the answer says \"too short to judge\" and why, and shows the numbers without a verdict. "
-    f"The CIs below are over seeds, whatever the convergence.")
+    f'otherwise the answer says "too short to judge" and why, and shows the numbers without a verdict. '
+    f"The CIs below are over seeds, whatever the convergence."
+)
 
 
 def val_movement(history: pd.DataFrame | None) -> tuple[int | None, float]:
@@ -139,8 +146,11 @@ def with_convergence(table: pd.DataFrame, val_curves: dict[str, pd.DataFrame]) -
         steps.append(step)
         changes.append(change)
     changes = pd.Series(changes, index=table.index, dtype="float64")
-    return table.assign(steps_run=pd.Series(steps, index=table.index, dtype="Int64"), val_change_last_10pct=changes,
-                        near_convergence=changes.abs() < CONVERGENCE_TOLERANCE)
+    return table.assign(
+        steps_run=pd.Series(steps, index=table.index, dtype="Int64"),
+        val_change_last_10pct=changes,
+        near_convergence=changes.abs() < CONVERGENCE_TOLERANCE,
+    )
 
 
 def _steps_text(runs: pd.DataFrame) -> str:
@@ -160,27 +170,30 @@ def too_short(runs: pd.DataFrame) -> str | None:
         return None
     changes = moving["val_change_last_10pct"].abs().dropna()
     if changes.empty:
-        return (f"{len(moving)} of {len(done)} runs have no evaluation from {1 - 2 * CONVERGENCE_WINDOW:.0%} to "
-                f"{1 - CONVERGENCE_WINDOW:.0%} of their steps ({_steps_text(done)} steps run): train.eval_interval "
-                "is too long for them to tell")
-    return (f"{len(moving)} of {len(done)} runs were still moving: their val loss changed by up to {changes.max():.4f} "
-            f"nats over the last {CONVERGENCE_WINDOW:.0%} of their {_steps_text(done)} steps "
-            f"(near convergence means less than {CONVERGENCE_TOLERANCE})")
+        return (
+            f"{len(moving)} of {len(done)} runs have no evaluation from {1 - 2 * CONVERGENCE_WINDOW:.0%} to "
+            f"{1 - CONVERGENCE_WINDOW:.0%} of their steps ({_steps_text(done)} steps run): train.eval_interval "
+            "is too long for them to tell"
+        )
+    return (
+        f"{len(moving)} of {len(done)} runs were still moving: their val loss changed by up to {changes.max():.4f} "
+        f"nats over the last {CONVERGENCE_WINDOW:.0%} of their {_steps_text(done)} steps "
+        f"(near convergence means less than {CONVERGENCE_TOLERANCE})"
+    )
 
 
 def loss_noise_reason(runs: pd.DataFrame) -> str:
     """Why loss_noise is NaN: too few steps for its moving-average window (train.LOSS_NOISE_MIN_STEPS)."""
-    from harness import train
-
-    needed = getattr(train, "LOSS_NOISE_MIN_STEPS", None)
-    need = f"at least {needed:,} steps" if needed else "enough steps"
+    need = f"at least {LOSS_NOISE_MIN_STEPS:,} steps"
     return f"loss_noise needs {need} for its moving-average window; these runs ran {_steps_text(finished(runs))} steps"
 
 
 # -- tables --------------------------------------------------------------------------------------------------
 
-def summarize(table: pd.DataFrame, factors: list[str], label: str = "setting",
-              metrics: list[str] = SUMMARY_METRICS) -> pd.DataFrame:
+
+def summarize(
+    table: pd.DataFrame, factors: list[str], label: str = "setting", metrics: list[str] = SUMMARY_METRICS
+) -> pd.DataFrame:
     """One row per setting (every factor but the seed): n finished runs, then mean/std/CI of each metric.
 
     ``runs`` counts the setting's variants whatever their status; statistics use FINISHED runs only.
@@ -189,11 +202,22 @@ def summarize(table: pd.DataFrame, factors: list[str], label: str = "setting",
     rows = []
     for _, group in groups:
         done = finished(group)
-        row = {label: group[label].iloc[0], **{f: group[f].iloc[0] for f in factors}, "runs": len(group), "n": len(done)}
+        row = {
+            label: group[label].iloc[0],
+            **{f: group[f].iloc[0] for f in factors},
+            "runs": len(group),
+            "n": len(done),
+        }
         for metric in metrics:
             interval = mean_ci(done[metric] if metric in done else [])
-            row.update({f"{metric}_mean": interval.mean, f"{metric}_std": interval.std,
-                        f"{metric}_ci_low": interval.low, f"{metric}_ci_high": interval.high})
+            row.update(
+                {
+                    f"{metric}_mean": interval.mean,
+                    f"{metric}_std": interval.std,
+                    f"{metric}_ci_low": interval.low,
+                    f"{metric}_ci_high": interval.high,
+                }
+            )
         row["bigram_floor"] = mean_ci(done["bigram_floor"] if "bigram_floor" in done else []).mean
         if "near_convergence" in done:
             row["n_near_convergence"] = int(done["near_convergence"].astype(bool).sum())
@@ -202,9 +226,11 @@ def summarize(table: pd.DataFrame, factors: list[str], label: str = "setting",
     return pd.DataFrame(rows)
 
 
-def paired_differences(table: pd.DataFrame, factor: str, level, baseline, metric: str,
-                       pair_on: list[str]) -> pd.DataFrame:
-    """Runs at ``level`` matched to the run at ``baseline`` with equal ``pair_on`` values; ``difference`` = level - baseline.
+def paired_differences(
+    table: pd.DataFrame, factor: str, level, baseline, metric: str, pair_on: list[str]
+) -> pd.DataFrame:
+    """Runs at ``level`` matched to the run at ``baseline`` with equal ``pair_on`` values;
+    ``difference`` = level - baseline.
 
     Only FINISHED runs with a finite metric pair up, so a failed or missing run drops its pair, not the table.
     """
@@ -239,9 +265,27 @@ def data_factors(table: pd.DataFrame, factors: list[str], seed: str | None = Non
     return found
 
 
-EFFECT_COLUMNS = ["metric", "kind", "data", "axis", "level", "baseline", "comparison", "n_pairs", "mean_difference",
-                  "std", "ci_low", "ci_high", "level_mean", "baseline_mean", "ci_excludes_zero", "near_convergence",
-                  "mean_difference_bits", "ci_low_bits", "ci_high_bits"]
+EFFECT_COLUMNS = [
+    "metric",
+    "kind",
+    "data",
+    "axis",
+    "level",
+    "baseline",
+    "comparison",
+    "n_pairs",
+    "mean_difference",
+    "std",
+    "ci_low",
+    "ci_high",
+    "level_mean",
+    "baseline_mean",
+    "ci_excludes_zero",
+    "near_convergence",
+    "mean_difference_bits",
+    "ci_low_bits",
+    "ci_high_bits",
+]
 
 
 def _compare(table: pd.DataFrame, factor: str, order: list | None, pair_on: list[str], metric: str) -> list[dict]:
@@ -252,25 +296,43 @@ def _compare(table: pd.DataFrame, factor: str, order: list | None, pair_on: list
         baseline = values[i - 1] if order else values[0]
         pairs = paired_differences(table, factor, level, baseline, metric, [k for k in pair_on if k != factor])
         interval = mean_ci(pairs["difference"])
-        converged = (bool(pairs["near_convergence"].astype(bool).all() and pairs["near_convergence_baseline"].astype(bool).all())
-                     if "near_convergence" in pairs and len(pairs) else None)
-        rows.append({
-            "axis": factor, "level": level, "baseline": baseline, "comparison": "previous level" if order else "first level",
-            "n_pairs": interval.n, "mean_difference": interval.mean, "std": interval.std,
-            "ci_low": interval.low, "ci_high": interval.high,
-            "level_mean": pairs[metric].mean() if len(pairs) else math.nan,
-            "baseline_mean": pairs[f"{metric}_baseline"].mean() if len(pairs) else math.nan,
-            "ci_excludes_zero": interval.direction in ("up", "down"), "near_convergence": converged,
-            # nats -> bits: per character, since every token is one character
-            "mean_difference_bits": interval.mean / math.log(2),
-            "ci_low_bits": interval.low / math.log(2), "ci_high_bits": interval.high / math.log(2),
-        })
+        converged = (
+            bool(pairs["near_convergence"].astype(bool).all() and pairs["near_convergence_baseline"].astype(bool).all())
+            if "near_convergence" in pairs and len(pairs)
+            else None
+        )
+        rows.append(
+            {
+                "axis": factor,
+                "level": level,
+                "baseline": baseline,
+                "comparison": "previous level" if order else "first level",
+                "n_pairs": interval.n,
+                "mean_difference": interval.mean,
+                "std": interval.std,
+                "ci_low": interval.low,
+                "ci_high": interval.high,
+                "level_mean": pairs[metric].mean() if len(pairs) else math.nan,
+                "baseline_mean": pairs[f"{metric}_baseline"].mean() if len(pairs) else math.nan,
+                "ci_excludes_zero": interval.direction in ("up", "down"),
+                "near_convergence": converged,
+                # nats -> bits: per character, since every token is one character
+                "mean_difference_bits": interval.mean / math.log(2),
+                "ci_low_bits": interval.low / math.log(2),
+                "ci_high_bits": interval.high / math.log(2),
+            }
+        )
     return rows
 
 
-def effects(table: pd.DataFrame, factors: list[str], seed: str | None = None,
-            metrics: list[str] = EFFECT_METRICS, data: list[str] | None = None,
-            orders: dict[str, list] | None = None) -> pd.DataFrame:
+def effects(
+    table: pd.DataFrame,
+    factors: list[str],
+    seed: str | None = None,
+    metrics: list[str] = EFFECT_METRICS,
+    data: list[str] | None = None,
+    orders: dict[str, list] | None = None,
+) -> pd.DataFrame:
     """The paired differences of each factor, per metric.
 
     Treatments (factors that keep the data) are compared within each corpus (``data``: the data factors; every
@@ -296,8 +358,15 @@ def effects(table: pd.DataFrame, factors: list[str], seed: str | None = None,
             subset = select(table, corpus)
             for factor in treatments:
                 for row in _compare(subset, factor, orders.get(factor), pair_keys, metric):
-                    rows.append({"metric": metric, "kind": "treatment", "data": corpus_label(corpus) or fixed_corpus,
-                                 "_corpus": c, **row})
+                    rows.append(
+                        {
+                            "metric": metric,
+                            "kind": "treatment",
+                            "data": corpus_label(corpus) or fixed_corpus,
+                            "_corpus": c,
+                            **row,
+                        }
+                    )
         for factor in data:
             for row in _compare(table, factor, orders.get(factor), pair_keys, metric):
                 rows.append({"metric": metric, "kind": "different data", "data": "", "_corpus": len(corpora), **row})
@@ -307,16 +376,23 @@ def effects(table: pd.DataFrame, factors: list[str], seed: str | None = None,
     order = {m: i for i, m in enumerate(metrics)}
     size = result["mean_difference"].abs()
     block = size.groupby([result["metric"], result["_corpus"], result["axis"]]).transform("max")
-    within = pd.Series([-float(v) if not orders.get(axis) else float(i) for i, (axis, v)
-                        in enumerate(zip(result["axis"], size.fillna(-1.0)))], index=result.index)
+    within = pd.Series(
+        [
+            -float(v) if not orders.get(axis) else float(i)
+            for i, (axis, v) in enumerate(zip(result["axis"], size.fillna(-1.0), strict=True))
+        ],
+        index=result.index,
+    )
     result = result.assign(_metric=result["metric"].map(order), _block=block.fillna(-1.0), _within=within)
     # Largest axis first; within an axis, a named one keeps its levels in the order written, others largest first.
-    result = result.sort_values(["_metric", "_corpus", "_block", "axis", "_within"],
-                                ascending=[True, True, False, True, True], kind="stable")
+    result = result.sort_values(
+        ["_metric", "_corpus", "_block", "axis", "_within"], ascending=[True, True, False, True, True], kind="stable"
+    )
     return result.drop(columns=["_metric", "_block", "_within", "_corpus"]).reset_index(drop=True)
 
 
 # -- published references ------------------------------------------------------------------------------------
+
 
 def _matches(table: pd.DataFrame, match: dict) -> pd.Series:
     """Rows whose axis values equal a reference's ``match`` (compared as text: 32 == '32', [8, 8] == '8x8')."""
@@ -336,16 +412,37 @@ def references(table: pd.DataFrame, refs: list) -> pd.DataFrame:
     for ref in refs:
         runs = finished(table[_matches(table, ref.match)])
         interval = mean_ci(runs[ref.metric] if ref.metric in runs else [])
-        rows.append({
-            "match": ", ".join(f"{k}={v}" for k, v in ref.match.items()), "metric": ref.metric, "n": interval.n,
-            "measured_mean": interval.mean, "measured_ci_low": interval.low, "measured_ci_high": interval.high,
-            "published": float(ref.value), "difference": interval.mean - float(ref.value),
-            "published_in_ci": bool(interval.low <= ref.value <= interval.high) if interval.n > 1 else None,
-            "near_convergence": too_short(runs) is None if len(runs) else None,
-            "source": ref.source,
-        })
-    return pd.DataFrame(rows, columns=["match", "metric", "n", "measured_mean", "measured_ci_low", "measured_ci_high",
-                                       "published", "difference", "published_in_ci", "near_convergence", "source"])
+        rows.append(
+            {
+                "match": ", ".join(f"{k}={v}" for k, v in ref.match.items()),
+                "metric": ref.metric,
+                "n": interval.n,
+                "measured_mean": interval.mean,
+                "measured_ci_low": interval.low,
+                "measured_ci_high": interval.high,
+                "published": float(ref.value),
+                "difference": interval.mean - float(ref.value),
+                "published_in_ci": bool(interval.low <= ref.value <= interval.high) if interval.n > 1 else None,
+                "near_convergence": too_short(runs) is None if len(runs) else None,
+                "source": ref.source,
+            }
+        )
+    return pd.DataFrame(
+        rows,
+        columns=[
+            "match",
+            "metric",
+            "n",
+            "measured_mean",
+            "measured_ci_low",
+            "measured_ci_high",
+            "published",
+            "difference",
+            "published_in_ci",
+            "near_convergence",
+            "source",
+        ],
+    )
 
 
 def attach_references(summary: pd.DataFrame, table: pd.DataFrame, refs: list, label: str = "setting") -> pd.DataFrame:
@@ -359,14 +456,19 @@ def attach_references(summary: pd.DataFrame, table: pd.DataFrame, refs: list, la
         hit = summary[label].isin(settings)
         for suffix in ("", "_difference", "_source"):
             if f"{ref.metric}_reference{suffix}" not in summary:
-                summary[f"{ref.metric}_reference{suffix}"] = pd.Series(dtype="object" if suffix == "_source" else "float64")
+                summary[f"{ref.metric}_reference{suffix}"] = pd.Series(
+                    dtype="object" if suffix == "_source" else "float64"
+                )
         summary.loc[hit, f"{ref.metric}_reference"] = float(ref.value)
-        summary.loc[hit, f"{ref.metric}_reference_difference"] = summary.loc[hit, f"{ref.metric}_mean"] - float(ref.value)
+        summary.loc[hit, f"{ref.metric}_reference_difference"] = summary.loc[hit, f"{ref.metric}_mean"] - float(
+            ref.value
+        )
         summary.loc[hit, f"{ref.metric}_reference_source"] = ref.source
     return summary
 
 
 # -- the write-up's questions, answered in sentences generated from the numbers ---------------------------
+
 
 def _joined(names: list[str]) -> str:
     names = [short_name(n) for n in names]
@@ -377,8 +479,9 @@ def _pairing(pair_on: list[str]) -> str:
     return f"pairs matched on {_joined(pair_on)}" if pair_on else "pairs"
 
 
-def ffn_vs_bigram(table: pd.DataFrame, factors: list[str], seed: str | None,
-                  model: str = "model.kind", dataset: str = "data.dataset") -> list[str]:
+def ffn_vs_bigram(
+    table: pd.DataFrame, factors: list[str], seed: str | None, model: str = "model.kind", dataset: str = "data.dataset"
+) -> list[str]:
     """Is the FFN worse than the bigram on each corpus? (The write-up: 'capacity too large for the data'.)"""
     if model not in factors or not {"bigram", "ffn"} <= set(levels(table, model)):
         return [f"FFN vs bigram: not answerable, this sweep does not vary {model} over bigram and ffn."]
@@ -390,8 +493,10 @@ def ffn_vs_bigram(table: pd.DataFrame, factors: list[str], seed: str | None,
         where = f"On {corpus}" if corpus is not None else "Across this sweep"
         pairs = paired_differences(subset, model, "ffn", "bigram", "final_val_loss", pair_on)
         interval = mean_ci(pairs["difference"])
-        head = (f"{where}, final val loss of the FFN minus the bigram is "
-                f"{interval.describe(_pairing([k for k in pair_on if k != dataset]), signed=True)}")
+        head = (
+            f"{where}, final val loss of the FFN minus the bigram is "
+            f"{interval.describe(_pairing([k for k in pair_on if k != dataset]), signed=True)}"
+        )
         premature = too_short(subset[subset[model].isin(["ffn", "bigram"])])
         if interval.n and premature:
             sentences.append(f"{head}: too short to judge: {premature}.")
@@ -400,14 +505,17 @@ def ffn_vs_bigram(table: pd.DataFrame, factors: list[str], seed: str | None,
             "up": "the FFN is worse, as the write-up claims.",
             "down": "the FFN is better, so these runs do not support the write-up's claim that it is worse.",
             "overlap": "the interval includes 0, so these runs cannot tell whether the FFN is worse.",
-            "point": f"the single pair says the FFN is {'worse' if interval.mean > 0 else 'better'}, which may be noise.",
+            "point": f"the single pair says the FFN is {'worse' if interval.mean > 0 else 'better'}, "
+            "which may be noise.",
             "none": "no finished FFN/bigram pair to compare.",
         }[interval.direction]
         sentences.append(f"{head}: {verdict}" if interval.n else f"{where}: {verdict}")
     return sentences
 
 
-def batch_noise(table: pd.DataFrame, factors: list[str], seed: str | None, batch: str = "train.batch_size") -> list[str]:
+def batch_noise(
+    table: pd.DataFrame, factors: list[str], seed: str | None, batch: str = "train.batch_size"
+) -> list[str]:
     """Does a larger batch oscillate less? loss_noise = std of the minibatch loss around its moving average."""
     if batch not in factors or len(levels(table, batch)) < 2:
         return [f"Batch size and oscillation: not answerable, this sweep does not vary {batch}."]
@@ -420,13 +528,20 @@ def batch_noise(table: pd.DataFrame, factors: list[str], seed: str | None, batch
         used = table[table[batch].isin([level, values[0]])]
         if interval.n == 0:
             done = finished(used)
-            why = (loss_noise_reason(used) if len(done) and "loss_noise" in done
-                   and pd.to_numeric(done["loss_noise"], errors="coerce").isna().all() else "no finished pair with a loss_noise")
+            why = (
+                loss_noise_reason(used)
+                if len(done)
+                and "loss_noise" in done
+                and pd.to_numeric(done["loss_noise"], errors="coerce").isna().all()
+                else "no finished pair with a loss_noise"
+            )
             sentences.append(f"Batch {level} vs {values[0]}: not measurable: {why}.")
             continue
-        head = (f"Batch {level} vs {values[0]}: loss_noise changes by {interval.describe(_pairing(pair_on), signed=True)}, "
-                f"from a mean of {pairs['loss_noise_baseline'].mean():.4f} at {values[0]} "
-                f"to {pairs['loss_noise'].mean():.4f} at {level}")
+        head = (
+            f"Batch {level} vs {values[0]}: loss_noise changes by {interval.describe(_pairing(pair_on), signed=True)}, "
+            f"from a mean of {pairs['loss_noise_baseline'].mean():.4f} at {values[0]} "
+            f"to {pairs['loss_noise'].mean():.4f} at {level}"
+        )
         premature = too_short(used)
         if premature:
             sentences.append(f"{head}: too short to judge: {premature}.")
@@ -435,7 +550,8 @@ def batch_noise(table: pd.DataFrame, factors: list[str], seed: str | None, batch
             "up": f"batch {level} oscillates more.",
             "down": f"batch {level} oscillates less.",
             "overlap": "the interval includes 0, so no difference in oscillation is shown.",
-            "point": f"the single pair says batch {level} oscillates {'more' if interval.mean > 0 else 'less'}, which may be noise.",
+            "point": f"the single pair says batch {level} oscillates {'more' if interval.mean > 0 else 'less'}, "
+            "which may be noise.",
         }[interval.direction]
         sentences.append(f"{head}: {verdict}")
     return sentences
@@ -455,8 +571,10 @@ def floor_distance(summary: pd.DataFrame, table: pd.DataFrame, factors: list[str
         floor = mean_ci(finished(group)["bigram_floor"]).mean
         side = "above" if interval.mean >= 0 else "below"
         extra = "" if side == "above" else " (it reads context, which a one-character model cannot)"
-        sentences.append(f"{name}: final train loss is {abs(interval.mean):.4f} nats {side} its bigram floor of "
-                         f"{floor:.4f}{extra}; excess_loss {interval.describe('seeds', signed=True)}.")
+        sentences.append(
+            f"{name}: final train loss is {abs(interval.mean):.4f} nats {side} its bigram floor of "
+            f"{floor:.4f}{extra}; excess_loss {interval.describe('seeds', signed=True)}."
+        )
     done = summary[summary["excess_loss_mean"].notna()] if "excess_loss_mean" in summary else summary.iloc[:0]
     if len(done) > 1:
         best = done.loc[done["excess_loss_mean"].idxmin()]
@@ -475,17 +593,27 @@ def between_corpora(table: pd.DataFrame, factors: list[str], seed: str | None, d
     rows = rows[rows["kind"] == "different data"]
     sentences = []
     for row in rows.itertuples():
-        head = (f"{row.level} vs {row.baseline} (different data, not a treatment): final val loss differs by "
-                f"{row.mean_difference:+.4f} nats = {row.mean_difference_bits:+.4f} bits per character")
+        head = (
+            f"{row.level} vs {row.baseline} (different data, not a treatment): final val loss differs by "
+            f"{row.mean_difference:+.4f} nats = {row.mean_difference_bits:+.4f} bits per character"
+        )
         if row.n_pairs > 1:
-            head += (f" ({CONFIDENCE:.0%} CI {row.ci_low:+.4f} to {row.ci_high:+.4f} nats = {row.ci_low_bits:+.4f} to "
-                     f"{row.ci_high_bits:+.4f} bits, n={row.n_pairs} pairs)")
+            head += (
+                f" ({CONFIDENCE:.0%} CI {row.ci_low:+.4f} to {row.ci_high:+.4f} nats = {row.ci_low_bits:+.4f} to "
+                f"{row.ci_high_bits:+.4f} bits, n={row.n_pairs} pairs)"
+            )
         sentences.append(head + ".")
     return sentences or ["Only one corpus in this sweep."]
 
 
-def findings(table: pd.DataFrame, summary: pd.DataFrame, factors: list[str], seed: str | None,
-             label: str = "setting", data: list[str] | None = None) -> dict[str, list[str]]:
+def findings(
+    table: pd.DataFrame,
+    summary: pd.DataFrame,
+    factors: list[str],
+    seed: str | None,
+    label: str = "setting",
+    data: list[str] | None = None,
+) -> dict[str, list[str]]:
     """The report's answers: question -> sentences, each with its interval and n."""
     answers = {
         "Is the FFN worse than the bigram on each corpus?": ffn_vs_bigram(table, factors, seed),

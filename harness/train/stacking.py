@@ -18,14 +18,16 @@ from __future__ import annotations
 
 import time
 import warnings
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 import torch.nn as nn
 from torch.func import functional_call, stack_module_state, vmap
 
-from harness.graphs import CapturedStep
-from harness.train import DivergedError, MetricSink, Trainer, count_ids, learning_rate, set_lr, table_pair_loss
+from harness.train.graphs import CapturedStep
+from harness.train.losses import count_ids, table_pair_loss
+from harness.train.schedule import learning_rate, set_lr
+from harness.train.trainer import DivergedError, MetricSink, Trainer
 
 SeedOutcome = dict | Exception  # a seed's final metrics, or why it failed
 
@@ -65,25 +67,37 @@ class StackedTrainer:
         self.params, self.buffers = stack_module_state([t.model for t in trainers])
         cfg = self.config
         self.graph_backend = first.graph_backend
-        self.optimizer = torch.optim.AdamW(list(self.params.values()), lr=first._lr_value(cfg.lr), betas=tuple(cfg.betas),
-                                           weight_decay=cfg.weight_decay, fused=self.device.type in ("cpu", "cuda"),
-                                           capturable=self.graph_backend is not None)
+        self.optimizer = torch.optim.AdamW(
+            list(self.params.values()),
+            lr=first._lr_value(cfg.lr),
+            betas=tuple(cfg.betas),
+            weight_decay=cfg.weight_decay,
+            fused=self.device.type in ("cpu", "cuda"),
+            capturable=self.graph_backend is not None,
+        )
         self._stack_optimizer_state()
         # One (S, steps) tensor; each Trainer's step_losses is its row, so its checks and checkpoints see it.
         self.step_losses = torch.stack([t.state.step_losses for t in trainers])
         for s, t in enumerate(trainers):
             t.state.step_losses = self.step_losses[s]
         self.starts = torch.empty(self.seeds, cfg.batch_size, dtype=torch.long, device=self.device)  # static: graphs
-        self.captured = (None if self.graph_backend is None
-                         else CapturedStep(self._update, list(self.params.values()), self.graph_backend))
+        self.captured = (
+            None
+            if self.graph_backend is None
+            else CapturedStep(self._update, list(self.params.values()), self.graph_backend)
+        )
         self.failed: dict[int, Exception] = {}
         if self.position_wise:
             V = first.vocab  # seed s counts its pairs in table s of one (S * V * V) buffer
             self._table_offsets = torch.arange(self.seeds, device=self.device).view(-1, 1, 1) * (V * V)
             self._table = _LogitsTable(self.template)
-            self._table_of = vmap(lambda p, b: functional_call(self._table, ({f"model.{k}": v for k, v in p.items()},
-                                                                              {f"model.{k}": v for k, v in b.items()}), ()))
+            self._table_of = vmap(
+                lambda p, b: functional_call(
+                    self._table, ({f"model.{k}": v for k, v in p.items()}, {f"model.{k}": v for k, v in b.items()}), ()
+                )
+            )
         else:
+
             def seed_loss(p, b, x, y):
                 return functional_call(self.template, (p, b), (x, y))[1].float()
 
@@ -97,8 +111,11 @@ class StackedTrainer:
             return
         for i, stacked in enumerate(self.params.values()):
             self.optimizer.state[stacked] = {
-                key: (torch.stack([seed[i][key] for seed in states]).to(stacked.device)
-                      if _per_element(value, stacked.shape[1:]) else _copy(value))  # else: the step count, shared
+                key: (
+                    torch.stack([seed[i][key] for seed in states]).to(stacked.device)
+                    if _per_element(value, stacked.shape[1:])
+                    else _copy(value)
+                )  # else: the step count, shared
                 for key, value in states[0][i].items()
             }
 
@@ -114,7 +131,7 @@ class StackedTrainer:
                 b.copy_(self.buffers[name][s])
         if not optimizer:
             return trainer
-        for p, stacked in zip(trainer.model.parameters(), self.params.values()):
+        for p, stacked in zip(trainer.model.parameters(), self.params.values(), strict=True):
             state = self.optimizer.state.get(stacked)
             if state:
                 trainer.optimizer.state[p] = {
@@ -192,7 +209,7 @@ class StackedTrainer:
         evaluated: list[dict | None] = [None] * self.seeds
         if start_step == 0:
             for s in range(self.seeds):
-                evaluated[s] = self._guarded(s, lambda t: t._log_eval(sinks[s], 0))
+                evaluated[s] = self._guarded(s, lambda t, s=s: t._log_eval(sinks[s], 0))
         time_before = [t.state.train_time_s for t in self.trainers]
         started = time.perf_counter()
         last_logged = start_step
@@ -207,9 +224,13 @@ class StackedTrainer:
                 t.state.step = done
             if done % every == 0 or done == cfg.steps:
                 for s in self._live():
-                    self._guarded(s, lambda t: t._log_batch_losses(sinks[s], last_logged, done), weights=False)
+                    self._guarded(
+                        s,
+                        lambda t, s=s, since=last_logged, done=done: t._log_batch_losses(sinks[s], since, done),
+                        weights=False,
+                    )
                     if s not in self.failed:  # a seed whose steps diverged is not evaluated
-                        evaluated[s] = self._guarded(s, lambda t: t._log_eval(sinks[s], done))
+                        evaluated[s] = self._guarded(s, lambda t, s=s, done=done: t._log_eval(sinks[s], done))
                 last_logged = done
                 live = self._live()
                 if live:
@@ -217,7 +238,11 @@ class StackedTrainer:
             if checkpoint_every and done % checkpoint_every == 0 and done < cfg.steps:
                 elapsed = time.perf_counter() - started
                 for s in self._live():
-                    self._guarded(s, lambda t: t._log_batch_losses(sinks[s], last_logged, done), weights=False)
+                    self._guarded(
+                        s,
+                        lambda t, s=s, since=last_logged, done=done: t._log_batch_losses(sinks[s], since, done),
+                        weights=False,
+                    )
                 for s in self._live():
                     self.trainers[s].state.train_time_s = time_before[s] + elapsed
                     on_checkpoint(s, self.sync(s))

@@ -30,7 +30,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from harness.models import CharLanguageModel, ModelConfig
+from harness.models.base import CharLanguageModel
+from harness.models.config import ModelConfig
 
 
 class CausalSelfAttention(nn.Module):

@@ -24,10 +24,12 @@ import mlflow
 import pandas as pd
 from mlflow.tracking import MlflowClient
 
-from harness import analysis
 from harness.metrics import mlflow_key
-from harness.runs import SWEEP_TAG  # marks parent runs; their params record the overrides and seeds used
-from harness.spec import SEED_KEY, Spec, Variant, variant_id
+from harness.report import analysis
+from harness.spec.expansion import variant_id
+from harness.spec.keys import SEED_KEY
+from harness.spec.records import Spec, Variant
+from harness.tracking.claims import SWEEP_TAG  # marks parent runs; their params record the overrides and seeds used
 
 METRIC_COLUMNS = [
     "final_train_loss",
@@ -40,7 +42,7 @@ METRIC_COLUMNS = [
     "steps_per_s",
     "tokens_per_s",
 ]
-PROJECT_ROOT = Path(__file__).resolve().parents[1]
+PROJECT_ROOT = Path(__file__).resolve().parents[2]
 STATUS_RANK = {"FINISHED": 0, "RUNNING": 1, "KILLED": 2, "FAILED": 3}
 
 
@@ -49,6 +51,7 @@ class ReportError(Exception):
 
 
 # -- where reports go, and what they may say about this machine ----------------------------------------------
+
 
 def overrides_folder(overrides: dict | None, seeds: list[int] | None) -> str:
     """``overrides-<8 hex>``: a short hash of the overrides and seeds, so each such run has a folder of its own."""
@@ -61,7 +64,9 @@ def as_written(spec: Spec, overrides: dict | None, seeds: list[int] | None) -> b
     return not overrides and (seeds is None or list(seeds) == list(spec.seeds or []))
 
 
-def report_directory(results_dir: Path, spec: Spec, overrides: dict | None = None, seeds: list[int] | None = None) -> Path:
+def report_directory(
+    results_dir: Path, spec: Spec, overrides: dict | None = None, seeds: list[int] | None = None
+) -> Path:
     """``results/<name>/`` for the spec as written (the committed reference); with overrides or other seeds,
     ``results/<name>/overrides-<hash>/`` beside it, so a quick run never overwrites the reference."""
     out = Path(results_dir) / spec.name
@@ -91,7 +96,8 @@ def scrub_paths(text: str) -> str:
 
 
 def display_command(command: str | None) -> str | None:
-    """A recorded command line without machine paths; ``.../__main__.py`` (``python -m harness``) shown as ``harness``."""
+    """A recorded command line without machine paths; ``.../__main__.py`` (``python -m harness``) shown as
+    ``harness``."""
     if not command:
         return command
     try:
@@ -107,7 +113,7 @@ def display_uri(uri: str) -> str:
     """The tracking URI relative to the project (``sqlite:///mlflow.db``); a local store elsewhere is omitted."""
     for scheme in ("sqlite:///", "file://", ""):
         if uri.startswith(scheme) and (scheme or "://" not in uri):
-            shown = display_path(uri[len(scheme):])
+            shown = display_path(uri[len(scheme) :])
             return "(a local store outside the project)" if shown.startswith(".../") else f"`{scheme}{shown}`"
     return f"`{uri}`"
 
@@ -186,8 +192,15 @@ def runs_table(runs: pd.DataFrame, variants: list[Variant]) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def write_runs_csv(uri: str, spec: Spec, variants: list[Variant], results_dir: Path, runs: pd.DataFrame | None = None,
-                   overrides: dict | None = None, seeds: list[int] | None = None):
+def write_runs_csv(
+    uri: str,
+    spec: Spec,
+    variants: list[Variant],
+    results_dir: Path,
+    runs: pd.DataFrame | None = None,
+    overrides: dict | None = None,
+    seeds: list[int] | None = None,
+):
     runs = experiment_runs(uri, spec) if runs is None else runs
     table = runs_table(runs, variants)
     out = report_directory(results_dir, spec, overrides, seeds)
@@ -226,7 +239,9 @@ def _level_text(value) -> object:
     return "x".join(map(str, value)) if isinstance(value, (list, tuple)) else value
 
 
-def factor_table(table: pd.DataFrame, spec: Spec, variants: list[Variant]) -> tuple[pd.DataFrame, list[str], str | None]:
+def factor_table(
+    table: pd.DataFrame, spec: Spec, variants: list[Variant]
+) -> tuple[pd.DataFrame, list[str], str | None]:
     """The runs table with one column per factor, and a ``setting`` label (the variant id without its seed).
 
     A zip group varies its keys together, so it is one factor (column ``a+b``, values ``x/y``); pairing on its
@@ -258,8 +273,9 @@ def sweep_run(runs: pd.DataFrame, overrides: dict, seeds: list[int] | None) -> p
         return None
     sweeps = runs[runs[column].notna()].sort_values("start_time", ascending=False)
     for _, run in sweeps.iterrows():
-        if (_json_param(run, "overrides", {}) == json.loads(json.dumps(overrides or {}))
-                and _json_param(run, "seeds", None) == (seeds or None)):
+        if _json_param(run, "overrides", {}) == json.loads(json.dumps(overrides or {})) and _json_param(
+            run, "seeds", None
+        ) == (seeds or None):
             return run
     return None
 
@@ -339,32 +355,63 @@ def _interval_text(mean: float, low: float, high: float, n: int, signed: bool = 
 def _summary_view(summary: pd.DataFrame) -> pd.DataFrame:
     view = summary[["setting", "runs", "n"]].assign(setting=summary["setting"].map(md_text))
     if "n_near_convergence" in summary:
-        view["near convergence"] = [f"{int(k)}/{n}" for k, n in zip(summary["n_near_convergence"], summary["n"])]
+        view["near convergence"] = [
+            f"{int(k)}/{n}" for k, n in zip(summary["n_near_convergence"], summary["n"], strict=True)
+        ]
     for metric in analysis.SUMMARY_METRICS:
-        view[metric] = [_interval_text(r[f"{metric}_mean"], r[f"{metric}_ci_low"], r[f"{metric}_ci_high"], r["n"])
-                        for _, r in summary.iterrows()]
+        view[metric] = [
+            _interval_text(r[f"{metric}_mean"], r[f"{metric}_ci_low"], r[f"{metric}_ci_high"], r["n"])
+            for _, r in summary.iterrows()
+        ]
     return view
 
 
 def _effects_view(effects: pd.DataFrame) -> pd.DataFrame:
-    view = pd.DataFrame({
-        "metric": effects["metric"], "corpus": effects["data"].map(lambda d: md_text(d) if d else "-"),
-        "axis": effects["axis"].map(md_text),
-        "level vs baseline": [md_text(f"{a} vs {b}") for a, b in zip(effects["level"], effects["baseline"])],
-        "n pairs": effects["n_pairs"],
-        "mean difference [95% CI]": [_interval_text(m, lo, hi, n, signed=True).replace(" (n=1)", " (n=1, no CI)") for m, lo, hi, n in
-                                     zip(effects["mean_difference"], effects["ci_low"], effects["ci_high"], effects["n_pairs"])],
-        "in bits/char": [_interval_text(m, lo, hi, n, signed=True).replace(" (n=1)", "") for m, lo, hi, n in
-                         zip(effects["mean_difference_bits"], effects["ci_low_bits"], effects["ci_high_bits"], effects["n_pairs"])],
-        "CI excludes 0": effects["ci_excludes_zero"].map({True: "yes", False: "no"}),
-        "near convergence": effects["near_convergence"].map({True: "yes", False: "no"}).fillna("-"),
-    })
+    view = pd.DataFrame(
+        {
+            "metric": effects["metric"],
+            "corpus": effects["data"].map(lambda d: md_text(d) if d else "-"),
+            "axis": effects["axis"].map(md_text),
+            "level vs baseline": [
+                md_text(f"{a} vs {b}") for a, b in zip(effects["level"], effects["baseline"], strict=True)
+            ],
+            "n pairs": effects["n_pairs"],
+            "mean difference [95% CI]": [
+                _interval_text(m, lo, hi, n, signed=True).replace(" (n=1)", " (n=1, no CI)")
+                for m, lo, hi, n in zip(
+                    effects["mean_difference"], effects["ci_low"], effects["ci_high"], effects["n_pairs"], strict=True
+                )
+            ],
+            "in bits/char": [
+                _interval_text(m, lo, hi, n, signed=True).replace(" (n=1)", "")
+                for m, lo, hi, n in zip(
+                    effects["mean_difference_bits"],
+                    effects["ci_low_bits"],
+                    effects["ci_high_bits"],
+                    effects["n_pairs"],
+                    strict=True,
+                )
+            ],
+            "CI excludes 0": effects["ci_excludes_zero"].map({True: "yes", False: "no"}),
+            "near convergence": effects["near_convergence"].map({True: "yes", False: "no"}).fillna("-"),
+        }
+    )
     return view
 
 
 def _runs_view(table: pd.DataFrame) -> pd.DataFrame:
-    columns = ["variant", "status", "steps_run", "final_train_loss", "final_val_loss", "val_change_last_10pct",
-               "excess_loss", "loss_noise", "bigram_floor", "eval_tokens"]
+    columns = [
+        "variant",
+        "status",
+        "steps_run",
+        "final_train_loss",
+        "final_val_loss",
+        "val_change_last_10pct",
+        "excess_loss",
+        "loss_noise",
+        "bigram_floor",
+        "eval_tokens",
+    ]
     view = table[[c for c in columns if c in table]].assign(variant=table["variant"].map(md_text))
     if "steps_run" in view:
         view["steps_run"] = view["steps_run"].map(lambda s: "-" if pd.isna(s) else f"{int(s):,}")
@@ -394,31 +441,49 @@ def _data_view(table: pd.DataFrame, data: list[str]) -> pd.DataFrame:
     for corpus in analysis.combinations(table, list(dict.fromkeys(keys))):
         runs = analysis.select(table, corpus)
         done = analysis.finished(runs)
-        row = {k.split(".")[1]: ("-" if v is None or (isinstance(v, float) and math.isnan(v)) else md_text(v))
-               for k, v in corpus.items()}
+        row = {
+            k.split(".")[1]: ("-" if v is None or (isinstance(v, float) and math.isnan(v)) else md_text(v))
+            for k, v in corpus.items()
+        }
         row["bigram floor (nats)"] = analysis.mean_ci(done["bigram_floor"]).mean if "bigram_floor" in done else math.nan
-        row["val tokens scored"] = (f"{int(done['eval_tokens'].max()):,}" if "eval_tokens" in done
-                                    and done["eval_tokens"].notna().any() else "-")
+        row["val tokens scored"] = (
+            f"{int(done['eval_tokens'].max()):,}"
+            if "eval_tokens" in done and done["eval_tokens"].notna().any()
+            else "-"
+        )
         rows.append(row)
     frame = pd.DataFrame(rows)
     return frame[[c for c in frame.columns if frame[c].ne("-").any()]]
 
 
 def _references_view(refs: pd.DataFrame) -> pd.DataFrame:
-    return pd.DataFrame({
-        "match": refs["match"].map(md_text), "metric": refs["metric"],
-        "measured mean [95% CI]": [_interval_text(m, lo, hi, n) + ("" if n == 1 or n == 0 else f" (n={n})")
-                                   for m, lo, hi, n in zip(refs["measured_mean"], refs["measured_ci_low"],
-                                                           refs["measured_ci_high"], refs["n"])],
-        "published": refs["published"],
-        "difference": [("-" if pd.isna(d) else f"{d:+.4f}") for d in refs["difference"]],
-        "near convergence": refs["near_convergence"].map({True: "yes", False: "no"}).fillna("-"),
-        "source": refs["source"].map(md_text),
-    })
+    return pd.DataFrame(
+        {
+            "match": refs["match"].map(md_text),
+            "metric": refs["metric"],
+            "measured mean [95% CI]": [
+                _interval_text(m, lo, hi, n) + ("" if n == 1 or n == 0 else f" (n={n})")
+                for m, lo, hi, n in zip(
+                    refs["measured_mean"], refs["measured_ci_low"], refs["measured_ci_high"], refs["n"], strict=True
+                )
+            ],
+            "published": refs["published"],
+            "difference": [("-" if pd.isna(d) else f"{d:+.4f}") for d in refs["difference"]],
+            "near convergence": refs["near_convergence"].map({True: "yes", False: "no"}).fillna("-"),
+            "source": refs["source"].map(md_text),
+        }
+    )
 
 
-def ladder_view(table: pd.DataFrame, effects: pd.DataFrame, axis: str, order: list, data: list[str],
-                refs: list, metric: str = "final_val_loss") -> pd.DataFrame:
+def ladder_view(
+    table: pd.DataFrame,
+    effects: pd.DataFrame,
+    axis: str,
+    order: list,
+    data: list[str],
+    refs: list,
+    metric: str = "final_val_loss",
+) -> pd.DataFrame:
     """One row per level of a named axis, in the order written: per corpus, the measured mean [95% CI], the
     published value where a reference gives one, and the paired change from the previous level."""
     corpora = analysis.combinations(table, data)
@@ -432,15 +497,32 @@ def ladder_view(table: pd.DataFrame, effects: pd.DataFrame, axis: str, order: li
             interval = analysis.mean_ci(runs[metric] if metric in runs else [])
             row[f"{name} [95% CI]"] = _interval_text(interval.mean, interval.low, interval.high, interval.n)
             cell = {axis: level, **corpus}
-            published = [r.value for r in refs if r.metric == metric and set(r.match) <= set(cell)
-                         and all(str(cell[k]) == str(_level_text(v)) for k, v in r.match.items())]
+            published = [
+                r.value
+                for r in refs
+                if r.metric == metric
+                and set(r.match) <= set(cell)
+                and all(str(cell[k]) == str(_level_text(v)) for k, v in r.match.items())
+            ]
             row[f"{name} published"] = f"{published[0]:.4f}" if published else "-"
-            change = effects[(effects["metric"] == metric) & (effects["kind"] == "treatment") & (effects["axis"] == axis)
-                             & (effects["level"] == level) & (effects["data"] == (analysis.corpus_label(corpus)
-                                                                                 or effects["data"]))]
+            change = effects[
+                (effects["metric"] == metric)
+                & (effects["kind"] == "treatment")
+                & (effects["axis"] == axis)
+                & (effects["level"] == level)
+                & (effects["data"] == (analysis.corpus_label(corpus) or effects["data"]))
+            ]
             row[f"{name} change from previous"] = (
-                "-" if change.empty else _interval_text(change["mean_difference"].iloc[0], change["ci_low"].iloc[0],
-                                                        change["ci_high"].iloc[0], change["n_pairs"].iloc[0], signed=True))
+                "-"
+                if change.empty
+                else _interval_text(
+                    change["mean_difference"].iloc[0],
+                    change["ci_low"].iloc[0],
+                    change["ci_high"].iloc[0],
+                    change["n_pairs"].iloc[0],
+                    signed=True,
+                )
+            )
         done = analysis.finished(at_level)
         if "near_convergence" in done:
             row["near convergence"] = f"{int(done['near_convergence'].astype(bool).sum())}/{len(done)}"
@@ -461,11 +543,21 @@ def report_command(spec: Spec, overrides: dict, seeds: list[int] | None, results
     return shlex.join(words)
 
 
-def render_markdown(spec: Spec, uri: str, table: pd.DataFrame, summary: pd.DataFrame, effects: pd.DataFrame,
-                    answers: dict[str, list[str]], figures: list[Path], samples: dict[str, dict],
-                    provenance: dict[str, str], data: list[str] | None = None, refs: pd.DataFrame | None = None,
-                    ladders: dict[str, pd.DataFrame] | None = None) -> str:
-    from harness.tracking import git_commit
+def render_markdown(
+    spec: Spec,
+    uri: str,
+    table: pd.DataFrame,
+    summary: pd.DataFrame,
+    effects: pd.DataFrame,
+    answers: dict[str, list[str]],
+    figures: list[Path],
+    samples: dict[str, dict],
+    provenance: dict[str, str],
+    data: list[str] | None = None,
+    refs: pd.DataFrame | None = None,
+    ladders: dict[str, pd.DataFrame] | None = None,
+) -> str:
+    from harness.tracking.store import git_commit
 
     data = data or []
     lines = [f"# {md_text(spec.name)}: sweep report", ""]
@@ -473,10 +565,13 @@ def render_markdown(spec: Spec, uri: str, table: pd.DataFrame, summary: pd.DataF
         lines += [f"> {md_text(spec.description)}", ""]
     lines += [
         f"- Rebuild this report: `{provenance['rebuild']}`",
-        (f"- Sweep: `{display_command(provenance.get('sweep_command')) or 'unknown'}` "
-         f"({display_commit(provenance.get('sweep_commit'))}; MLflow run `{provenance['sweep_run']}`)"
-         if provenance.get("sweep_run") else
-         "- Sweep: no sweep run with these overrides and seeds; the variants' runs come from earlier sweeps, if any"),
+        (
+            f"- Sweep: `{display_command(provenance.get('sweep_command')) or 'unknown'}` "
+            f"({display_commit(provenance.get('sweep_commit'))}; MLflow run `{provenance['sweep_run']}`)"
+            if provenance.get("sweep_run")
+            else "- Sweep: no sweep run with these overrides and seeds; the variants' runs come from earlier "
+            "sweeps, if any"
+        ),
         f"- Report written {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC ({display_commit(git_commit())}) "
         f"from MLflow {display_uri(uri)}, experiment `{md_text(spec.name)}`",
         f"- {len(table)} variant(s): {', '.join(f'{s} {c}' for s, c in table['status'].value_counts().items())}",
@@ -484,80 +579,150 @@ def render_markdown(spec: Spec, uri: str, table: pd.DataFrame, summary: pd.DataF
     done = analysis.finished(table)
     if "steps_run" in table:
         steps = table["steps_run"].dropna().astype(int)
-        lines.append(f"- Steps actually run: {', '.join(f'{s:,}' for s in sorted(set(steps))) or 'none'} "
-                     f"(spec: {', '.join(f'{s:,}' for s in sorted(set(table['train.steps'])))})"
-                     if "train.steps" in table else f"- Steps actually run: {sorted(set(steps))}")
+        lines.append(
+            f"- Steps actually run: {', '.join(f'{s:,}' for s in sorted(set(steps))) or 'none'} "
+            f"(spec: {', '.join(f'{s:,}' for s in sorted(set(table['train.steps'])))})"
+            if "train.steps" in table
+            else f"- Steps actually run: {sorted(set(steps))}"
+        )
     if provenance.get("overrides") is not None:
-        lines.append(f"- Overrides {md_text(provenance['overrides'])}: this report is in `{provenance['folder']}`, "
-                     "beside the spec's own report, never over it")
+        lines.append(
+            f"- Overrides {md_text(provenance['overrides'])}: this report is in `{provenance['folder']}`, "
+            "beside the spec's own report, never over it"
+        )
     lines.append("")
     if len(summary) and summary["runs"].max() <= 1:
-        lines += ["One run per variant (no seeds): n is at most 1, so summary.csv has NaN std and CI and no "
-                  "interval is possible. Repeat the sweep with `--seeds 1 2 3` for intervals.", ""]
+        lines += [
+            "One run per variant (no seeds): n is at most 1, so summary.csv has NaN std and CI and no "
+            "interval is possible. Repeat the sweep with `--seeds 1 2 3` for intervals.",
+            "",
+        ]
     not_finished = table[table["status"] != analysis.FINISHED]
     if len(not_finished):
-        lines += [f"**Not finished: {len(not_finished)} variant(s)** (shown below, left out of every statistic): "
-                  + ", ".join(f"{md_text(v)} ({s})" for v, s in zip(not_finished["variant"], not_finished["status"])), ""]
+        lines += [
+            f"**Not finished: {len(not_finished)} variant(s)** (shown below, left out of every statistic): "
+            + ", ".join(
+                f"{md_text(v)} ({s})" for v, s in zip(not_finished["variant"], not_finished["status"], strict=True)
+            ),
+            "",
+        ]
 
     lines += ["## How verdicts are drawn", "", analysis.CONVERGENCE_RULE, ""]
     if "near_convergence" in done and len(done):
         moving = int((~done["near_convergence"].astype(bool)).sum())
-        lines += [f"Here {len(done) - moving} of {len(done)} finished runs are near convergence"
-                  + (f"; {md_text(analysis.too_short(done))}." if moving else "."), ""]
+        lines += [
+            f"Here {len(done) - moving} of {len(done)} finished runs are near convergence"
+            + (f"; {md_text(analysis.too_short(done))}." if moving else "."),
+            "",
+        ]
     if "loss_noise" in done and len(done) and done["loss_noise"].isna().any():
         nan_runs = done[done["loss_noise"].isna()]
-        lines += [f"loss\\_noise is NaN for {len(nan_runs)} run(s): {md_text(analysis.loss_noise_reason(nan_runs))}.", ""]
+        lines += [
+            f"loss\\_noise is NaN for {len(nan_runs)} run(s): {md_text(analysis.loss_noise_reason(nan_runs))}.",
+            "",
+        ]
 
-    lines += ["## Data", "", "Which split each corpus's val loss comes from (`data.split`: `position` = the last part "
-              "of the file, as in the lecture; `shuffled-rows` = a seeded shuffle of whole rows). Differences between "
-              "corpora are labelled \"different data\", never ranked as a treatment.", "",
-              _markdown_table(_data_view(table, data)), ""]
+    lines += [
+        "## Data",
+        "",
+        "Which split each corpus's val loss comes from (`data.split`: `position` = the last part "
+        "of the file, as in the lecture; `shuffled-rows` = a seeded shuffle of whole rows). Differences between "
+        'corpora are labelled "different data", never ranked as a treatment.',
+        "",
+        _markdown_table(_data_view(table, data)),
+        "",
+    ]
 
-    lines += ["## Answers", "",
-              f"Intervals are {analysis.CONFIDENCE:.0%} t-intervals (scipy.stats); differences are paired "
-              "(same other axes and seed).", ""]
+    lines += [
+        "## Answers",
+        "",
+        f"Intervals are {analysis.CONFIDENCE:.0%} t-intervals (scipy.stats); differences are paired "
+        "(same other axes and seed).",
+        "",
+    ]
     for question, sentences in answers.items():
         lines += [f"**{question}**", ""] + [f"- {md_text(s)}" for s in sentences] + [""]
 
     if refs is not None and len(refs):
-        lines += ["## Published references", "",
-                  "Each reference of the spec beside the measured mean of its metric over the finished runs it "
-                  "matches; difference = measured - published.", "", _markdown_table(_references_view(refs)), ""]
+        lines += [
+            "## Published references",
+            "",
+            "Each reference of the spec beside the measured mean of its metric over the finished runs it "
+            "matches; difference = measured - published.",
+            "",
+            _markdown_table(_references_view(refs)),
+            "",
+        ]
     for axis, ladder in (ladders or {}).items():
-        lines += [f"## Ladder: {md_text(axis)}", "",
-                  f"One row per level of `{md_text(axis)}` in the order written; final val loss mean [95% CI] over "
-                  "seeds; the change is paired against the previous level (same seed and corpus).", "",
-                  _markdown_table(ladder), ""]
+        lines += [
+            f"## Ladder: {md_text(axis)}",
+            "",
+            f"One row per level of `{md_text(axis)}` in the order written; final val loss mean [95% CI] over "
+            "seeds; the change is paired against the previous level (same seed and corpus).",
+            "",
+            _markdown_table(ladder),
+            "",
+        ]
 
-    lines += ["## Summary (seeds folded)", "",
-              f"Mean [{analysis.CONFIDENCE:.0%} CI] over the n finished seeds of each setting (summary.csv has std too).", "",
-              _markdown_table(_summary_view(summary)), "",
-              "## Effects", "",
-              "Treatments are compared within each corpus, paired on every other axis and the seed: each level "
-              "against the axis's first level, or against the previous level for a named axis (its levels in the "
-              "order written); within a corpus, the axis with the largest effect first (effects.csv). Rows with corpus \"-\" are different data, "
-              "not a treatment. Bits per character = nats / ln 2.", "",
-              _markdown_table(_effects_view(effects)), "",
-              "## Plots", "",
-              "The dotted/dashed black lines are the bigram floor of each corpus's train split: the best a model "
-              "that reads one character can do. Models that read context are expected to go below it.", ""]
+    lines += [
+        "## Summary (seeds folded)",
+        "",
+        f"Mean [{analysis.CONFIDENCE:.0%} CI] over the n finished seeds of each setting (summary.csv has std too).",
+        "",
+        _markdown_table(_summary_view(summary)),
+        "",
+        "## Effects",
+        "",
+        "Treatments are compared within each corpus, paired on every other axis and the seed: each level "
+        "against the axis's first level, or against the previous level for a named axis (its levels in the "
+        "order written); within a corpus, the axis with the largest effect first (effects.csv). "
+        'Rows with corpus "-" are different data, not a treatment. Bits per character = nats / ln 2.',
+        "",
+        _markdown_table(_effects_view(effects)),
+        "",
+        "## Plots",
+        "",
+        "The dotted/dashed black lines are the bigram floor of each corpus's train split: the best a model "
+        "that reads one character can do. Models that read context are expected to go below it.",
+        "",
+    ]
     lines += [f"![{path.stem}]({path.name})" + "\n" for path in figures]
-    lines += ["## Runs", "", _markdown_table(_runs_view(table)), "", "## Samples", "",
-              "Generated text before and after training, exactly as sampled (HTML-escaped).", ""]
+    lines += [
+        "## Runs",
+        "",
+        _markdown_table(_runs_view(table)),
+        "",
+        "## Samples",
+        "",
+        "Generated text before and after training, exactly as sampled (HTML-escaped).",
+        "",
+    ]
     for _, row in table.iterrows():
         found = samples.get(row["variant"], {"before": None, "after": None})
-        lines += [f"### {md_text(row['variant'])} ({row['status']})", "",
-                  "<table><tr><th>before training</th><th>after training</th></tr>",
-                  f"<tr><td>{pre_block(found['before'])}</td>",
-                  f"<td>{pre_block(found['after'])}</td></tr></table>", ""]
+        lines += [
+            f"### {md_text(row['variant'])} ({row['status']})",
+            "",
+            "<table><tr><th>before training</th><th>after training</th></tr>",
+            f"<tr><td>{pre_block(found['before'])}</td>",
+            f"<td>{pre_block(found['after'])}</td></tr></table>",
+            "",
+        ]
     return "\n".join(lines)
 
 
-def write_report(uri: str, spec: Spec, variants: list[Variant], results_dir: Path, runs: pd.DataFrame | None = None,
-                 overrides: dict | None = None, seeds: list[int] | None = None, log_to_mlflow: bool = True) -> Report:
+def write_report(
+    uri: str,
+    spec: Spec,
+    variants: list[Variant],
+    results_dir: Path,
+    runs: pd.DataFrame | None = None,
+    overrides: dict | None = None,
+    seeds: list[int] | None = None,
+    log_to_mlflow: bool = True,
+) -> Report:
     """Everything in results/<name>/ (or its overrides-<hash>/ folder) from MLflow alone; the files also go to
     the matching sweep run (under ``report/``). Sweep-wide figures go on that parent run only, not on each child."""
-    from harness import plots
+    from harness.report import plots
 
     runs = experiment_runs(uri, spec) if runs is None else runs
     client = MlflowClient(uri)
@@ -590,8 +755,12 @@ def write_report(uri: str, spec: Spec, variants: list[Variant], results_dir: Pat
 
     for stale in out.glob("curves_*.png"):  # figures of axes this sweep no longer has
         stale.unlink()
-    figures = {f"curves_{re.sub(r'[^A-Za-z0-9_-]+', '_', factor)}.png":
-               plots.loss_curves(frame, histories, factor, factors, named.get(factor)) for factor in factors}
+    figures = {
+        f"curves_{re.sub(r'[^A-Za-z0-9_-]+', '_', factor)}.png": plots.loss_curves(
+            frame, histories, factor, factors, named.get(factor)
+        )
+        for factor in factors
+    }
     if not factors:
         figures["curves.png"] = plots.loss_curves(frame, histories, "setting", [])
     figures["final_val_loss.png"] = plots.final_val_loss_bars(report.summary, frame, factors)
@@ -601,23 +770,43 @@ def write_report(uri: str, spec: Spec, variants: list[Variant], results_dir: Pat
         figure_paths.append(out / name)
     report.files += figure_paths
 
-    samples = {row["variant"]: run_samples(client, row["run_id"]) for _, row in frame.iterrows()
-               if isinstance(row["run_id"], str)}
+    samples = {
+        row["variant"]: run_samples(client, row["run_id"])
+        for _, row in frame.iterrows()
+        if isinstance(row["run_id"], str)
+    }
     answers = analysis.findings(frame, report.summary, factors, seed, data=data)
     ladders = {axis: ladder_view(frame, report.effects, axis, order, data, refs) for axis, order in named.items()}
     parent = sweep_run(runs, overrides or {}, seeds)
     provenance = {"rebuild": report_command(spec, overrides or {}, seeds, results_dir)}
     if not as_written(spec, overrides, seeds):
         words = [f"{k}={v if isinstance(v, str) else json.dumps(v)}" for k, v in (overrides or {}).items()]
-        provenance.update(overrides=" ".join(words + (["--seeds", *map(str, seeds)] if seeds else [])),
-                          folder=display_path(out))
+        provenance.update(
+            overrides=" ".join(words + (["--seeds", *map(str, seeds)] if seeds else [])), folder=display_path(out)
+        )
     if parent is not None:
-        commits = [parent.get(f"tags.{t}") for t in ("git_commit", "mlflow.source.git.commit")]  # the first knows -dirty
-        provenance.update(sweep_command=parent.get("tags.command"),
-                          sweep_commit=next((c for c in commits if isinstance(c, str) and c), None),
-                          sweep_run=parent["run_id"])
-    markdown = render_markdown(spec, uri, table, report.summary, report.effects, answers, figure_paths, samples,
-                               provenance, data=data, refs=references, ladders=ladders)
+        commits = [
+            parent.get(f"tags.{t}") for t in ("git_commit", "mlflow.source.git.commit")
+        ]  # the first knows -dirty
+        provenance.update(
+            sweep_command=parent.get("tags.command"),
+            sweep_commit=next((c for c in commits if isinstance(c, str) and c), None),
+            sweep_run=parent["run_id"],
+        )
+    markdown = render_markdown(
+        spec,
+        uri,
+        table,
+        report.summary,
+        report.effects,
+        answers,
+        figure_paths,
+        samples,
+        provenance,
+        data=data,
+        refs=references,
+        ladders=ladders,
+    )
     (out / "report.md").write_text(markdown, encoding="utf-8")
     report.files.append(out / "report.md")
 

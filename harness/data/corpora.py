@@ -1,4 +1,4 @@
-"""Corpora, the character tokenizer and batches.
+"""Corpora: the catalog, reading a file, and the train/val split.
 
 Catalog datasets are downloaded once into a user cache and checked against their sha256;
 ``HARNESS_DATA_DIR`` (or ``--data-dir``) names a folder that already holds them, for offline use.
@@ -12,7 +12,6 @@ import hashlib
 import io
 import os
 import shutil
-import string
 import tempfile
 import urllib.request
 from dataclasses import dataclass, field, replace
@@ -22,9 +21,7 @@ import numpy as np
 import torch
 
 from harness.config import ADDED_V2
-
-# The write-up adds these to the corpus characters so that prompts with digits and punctuation encode.
-EXTRA_CHARS = string.digits + string.punctuation + " \n"
+from harness.data.tokenizers.char import CharTokenizer
 
 
 class DataError(Exception):
@@ -76,7 +73,7 @@ class DataConfig:
     # encodes; the lecture's uses the corpus's characters alone (65 for Tiny Shakespeare instead of 96).
     extra_chars: bool = field(default=True, metadata=ADDED_V2)
 
-    def resolved(self) -> "DataConfig":
+    def resolved(self) -> DataConfig:
         """``path`` alone means ``dataset: file``; no ``split`` means the corpus's default."""
         dataset = FILE_DATASET if self.dataset is None and self.path is not None else self.dataset
         split = self.split
@@ -168,7 +165,9 @@ def _file_path(config: DataConfig, data_dir: Path | None) -> Path:
     if config.dataset == FILE_DATASET:
         path = Path(config.path).expanduser()
         if not path.is_file():
-            where = "" if path.is_absolute() else f" (a relative path is read from the current folder: {path.resolve()})"
+            where = (
+                "" if path.is_absolute() else f" (a relative path is read from the current folder: {path.resolve()})"
+            )
             raise DataError(f"data.path: file not found: {path}{where}")
         return path
     return locate_catalog_file(config.dataset, data_dir)
@@ -214,44 +213,6 @@ def read_text(config: DataConfig, data_dir: Path | None) -> str:
     return "\n".join(read_rows(config, data_dir))
 
 
-class UnknownCharacterError(ValueError):
-    pass
-
-
-class CharTokenizer:
-    """The write-up's tokenizer: sorted corpus characters plus ``EXTRA_CHARS``, one id each."""
-
-    def __init__(self, chars: str):
-        self.chars = "".join(sorted(set(chars)))
-        self.stoi = {c: i for i, c in enumerate(self.chars)}
-        self._codepoints = np.array([ord(c) for c in self.chars], dtype=np.int64)
-
-    @classmethod
-    def from_text(cls, text: str, extra_chars: bool = True) -> "CharTokenizer":
-        return cls("".join(set(text)) + (EXTRA_CHARS if extra_chars else ""))
-
-    @property
-    def vocab_size(self) -> int:
-        return len(self.chars)
-
-    def encode(self, text: str) -> list[int]:
-        return self.encode_tensor(text).tolist()
-
-    def encode_tensor(self, text: str) -> torch.Tensor:
-        """Vectorised ``[stoi[c] for c in text]``: a 1M-character corpus in milliseconds."""
-        codes = np.frombuffer(text.encode("utf-32-le"), dtype=np.uint32).astype(np.int64)
-        ids = np.searchsorted(self._codepoints, codes)
-        ids_clipped = np.minimum(ids, len(self._codepoints) - 1)
-        unknown = self._codepoints[ids_clipped] != codes
-        if unknown.any():
-            bad = text[int(np.argmax(unknown))]
-            raise UnknownCharacterError(f"character {bad!r} (U+{ord(bad):04X}) is not in the vocabulary")
-        return torch.from_numpy(ids)
-
-    def decode(self, ids) -> str:
-        return "".join(self.chars[i] for i in ids)
-
-
 @dataclass(frozen=True)
 class Corpus:
     tokenizer: CharTokenizer
@@ -281,12 +242,3 @@ def load_corpus(config: DataConfig, data_dir: Path | None) -> Corpus:
     ids = tokenizer.encode_tensor(text)
     n_train = int(config.train_fraction * len(ids))
     return Corpus(tokenizer, ids[:n_train], ids[n_train:])
-
-
-def get_batch(data: torch.Tensor, batch_size: int, context_length: int, generator: torch.Generator):
-    """Random windows as in the write-up, gathered in one indexing op instead of a Python loop."""
-    starts = torch.randint(len(data) - context_length, (batch_size,), generator=generator, device=data.device)
-    chunk = data.as_strided((len(data) - context_length, context_length + 1), (1, 1)).index_select(0, starts)
-    return chunk[:, :-1], chunk[:, 1:]
-
-

@@ -14,13 +14,12 @@ from pathlib import Path
 
 from mlflow.tracking import MlflowClient
 
-from harness.tracking import retrying
+from harness.tracking.store import retrying
+from harness.train.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 
 STORES = ("local", "mlflow")
 ARTIFACT_DIR = "checkpoint"
 ARTIFACT_NAME = "state.pt"
-
-from harness.train import CheckpointError, load_checkpoint, save_checkpoint
 
 
 class LocalCheckpoints:

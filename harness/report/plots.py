@@ -13,9 +13,9 @@ import pandas as pd
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 
-from harness.analysis import combinations as _panels
-from harness.analysis import finished, levels, short_name
-from harness.analysis import select as _select
+from harness.report.analysis import combinations as _panels
+from harness.report.analysis import finished, levels, short_name
+from harness.report.analysis import select as _select
 
 DPI = 100
 
@@ -29,8 +29,13 @@ def _setting(values: dict) -> str:
     return ascii_label(", ".join(f"{short_name(k)}={v}" for k, v in values.items()) or "all runs")
 
 
-def loss_curves(table: pd.DataFrame, histories: dict[str, dict[str, pd.DataFrame]], factor: str,
-                factors: list[str], order: list | None = None) -> Figure:
+def loss_curves(
+    table: pd.DataFrame,
+    histories: dict[str, dict[str, pd.DataFrame]],
+    factor: str,
+    factors: list[str],
+    order: list | None = None,
+) -> Figure:
     """One panel per combination of the other factors; in each, ``factor``'s levels overlaid by colour.
 
     Solid: exact val loss; dashed: exact train loss; faint: the per-step minibatch loss (its wiggle is
@@ -50,9 +55,10 @@ def loss_curves(table: pd.DataFrame, histories: dict[str, dict[str, pd.DataFrame
     fig = Figure(figsize=(width, height), dpi=DPI)
     axes = fig.subplots(nrows, ncols, squeeze=False).ravel()
     # Fixed margins in inches: constrained layout would draw every figure twice, and reports draw many.
-    fig.subplots_adjust(left=0.7 / width, right=1 - 0.2 / width, top=1 - 0.55 / height, bottom=bottom / height,
-                        hspace=0.45, wspace=0.25)
-    for ax, panel in zip(axes, panels):
+    fig.subplots_adjust(
+        left=0.7 / width, right=1 - 0.2 / width, top=1 - 0.55 / height, bottom=bottom / height, hspace=0.45, wspace=0.25
+    )
+    for ax, panel in zip(axes, panels, strict=False):
         runs = finished(_select(table, panel))
         floors = {}
         for k, level in enumerate(factor_levels):
@@ -60,8 +66,11 @@ def loss_curves(table: pd.DataFrame, histories: dict[str, dict[str, pd.DataFrame
             at_level = runs[runs[factor] == level]
             for _, run in at_level.iterrows():
                 history = histories.get(run["run_id"], {})
-                for key, style in (("batch_loss", dict(lw=0.6, alpha=0.3)), ("train_loss", dict(lw=1.2, ls="--")),
-                                   ("val_loss", dict(lw=1.6))):
+                for key, style in (
+                    ("batch_loss", dict(lw=0.6, alpha=0.3)),
+                    ("train_loss", dict(lw=1.2, ls="--")),
+                    ("val_loss", dict(lw=1.6)),
+                ):
                     points = history.get(key)
                     if points is not None and len(points):
                         ax.plot(points["step"], points["value"], color=color, **style)
@@ -80,20 +89,26 @@ def loss_curves(table: pd.DataFrame, histories: dict[str, dict[str, pd.DataFrame
         ax.set_xlabel("step")
         ax.set_ylabel("loss (nats)")
         ax.grid(alpha=0.3)
-    for ax in axes[len(panels):]:
+    for ax in axes[len(panels) :]:
         ax.set_visible(False)
-    handles = [Line2D([], [], color=f"C{k % 10}", lw=2, label=ascii_label(f"{short_name(factor)}={level}"))
-               for k, level in enumerate(factor_levels)]
-    handles += [Line2D([], [], color="gray", lw=1.6, label="val (exact)"),
-                Line2D([], [], color="gray", lw=1.2, ls="--", label="train (exact)"),
-                Line2D([], [], color="gray", lw=0.6, alpha=0.5, label="minibatch"),
-                Line2D([], [], color="k", lw=1.2, ls=":", label="bigram floor")]
+    handles = [
+        Line2D([], [], color=f"C{k % 10}", lw=2, label=ascii_label(f"{short_name(factor)}={level}"))
+        for k, level in enumerate(factor_levels)
+    ]
+    handles += [
+        Line2D([], [], color="gray", lw=1.6, label="val (exact)"),
+        Line2D([], [], color="gray", lw=1.2, ls="--", label="train (exact)"),
+        Line2D([], [], color="gray", lw=0.6, alpha=0.5, label="minibatch"),
+        Line2D([], [], color="k", lw=1.2, ls=":", label="bigram floor"),
+    ]
     fig.legend(handles=handles, loc="lower center", ncols=legend_cols, fontsize=8)
     fig.suptitle(ascii_label(f"loss curves: {factor} overlaid"), fontsize=11)
     return fig
 
 
-def final_val_loss_bars(summary: pd.DataFrame, table: pd.DataFrame, factors: list[str], label: str = "setting") -> Figure:
+def final_val_loss_bars(
+    summary: pd.DataFrame, table: pd.DataFrame, factors: list[str], label: str = "setting"
+) -> Figure:
     """Mean final val loss per setting with its 95% CI (seeds as dots), and the bigram floor of its corpus.
 
     The floor is H(next | current) of the train split: the best loss any model that sees one character can reach.
@@ -118,8 +133,15 @@ def final_val_loss_bars(summary: pd.DataFrame, table: pd.DataFrame, factors: lis
         ax.text(x, mean + err, f"n={row['n']}", ha="center", va="bottom", fontsize=8)
         floor = row.get("bigram_floor", math.nan)
         if math.isfinite(floor):
-            ax.hlines(floor, x - 0.45, x + 0.45, colors="k", linestyles="--", lw=1.2,
-                      label=None if floor_labelled else "bigram floor (train split)")
+            ax.hlines(
+                floor,
+                x - 0.45,
+                x + 0.45,
+                colors="k",
+                linestyles="--",
+                lw=1.2,
+                label=None if floor_labelled else "bigram floor (train split)",
+            )
             floor_labelled = True
     ax.set_xticks(range(len(summary)), [ascii_label(s).replace(",", "\n") for s in summary[label]], fontsize=7)
     # Zoom onto the values and floors: differences of a few hundredths are the point, not the height from 0.
@@ -131,8 +153,14 @@ def final_val_loss_bars(summary: pd.DataFrame, table: pd.DataFrame, factors: lis
         ax.set_ylim(low - 3 * margin, high + 2 * margin)
     ax.set_ylabel("final val loss (nats; axis does not start at 0)")
     ax.set_title("final val loss per variant: mean, 95% CI over seeds (dots: single runs)", fontsize=10)
-    handles = [Line2D([], [], color=f"C{k % 10}", lw=6, alpha=0.75, label=ascii_label(f"{short_name(colour_by)}={v}"))
-               for k, v in enumerate(colour_levels)] if colour_by else []
+    handles = (
+        [
+            Line2D([], [], color=f"C{k % 10}", lw=6, alpha=0.75, label=ascii_label(f"{short_name(colour_by)}={v}"))
+            for k, v in enumerate(colour_levels)
+        ]
+        if colour_by
+        else []
+    )
     if floor_labelled:
         handles.append(Line2D([], [], color="k", ls="--", lw=1.2, label="bigram floor (train split)"))
     if handles:

@@ -1,0 +1,385 @@
+"""``load_spec``: a spec file's sections checked and typed into a ``Spec``, every problem reported at once."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any
+
+from harness.spec.expansion import _expand
+from harness.spec.keys import (
+    AXIS_NAME_PATTERN,
+    NAME_PATTERN,
+    REFERENCE_KEYS,
+    REFERENCE_METRICS,
+    SECTIONS,
+    SEED_KEY,
+    TOP_LEVEL_KEYS,
+    _yaml11_float,
+    key_problem,
+    type_value,
+)
+from harness.spec.problems import SpecError, suggest
+from harness.spec.reading import _read_yaml
+from harness.spec.records import Problems, Reference, Spec
+
+
+def load_spec(path: str | Path) -> Spec:
+    """Parse, type and check a spec, expanding it once as written, and report every problem at once."""
+    path = Path(path)
+    raw, marks = _read_yaml(path)
+    if raw is None:
+        raise SpecError(f"{path}: the file is empty; a spec needs at least 'name' and 'base'")
+    if not isinstance(raw, dict):
+        raise SpecError(f"{path}: a spec must be a mapping of {', '.join(TOP_LEVEL_KEYS)}; got a {type(raw).__name__}")
+    spec = Spec(path, "", "", {}, {}, [], [], [], marks=marks)
+    problems = Problems(spec)
+
+    for key in raw:
+        if key not in TOP_LEVEL_KEYS:
+            problems.key(
+                (key,),
+                str(key),
+                f"unknown top-level key {key!r}; valid keys: {', '.join(TOP_LEVEL_KEYS)}{suggest(key, TOP_LEVEL_KEYS)}",
+            )
+    if "name" not in raw:
+        problems.add(f"{path}:1:1", "name", "missing 'name' (the MLflow experiment name and the results/ folder)")
+    elif not isinstance(raw["name"], str):
+        problems.at(("name",), "name", f"expected a string, got {raw['name']!r} ({type(raw['name']).__name__})")
+    elif not re.fullmatch(NAME_PATTERN, raw["name"]):
+        problems.at(
+            ("name",),
+            "name",
+            f"{raw['name']!r}: use letters, digits and -_. only, starting with a letter "
+            "or digit (it names a folder under results/)",
+        )
+    else:
+        spec.name = raw["name"]
+    description = raw.get("description")
+    if description is not None and not isinstance(description, str):
+        problems.at(("description",), "description", f"expected a string, got {description!r}")
+    else:
+        spec.description = description or ""
+
+    spec.base = _parse_base(raw.get("base"), problems)
+    _parse_grid(raw.get("grid"), spec, problems)
+    _parse_zip(raw.get("zip"), spec, problems)
+    _parse_seeds(raw.get("seeds"), spec, problems)
+    _check_axis_conflicts(spec, problems)
+    _parse_exclude(raw.get("exclude"), spec, problems)
+    raw_references = raw.get("references")
+    _parse_references(raw_references, spec, problems)
+
+    # The values of every variant, as written (keys already reported are not reported again), and the
+    # variants that the references select.
+    variants, found = _expand(spec, {}, None, known=problems.keys)
+    problems.lines += found
+    if not found:
+        for i, reference in enumerate(spec.references):
+            if variants and not any(reference.matches(v) for v in variants):
+                problems.at(
+                    ("references", i, "match"),
+                    f"references[{i}].match",
+                    f"{reference.match} selects no variant of the spec",
+                )
+    if problems.lines:
+        raise SpecError(sorted(problems.lines, key=_line_order))
+    return spec
+
+
+def _line_order(line: str) -> tuple:
+    """Problems in the order of the file: by line, then column (lines without a position last)."""
+    found = re.match(r".*?:(\d+):(\d+): ", line)
+    return (int(found[1]), int(found[2])) if found else (1 << 30, 0)
+
+
+def _parse_base(raw: Any, problems: Problems) -> dict[str, Any]:
+    base: dict[str, Any] = {}
+    if raw is None:
+        return base
+    if not isinstance(raw, dict):
+        problems.at(("base",), "base", f"expected a mapping of sections ({', '.join(SECTIONS)}), got {raw!r}")
+        return base
+    for section, values in raw.items():
+        if section not in SECTIONS:
+            problems.key(
+                ("base", section),
+                f"base.{section}",
+                f"unknown section {section!r}; choices: {', '.join(SECTIONS)}{suggest(section, SECTIONS)}",
+            )
+            continue
+        if values is None:
+            continue
+        if not isinstance(values, dict):
+            problems.at(("base", section), f"base.{section}", f"expected a mapping of keys, got {values!r}")
+            continue
+        for name, value in values.items():
+            dotted = f"{section}.{name}"
+            bad_key = key_problem(dotted)
+            if bad_key:
+                problems.key(("base", section, name), dotted, bad_key)
+                continue
+            typed, bad_value = type_value(dotted, value)
+            if bad_value:
+                problems.at(("base", section, name), dotted, bad_value)
+            else:
+                base[dotted] = typed
+    return base
+
+
+def _typed_list(values: Any, key: str, path: tuple, problems: Problems) -> list | None:
+    """A grid or zip list, each item typed; None (after reporting) when it is not a non-empty list."""
+    if not isinstance(values, list) or not values:
+        problems.at(path, key, f"an axis of {path[0]} must be a non-empty list of values, got {values!r}")
+        return None
+    out = []
+    for i, value in enumerate(values):
+        typed, bad = type_value(key, value)
+        if bad:
+            problems.at(path + (i,), key, bad)
+        out.append(typed)
+    return out
+
+
+def _parse_grid(raw: Any, spec: Spec, problems: Problems) -> None:
+    if raw is None:
+        return
+    if not isinstance(raw, dict):
+        problems.at(("grid",), "grid", f"expected a mapping of dotted key -> list of values, got {raw!r}")
+        return
+    for key, values in raw.items():
+        if isinstance(key, str) and "." not in key and isinstance(values, dict):
+            _parse_named_axis(key, values, spec, problems)
+            continue
+        bad_key = key_problem(key)
+        if bad_key:
+            problems.key(
+                ("grid", key),
+                str(key),
+                bad_key + " (or a named axis: a name without a dot whose value is a mapping of level name -> settings)",
+            )
+            continue
+        typed = _typed_list(values, key, ("grid", key), problems)
+        if typed is not None:
+            spec.grid[key] = typed
+
+
+def _parse_named_axis(axis: str, raw_levels: dict, spec: Spec, problems: Problems) -> None:
+    path = ("grid", axis)
+    if not re.fullmatch(AXIS_NAME_PATTERN, axis):
+        problems.key(path, axis, "a named axis is a word of letters, digits, _ and -")
+    if not raw_levels:
+        problems.at(path, axis, "a named axis needs at least one level (level name -> settings)")
+        return
+    levels: dict[str, dict[str, Any]] = {}
+    for level, settings in raw_levels.items():
+        where = path + (level,)
+        if not isinstance(level, str) or not re.fullmatch(NAME_PATTERN, level):
+            problems.key(where, axis, f"level name {level!r}: use letters, digits and -_.")
+            continue
+        settings = {} if settings is None else settings  # an empty level: the base as it is
+        if not isinstance(settings, dict):
+            problems.at(where, f"{axis}.{level}", f"expected a mapping of dotted key -> value, got {settings!r}")
+            continue
+        levels[level] = {}
+        for key, value in settings.items():
+            bad_key = key_problem(key)
+            if bad_key:
+                problems.key(where + (key,), str(key), bad_key)
+                continue
+            typed, bad = type_value(key, value)
+            if bad:
+                problems.at(where + (key,), key, bad)
+            levels[level][key] = typed
+    spec.levels[axis] = levels
+    spec.grid[axis] = list(levels)
+
+
+def _parse_zip(raw: Any, spec: Spec, problems: Problems) -> None:
+    if raw is None:
+        return
+    groups = [raw] if isinstance(raw, dict) else raw
+    if not isinstance(groups, list):
+        problems.at(("zip",), "zip", f"expected a list of groups (mappings of dotted key -> list), got {raw!r}")
+        return
+    for i, group in enumerate(groups):
+        path = ("zip",) if isinstance(raw, dict) else ("zip", i)
+        if not isinstance(group, dict) or not group:
+            problems.at(path, f"zip[{i}]", f"expected a mapping of dotted key -> list, got {group!r}")
+            continue
+        typed_group = {}
+        for key, values in group.items():
+            bad_key = key_problem(key)
+            if bad_key:
+                problems.key(path + (key,), str(key), bad_key)
+                continue
+            typed = _typed_list(values, key, path + (key,), problems)
+            if typed is not None:
+                typed_group[key] = typed
+        lengths = {len(v) for v in typed_group.values()}
+        if len(lengths) > 1:
+            problems.at(path, f"zip[{i}]", f"lists must have the same length, got lengths {sorted(lengths)}")
+            continue
+        spec.zip_groups.append(typed_group)
+
+
+def _parse_seeds(raw: Any, spec: Spec, problems: Problems) -> None:
+    if raw is None:
+        return
+    if not isinstance(raw, list):
+        problems.at(("seeds",), "seeds", f"expected a list of integers, got {raw!r}")
+        return
+    for i, seed in enumerate(raw):
+        if not isinstance(seed, int) or isinstance(seed, bool):
+            problems.at(("seeds", i), "seeds", f"expected integers, got {seed!r}")
+        elif seed in spec.seeds:
+            problems.at(("seeds", i), "seeds", f"seed {seed} is repeated")
+        else:
+            spec.seeds.append(seed)
+
+
+def _check_axis_conflicts(spec: Spec, problems: Problems) -> None:
+    """Each dotted key is varied in one place: a grid axis, one zip group, one named axis, or seeds."""
+    owner: dict[str, str] = {}
+
+    def claim(key: str, by: str, path: tuple) -> None:
+        if key in owner and owner[key] != by:
+            problems.key(path, key, f"is varied by {owner[key]} and by {by}; put it in one place")
+        owner.setdefault(key, by)
+
+    for key in spec.grid:
+        if key not in spec.levels:
+            claim(key, "grid", ("grid", key))
+    for axis, levels in spec.levels.items():
+        for level, settings in levels.items():
+            for key in settings:
+                claim(key, f"named axis {axis!r}", ("grid", axis, level, key))
+    for i, group in enumerate(spec.zip_groups):
+        for key in group:
+            claim(key, f"zip group {i}", ("zip", i, key))
+    if spec.seeds:
+        claim(SEED_KEY, "seeds", ("seeds",))
+
+
+def _parse_exclude(raw: Any, spec: Spec, problems: Problems) -> None:
+    if raw is None:
+        return
+    if not isinstance(raw, list):
+        problems.at(("exclude",), "exclude", f"expected a list of partial assignments, got {raw!r}")
+        return
+    axes = [k for k in spec.axis_keys]
+    for i, entry in enumerate(raw):
+        path = ("exclude", i)
+        if not isinstance(entry, dict) or not entry:
+            problems.at(path, f"exclude[{i}]", f"expected a mapping of axis -> value, got {entry!r}")
+            continue
+        typed_entry = {}
+        for key, value in entry.items():
+            if key not in axes:
+                problems.key(
+                    path + (key,),
+                    str(key),
+                    f"{key} is not an axis of grid, zip or seeds; axes: "
+                    f"{', '.join(map(str, axes)) or 'none'}{suggest(key, axes)}",
+                )
+                continue
+            if key in spec.levels:
+                if value not in spec.levels[key]:
+                    problems.at(
+                        path + (key,),
+                        key,
+                        f"unknown level {value!r}; levels: "
+                        f"{', '.join(spec.levels[key])}{suggest(value, spec.levels[key])}",
+                    )
+                    continue
+                typed_entry[key] = value
+                continue
+            typed, bad = type_value(key, value)
+            if bad:
+                problems.at(path + (key,), key, bad)
+                continue
+            typed_entry[key] = typed
+        spec.exclude.append(typed_entry)
+
+
+def _parse_references(raw: Any, spec: Spec, problems: Problems) -> None:
+    if raw is None:
+        return
+    if not isinstance(raw, list):
+        problems.at(("references",), "references", "expected a list of {match, metric, value, source}")
+        return
+    for i, entry in enumerate(raw):
+        path, name = ("references", i), f"references[{i}]"
+        if not isinstance(entry, dict):
+            problems.at(path, name, f"expected a mapping with {', '.join(REFERENCE_KEYS)}, got {entry!r}")
+            continue
+        ok = True
+        for key in entry:
+            if key not in REFERENCE_KEYS:
+                problems.key(
+                    path + (key,),
+                    f"{name}.{key}",
+                    f"unknown key {key!r}; valid keys: {', '.join(REFERENCE_KEYS)}{suggest(key, REFERENCE_KEYS)}",
+                )
+                ok = False
+        for key in REFERENCE_KEYS:
+            if key not in entry:
+                problems.at(path, name, f"missing {key!r}")
+                ok = False
+        metric, value, source = entry.get("metric"), entry.get("value"), entry.get("source")
+        if "metric" in entry and metric not in REFERENCE_METRICS:
+            problems.at(
+                path + ("metric",),
+                f"{name}.metric",
+                f"unknown metric {metric!r}; choices: "
+                f"{', '.join(REFERENCE_METRICS)}{suggest(metric, REFERENCE_METRICS)}",
+            )
+            ok = False
+        value = _yaml11_float(value)
+        if "value" in entry and (isinstance(value, bool) or not isinstance(value, (int, float))):
+            problems.at(path + ("value",), f"{name}.value", f"expected a number, got {value!r}")
+            ok = False
+        if "source" in entry and (not isinstance(source, str) or not source.strip()):
+            problems.at(path + ("source",), f"{name}.source", "expected a text saying where the number comes from")
+            ok = False
+        match = _parse_match(entry.get("match"), spec, path + ("match",), f"{name}.match", problems)
+        if ok and match is not None:
+            spec.references.append(Reference(match, metric, float(value), source))
+
+
+def _parse_match(raw: Any, spec: Spec, path: tuple, name: str, problems: Problems) -> dict | None:
+    if raw is None:
+        return {}
+    if not isinstance(raw, dict):
+        problems.at(path, name, f"expected a mapping of axis or dotted key -> value, got {raw!r}")
+        return None
+    match = {}
+    for key, value in raw.items():
+        if isinstance(key, str) and "." not in key:
+            if key not in spec.levels:
+                named = list(spec.levels)
+                problems.key(
+                    path + (key,),
+                    key,
+                    f"is not a named axis; named axes: {', '.join(named) or 'none'}"
+                    f"{suggest(key, named)} (or use a dotted key like data.dataset)",
+                )
+            elif value not in spec.levels[key]:
+                problems.at(
+                    path + (key,),
+                    key,
+                    f"unknown level {value!r}; levels: {', '.join(spec.levels[key])}{suggest(value, spec.levels[key])}",
+                )
+            else:
+                match[key] = value
+            continue
+        bad_key = key_problem(key)
+        if bad_key:
+            problems.key(path + (key,), str(key), bad_key)
+            continue
+        typed, bad = type_value(key, value)
+        if bad:
+            problems.at(path + (key,), key, bad)
+            continue
+        match[key] = typed
+    return match if len(match) == len(raw) else None

@@ -1,0 +1,196 @@
+"""The tracking store at the bottom of the tracking layer: its URI, retried writes, experiments, source tags and
+buffered metrics. Everything goes through ``MlflowClient`` with explicit run ids (no global active run), so the
+same code serves the main process, worker processes and Ray tasks.
+"""
+
+from __future__ import annotations
+
+import functools
+import getpass
+import os
+import subprocess
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from mlflow.entities import DatasetInput, Metric
+from mlflow.tracking import MlflowClient
+
+from harness.metrics import mlflow_key
+
+PARENT_TAG = "mlflow.parentRunId"
+METRICS_PER_BATCH = 1000  # MLflow's limit for one log_batch call
+FLUSH_SECONDS = 15.0
+# MLflow 3 opens an experiment on its GenAI "Overview" unless the UI's workflow type is "machine
+# learning". The UI of 3.17 takes that from ``?workflowType=`` or the browser's last choice; older 3.x
+# UIs read this experiment tag. Both are set: the tag here, the URL by ``runs_url`` (``make ui``).
+EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
+EXPERIMENT_KIND = "custom_model_development"
+SAMPLES_TABLE = "samples.json"
+WRAP_COLUMNS = 100  # samples/*.txt: lines a browser shows without scrolling sideways
+
+
+class TrackingError(Exception):
+    """The tracking store cannot be used; raised before any training."""
+
+
+def tracking_uri() -> str:
+    """``MLFLOW_TRACKING_URI``, else a SQLite store ``mlflow.db`` in the current folder (the project root)."""
+    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{Path.cwd() / 'mlflow.db'}"
+
+
+def check_tracking_reachable(uri: str, timeout_s: float = 5.0) -> None:
+    """Fail in seconds, not after MLflow's minutes of retries, when a tracking server is down."""
+    if not uri.startswith(("http://", "https://")):
+        return
+    try:
+        with urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=timeout_s) as response:
+            response.read()
+    except (urllib.error.URLError, OSError) as exc:
+        raise TrackingError(
+            f"MLflow tracking server {uri} is not reachable ({getattr(exc, 'reason', exc)}). "
+            "Start it (make server) or unset MLFLOW_TRACKING_URI to use the local SQLite store."
+        ) from exc
+
+
+LOST_WRITE_RACES = ("locked",)
+"""Store errors that mean "another writer was first": the same call, repeated, succeeds."""
+
+DATASET_RACE = "unique constraint failed: datasets"
+"""MLflow registers a dataset by check-then-insert; two runs logging one new corpus at once make the second
+insert fail. Repeated, the call finds the row the other run wrote and links to it."""
+
+
+def retrying(call: Callable[[], Any], attempts: int = 8, races: tuple[str, ...] = LOST_WRITE_RACES) -> Any:
+    """Retry a store call that lost a race with another writer (by default, for SQLite's write lock)."""
+    for attempt in range(attempts):
+        try:
+            return call()
+        except Exception as exc:  # MLflow wraps the sqlite error in its own exception types
+            message = str(exc).lower()
+            if not any(race in message for race in races) or attempt == attempts - 1:
+                raise
+            time.sleep(0.05 * 2**attempt)
+
+
+def log_dataset_inputs(client: MlflowClient, run_id: str, inputs: list[DatasetInput]) -> None:
+    """``client.log_inputs``, safe when several runs log the same new dataset at the same moment."""
+    retrying(lambda: client.log_inputs(run_id, datasets=inputs), races=(*LOST_WRITE_RACES, DATASET_RACE))
+
+
+def default_artifact_location(uri: str, name: str) -> str | None:
+    """Artifacts of a SQLite store live beside the database file, not wherever the command ran."""
+    if not uri.startswith("sqlite:///"):
+        return None
+    database = Path(uri[len("sqlite:///") :])
+    return (database.parent / "mlartifacts" / name).resolve().as_uri()
+
+
+def experiment_id_for(client: MlflowClient, name: str) -> str:
+    """The experiment ``name`` (created, or restored if deleted), marked as model training."""
+    experiment = client.get_experiment_by_name(name)
+    if experiment is not None:
+        if experiment.lifecycle_stage == "deleted":
+            client.restore_experiment(experiment.experiment_id)
+        if experiment.tags.get(EXPERIMENT_KIND_TAG) != EXPERIMENT_KIND:  # a store from before this tag
+            client.set_experiment_tag(experiment.experiment_id, EXPERIMENT_KIND_TAG, EXPERIMENT_KIND)
+        return experiment.experiment_id
+    try:
+        return client.create_experiment(
+            name,
+            artifact_location=default_artifact_location(client.tracking_uri, name),
+            tags={EXPERIMENT_KIND_TAG: EXPERIMENT_KIND},
+        )
+    except Exception:  # another process created it first
+        return client.get_experiment_by_name(name).experiment_id
+
+
+def runs_url(base_url: str, experiment_id: str) -> str:
+    """The UI page of an experiment's runs table (not the GenAI overview MLflow 3 opens by default)."""
+    return f"{base_url.rstrip('/')}/#/experiments/{experiment_id}/runs?workflowType=machine_learning"
+
+
+@functools.lru_cache(maxsize=1)
+def git_commit() -> str:
+    """The commit the code ran from, with ``-dirty`` when the tree had uncommitted changes."""
+    here = Path(__file__).resolve().parents[1]  # the harness's own checkout, wherever the command runs from
+    try:
+        commit = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True, timeout=5, check=True
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=here,
+            capture_output=True,
+            text=True,
+            timeout=5,
+        ).stdout.strip()
+        return commit + ("-dirty" if dirty else "")
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+@functools.lru_cache(maxsize=1)
+def source_tags() -> dict[str, str]:
+    """MLflow's own source tags, so the UI's Source column and run page show the code and its commit."""
+    here = Path(__file__).resolve().parents[1]
+    tags = {"mlflow.source.type": "LOCAL", "mlflow.source.name": str(here)}
+    commit = git_commit()
+    if commit != "unknown":
+        tags["mlflow.source.git.commit"] = commit.removesuffix("-dirty")
+        try:
+            remote = subprocess.run(
+                ["git", "remote", "get-url", "origin"], cwd=here, capture_output=True, text=True, timeout=5
+            ).stdout.strip()
+        except (OSError, subprocess.SubprocessError):
+            remote = ""
+        if remote.startswith(("https://", "http://", "git@")):  # the UI links the commit there; a local path it cannot
+            tags["mlflow.source.git.repoURL"] = remote
+    try:
+        tags["mlflow.user"] = getpass.getuser()
+    except (KeyError, OSError):  # no user name in a bare container
+        pass
+    return tags
+
+
+class BufferedMetrics:
+    """Collects metric points and writes them with ``log_batch``: one store call per ~1000 points.
+
+    ``auto_flush=False`` holds points until ``flush()`` (used with checkpoints, so that a resumed run
+    never logs a step twice).
+    """
+
+    def __init__(self, client: MlflowClient, run_id: str, auto_flush: bool = True):
+        self.client = client
+        self.run_id = run_id
+        self.auto_flush = auto_flush
+        self.pending: list[Metric] = []
+        self.last_flush = time.monotonic()
+        self.logged = 0
+        self.stored_through: dict[str, int] = {}  # key -> last step already in the store (set on resume)
+
+    def log(self, key: str, value: float, step: int) -> None:
+        """Log a trainer key (``train_loss``) under its MLflow name (``loss/train``)."""
+        key = mlflow_key(key)
+        if step <= self.stored_through.get(key, -1):
+            return
+        self.pending.append(Metric(key, float(value), int(time.time() * 1000), int(step)))
+        if self.auto_flush and (
+            len(self.pending) >= METRICS_PER_BATCH or time.monotonic() - self.last_flush > FLUSH_SECONDS
+        ):
+            self.flush()
+
+    def log_dict(self, values: dict[str, float], step: int) -> None:
+        for key, value in values.items():
+            self.log(key, value, step)
+
+    def flush(self) -> None:
+        while self.pending:
+            chunk = self.pending[:METRICS_PER_BATCH]
+            retrying(lambda chunk=chunk: self.client.log_batch(self.run_id, metrics=chunk))
+            self.logged += len(chunk)
+            del self.pending[: len(chunk)]
+        self.last_flush = time.monotonic()
