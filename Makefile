@@ -86,6 +86,7 @@ lint: $(READY) ## ruff (rules in pyproject.toml) and the import contracts (lint-
 bench: $(READY) ## step speed: the write-up's and the lecture's loops vs the harness loop; MLflow logging overhead
 	$(PYTHON) benchmarks/step_speed.py $(ARGS)
 	$(PYTHON) benchmarks/gpt_speed.py
+	$(PYTHON) benchmarks/run_costs.py
 
 bench-gpu: $(READY) ## the seed grid on one GPU, lever by lever (no host syncs, stacked seeds, CUDA graphs, --jobs): results/bench/grid_gpu.csv
 	$(PYTHON) benchmarks/grid_gpu.py --device cuda $(ARGS)

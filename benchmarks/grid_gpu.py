@@ -271,27 +271,10 @@ def time_harness_run(
         env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{Path(tmp) / 'mlflow.db'}"}
         if data_dir:
             env["HARNESS_DATA_DIR"] = str(data_dir)
-        command = [
-            sys.executable,
-            "-m",
-            "harness",
-            "run",
-            str(spec),
-            *(f"{k}={v}" for k, v in pinned.items()),
-            f"train.steps={steps}",
-            f"train.device={device}",
-            "--seeds",
-            *map(str, seeds),
-            "--jobs",
-            str(jobs),
-            "--executor",
-            executor,
-            "--no-progress",
-            "--results-dir",
-            str(Path(tmp) / "results"),
-            "--checkpoint-dir",
-            str(Path(tmp) / "ckpt"),
-        ]
+        settings = [*(f"{k}={v}" for k, v in pinned.items()), f"train.steps={steps}", f"train.device={device}"]
+        command = [sys.executable, "-m", "harness", "run", str(spec), *settings, "--seeds", *map(str, seeds)]
+        command += ["--jobs", str(jobs), "--executor", executor, "--no-progress"]
+        command += ["--results-dir", str(Path(tmp) / "results"), "--checkpoint-dir", str(Path(tmp) / "ckpt")]
         started = time.perf_counter()
         proc = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True)
         wall = time.perf_counter() - started

@@ -42,14 +42,11 @@ def losses(dataset: str, kind: str, dtype: str) -> list[float]:
     corpus = load_corpus(DataConfig(dataset), resolve_data_dir() or ROOT.parent / "shared" / "data")
     config = TrainConfig(steps=40, batch_size=16, context_length=32, device="cpu")
     torch.set_num_threads(2)
-    previous = torch.get_default_dtype()
-    torch.set_default_dtype(getattr(torch, dtype))
-    try:
-        torch.manual_seed(1337)
-        model = build_model(ModelConfig(kind), corpus.tokenizer.vocab_size, 32)
-        trainer = Trainer(model, corpus, config, torch.device("cpu"))
-    finally:
-        torch.set_default_dtype(previous)
+    torch.set_default_dtype(getattr(torch, dtype))  # this child process trains one case, in one dtype
+    torch.manual_seed(1337)
+    trainer = Trainer(
+        build_model(ModelConfig(kind), corpus.tokenizer.vocab_size, 32), corpus, config, torch.device("cpu")
+    )
     final = trainer.run(Drop())
     steps = trainer.state.step_losses
     return [float(steps[0]), float(steps[-1]), final["final_train_loss"], final["final_val_loss"]]

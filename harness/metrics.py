@@ -11,12 +11,7 @@ CSV columns keep the flat names they always had.
 from __future__ import annotations
 
 # per-step curves: trainer key -> MLflow key
-CURVES = {
-    "train_loss": "loss/train",
-    "val_loss": "loss/val",
-    "batch_loss": "loss/batch",
-    "lr": "opt/lr",
-}
+CURVES = {"train_loss": "loss/train", "val_loss": "loss/val", "batch_loss": "loss/batch", "lr": "opt/lr"}
 
 SUMMARY_STEP = 0  # the step the end-of-run numbers are logged at
 

@@ -661,3 +661,40 @@ def test_a_stacked_step_asks_the_device_for_nothing(data_dir):
         with OpRecorder() as recorded:
             stack.train_step(1)
         assert recorded.ops and _syncing(recorded.ops) == [], model["kind"]
+
+
+# -- curve points on a fixed subset, final losses exact -------------------------------------------------------
+
+
+def test_curve_points_score_a_fixed_subset_and_the_final_losses_the_whole_split(data_dir):
+    """A context model's curve points score ``eval_curve_tokens`` targets of each split, on windows that are
+    the same for every seed and batch size; the run's final losses are the whole windows' (the exact ones)."""
+    corpus = load_corpus(DataConfig("tinyshakespeare"), data_dir)
+    T, tokens = 16, 4096
+    trainer = context_trainer(corpus, context_length=T, steps=20, eval_curve_tokens=tokens)
+    other = context_trainer(corpus, model_seed=1, context_length=T, batch_size=4, seed=7, eval_curve_tokens=tokens)
+    for key in ("train_loss", "val_loss"):
+        data, windows = trainer.loss.curve_windows[key]
+        assert windows.tokens == tokens
+        assert torch.equal(windows.starts, other.loss.curve_windows[key][1].starts), "the same windows for all"
+        # by hand: each window's scored targets, from the model on that window alone
+        losses = []
+        with torch.no_grad():
+            for start, first in zip(windows.starts.tolist(), windows.first.tolist(), strict=True):
+                x, y = data[start : start + T], data[start + 1 : start + T + 1]
+                logits, _ = trainer.model(x[None])
+                losses.append(F.cross_entropy(logits[0, first:].double(), y[first:], reduction="none"))
+        expected = float(torch.cat(losses).mean())
+        assert trainer.evaluate(final=False)[key] == pytest.approx(expected, abs=1e-6)
+    recorder = Recorder()
+    final = trainer.run(recorder)
+    last_curve = [v for k, v, s in recorder.points if k == "val_loss" and s == 20]
+    assert last_curve == [pytest.approx(trainer.evaluate(final=False)["val_loss"], abs=1e-9)]
+    assert final["final_val_loss"] == pytest.approx(trainer.evaluate()["val_loss"], abs=1e-9)
+    assert final["final_val_loss"] != pytest.approx(last_curve[0], abs=1e-4), "the final loss is not the subset's"
+    assert final["eval_tokens"] == len(corpus.val) - 1
+
+
+def test_position_wise_models_score_every_curve_point_exactly(data_dir):
+    trainer = make_trainer(data_dir, "tinyshakespeare", "bigram", eval_curve_tokens=16)
+    assert trainer.evaluate(final=False) == trainer.evaluate()

@@ -1,30 +1,29 @@
-"""Data: corpora (catalog, reading, split), tokenizers, and the write-up's ``get_batch``.
-
-The public names of the modules below, so that ``from harness.data import X`` works; inside the
-harness, modules import from the module that defines a name.
-"""
+"""Data: corpora (catalog, reading, split), tokenizers, and the write-up's ``get_batch``."""
 
 from __future__ import annotations
 
-from harness.data.batches import (  # noqa: F401
-    get_batch,
-)
-from harness.data.corpora import (  # noqa: F401
-    CATALOG,
-    DATASET_CHOICES,
-    FILE_DATASET,
-    SPLIT_CHOICES,
-    SPLIT_SEED,
-    CatalogEntry,
-    Corpus,
-    DataConfig,
-    DataError,
-    content_sha256,
-    default_cache_dir,
-    load_corpus,
-    locate_catalog_file,
-    read_rows,
-    read_text,
-    resolve_data_dir,
-    sha256_of,
-)
+from harness.exports import lazy_exports
+
+_MODULES = {
+    "corpora": (
+        "DataError",
+        "CatalogEntry",
+        "CATALOG",
+        "SPLIT_CHOICES",
+        "SPLIT_SEED",
+        "FILE_DATASET",
+        "DATASET_CHOICES",
+        "DataConfig",
+        "default_cache_dir",
+        "resolve_data_dir",
+        "sha256_of",
+        "locate_catalog_file",
+        "content_sha256",
+        "read_rows",
+        "read_text",
+        "Corpus",
+        "load_corpus",
+    ),
+    "batches": ("get_batch",),
+}
+__getattr__, __all__ = lazy_exports(__name__, _MODULES)

@@ -1,35 +1,15 @@
-"""Models: one file per kind, the shared base, the config and the registry (``build_model``).
-
-The public names of the modules below, so that ``from harness.models import X`` works; inside the
-harness, modules import from the module that defines a name.
-"""
+"""Models: one file per kind, the shared base, the config and the registry (``build_model``)."""
 
 from __future__ import annotations
 
-from harness.models.base import (  # noqa: F401
-    CharLanguageModel,
-)
-from harness.models.bigram import (  # noqa: F401
-    BigramLanguageModel,
-)
-from harness.models.config import (  # noqa: F401
-    ATTENTION_SCALE_CHOICES,
-    INIT_CHOICES,
-    LAYER_NORM_CHOICES,
-    ModelConfig,
-)
-from harness.models.ffn import (  # noqa: F401
-    FeedForwardLanguageModel,
-)
-from harness.models.gpt import (  # noqa: F401
-    MLP,
-    Block,
-    CausalSelfAttention,
-    GPTLanguageModel,
-)
-from harness.models.registry import (  # noqa: F401
-    MODEL_KINDS,
-    MODELS,
-    build_model,
-    count_parameters,
-)
+from harness.exports import lazy_exports
+
+_MODULES = {
+    "config": ("LAYER_NORM_CHOICES", "INIT_CHOICES", "ATTENTION_SCALE_CHOICES", "ModelConfig"),
+    "base": ("CharLanguageModel",),
+    "bigram": ("BigramLanguageModel",),
+    "ffn": ("FeedForwardLanguageModel",),
+    "gpt": ("CausalSelfAttention", "MLP", "Block", "GPTLanguageModel"),
+    "registry": ("MODELS", "MODEL_KINDS", "build_model", "count_parameters"),
+}
+__getattr__, __all__ = lazy_exports(__name__, _MODULES)

@@ -24,24 +24,14 @@ import mlflow
 import pandas as pd
 from mlflow.tracking import MlflowClient
 
-from harness.metrics import mlflow_key
+from harness.metrics import FINALS, mlflow_key
 from harness.report import analysis
 from harness.spec.expansion import variant_id
 from harness.spec.keys import SEED_KEY
 from harness.spec.records import Spec, Variant
 from harness.tracking.claims import SWEEP_TAG  # marks parent runs; their params record the overrides and seeds used
 
-METRIC_COLUMNS = [
-    "final_train_loss",
-    "final_val_loss",
-    "bigram_floor",
-    "excess_loss",
-    "loss_noise",
-    "eval_tokens",
-    "train_time_s",
-    "steps_per_s",
-    "tokens_per_s",
-]
+METRIC_COLUMNS = list(FINALS)  # the runs.csv metric columns, in harness.metrics's order
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 STATUS_RANK = {"FINISHED": 0, "RUNNING": 1, "KILLED": 2, "FAILED": 3}
 

@@ -35,7 +35,7 @@ from mlflow.entities import RunTag
 from mlflow.tracking import MlflowClient
 from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
 
-from harness.tracking.store import retrying
+from harness.tracking.store import create_sqlite_store, retrying
 
 SWEEP_TAG = "harness.sweep"  # marks parent runs; their params record the overrides and seeds used
 OWNER_TAG = "harness.owner"  # HOST:PID of the process that trains (or drives) the run now
@@ -73,6 +73,8 @@ def open_store(uri: str) -> MlflowClient:
     with open(database.with_name(database.name + "-lock"), "a") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         try:
+            if not database.exists():
+                create_sqlite_store(database)
             return MlflowClient(uri)
         finally:
             fcntl.flock(lock, fcntl.LOCK_UN)

@@ -1,85 +1,61 @@
 """Training: the trainer and what it is made of (schedule, losses, evaluation, checkpoint files, batch draws,
-seed stacks, CUDA graphs).
-
-The public names of the modules below, so that ``from harness.train import X`` works; inside the
-harness, modules import from the module that defines a name.
-"""
+seed stacks, CUDA graphs)."""
 
 from __future__ import annotations
 
-from harness.train.checkpoint import (  # noqa: F401
-    CHECKPOINT_KEYS,
-    CheckpointError,
-    load_checkpoint,
-    save_checkpoint,
-)
-from harness.train.config import (  # noqa: F401
-    DEVICE_CHOICES,
-    EVAL_SCORING_CHOICES,
-    LR_SCHEDULE_CHOICES,
-    MAX_CURVE_POINTS,
-    MIN_EVALUATIONS,
-    PRECISION_CHOICES,
-    SampleConfig,
-    TrainConfig,
-)
-from harness.train.device import (  # noqa: F401
-    pick_device,
-)
-from harness.train.draws import (  # noqa: F401
-    DRAW_BLOCK_STEPS,
-    WindowDraws,
-)
-from harness.train.evaluation import (  # noqa: F401
-    EVAL_BATCH_TOKENS,
-    EVAL_MAX_TOKENS,
-    EVAL_SEED,
-    LOSS_NOISE_MIN_STEPS,
-    LOSS_NOISE_MIN_WINDOWS,
-    LOSS_NOISE_WINDOW,
-    EvalWindows,
-    eval_stride,
-    exact_loss,
-    loss_noise,
-    sample_windows,
-    tile_windows,
-    windows_loss,
-)
-from harness.train.graphs import (  # noqa: F401
-    CAPTURE_LOCK,
-    WARMUP_STEPS,
-    CapturedStep,
-    CudaGraphs,
-    GraphBackend,
-    graph_status,
-    off_default_stream,
-)
-from harness.train.losses import (  # noqa: F401
-    DENSE_PAIRS_MAX_CELLS,
-    IGNORE_INDEX,
-    SUBSET_ROWS_MIN_VOCAB,
-    batch_loss_fast,
-    bigram_floor,
-    count_ids,
-    pair_counts,
-    table_pair_loss,
-)
-from harness.train.schedule import (  # noqa: F401
-    learning_rate,
-    set_lr,
-)
-from harness.train.scoring import (  # noqa: F401
-    PairTableLoss,
-    PerPositionLoss,
-)
-from harness.train.stacking import (  # noqa: F401
-    SeedOutcome,
-    StackedTrainer,
-    stack_key,
-)
-from harness.train.trainer import (  # noqa: F401
-    DivergedError,
-    MetricSink,
-    Trainer,
-    TrainState,
-)
+from harness.exports import lazy_exports
+
+_MODULES = {
+    "config": (
+        "DEVICE_CHOICES",
+        "PRECISION_CHOICES",
+        "LR_SCHEDULE_CHOICES",
+        "MAX_CURVE_POINTS",
+        "MIN_EVALUATIONS",
+        "EVAL_SCORING_CHOICES",
+        "TrainConfig",
+        "SampleConfig",
+    ),
+    "device": ("pick_device",),
+    "schedule": ("set_lr", "learning_rate"),
+    "graphs": (
+        "WARMUP_STEPS",
+        "CAPTURE_LOCK",
+        "GraphBackend",
+        "CudaGraphs",
+        "off_default_stream",
+        "CapturedStep",
+        "graph_status",
+    ),
+    "losses": (
+        "SUBSET_ROWS_MIN_VOCAB",
+        "IGNORE_INDEX",
+        "DENSE_PAIRS_MAX_CELLS",
+        "table_pair_loss",
+        "count_ids",
+        "batch_loss_fast",
+        "pair_counts",
+        "bigram_floor",
+    ),
+    "evaluation": (
+        "LOSS_NOISE_WINDOW",
+        "LOSS_NOISE_MIN_WINDOWS",
+        "LOSS_NOISE_MIN_STEPS",
+        "EVAL_SEED",
+        "EVAL_BATCH_TOKENS",
+        "EVAL_MAX_TOKENS",
+        "exact_loss",
+        "loss_noise",
+        "EvalWindows",
+        "eval_stride",
+        "tile_windows",
+        "sample_windows",
+        "windows_loss",
+    ),
+    "scoring": ("PairTableLoss", "PerPositionLoss"),
+    "checkpoint": ("CheckpointError", "CHECKPOINT_KEYS", "save_checkpoint", "load_checkpoint"),
+    "draws": ("DRAW_BLOCK_STEPS", "WindowDraws"),
+    "trainer": ("DivergedError", "MetricSink", "TrainState", "Trainer"),
+    "stacking": ("SeedOutcome", "stack_key", "StackedTrainer"),
+}
+__getattr__, __all__ = lazy_exports(__name__, _MODULES)

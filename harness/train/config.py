@@ -47,6 +47,11 @@ class TrainConfig:
     # least half a window of context. Not training math, but it changes what val_loss means: hashed when set.
     eval_scoring: str = field(default="all-positions", metadata=ADDED_V2)
     eval_interval: int | None = field(default=None, metadata=EXECUTION)
+    # A context model's curve points (loss/train, loss/val at every evaluation but the exact final one) score a
+    # fixed subset of this many targets per split, the same windows for every variant, seed and evaluation;
+    # null scores the whole split at every point (all evaluations then cost as much as the final one). The
+    # final train and val losses are always exact. Not training math: the curves are observation.
+    eval_curve_tokens: int | None = field(default=4096, metadata=EXECUTION)
     device: str = field(default="auto", metadata=EXECUTION)
     fast_path: bool = field(default=True, metadata=EXECUTION)
     compile: bool = field(default=False, metadata=EXECUTION)
@@ -63,7 +68,7 @@ class TrainConfig:
 
     def problems(self) -> list[tuple[str, str]]:
         found = []
-        for key in ("steps", "batch_size", "context_length", "eval_interval"):
+        for key in ("steps", "batch_size", "context_length", "eval_interval", "eval_curve_tokens"):
             if getattr(self, key) is not None and getattr(self, key) < 1:
                 found.append((key, f"must be >= 1, got {getattr(self, key)}"))
         if not self.lr > 0:

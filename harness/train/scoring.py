@@ -78,7 +78,9 @@ class PairTableLoss:
         _, loss = self.model(x, y)
         return loss.float()
 
-    def evaluate(self) -> dict[str, float]:
+    curve_is_exact = True  # exact split losses cost a table, not a pass over the split
+
+    def evaluate(self, final: bool = True) -> dict[str, float]:
         return {
             "train_loss": exact_loss(self.model, self.train_counts),
             "val_loss": exact_loss(self.model, self.val_counts),
@@ -88,7 +90,9 @@ class PairTableLoss:
 class PerPositionLoss:
     """Models that read context: ``cross_entropy`` over every position of the batch's windows; split
     losses over fixed windows (val: ``tile_windows``, train: ``sample_windows`` with val's token count),
-    spaced as ``train.eval_scoring`` says."""
+    spaced as ``train.eval_scoring`` says. Curve points score a fixed subset of ``curve_tokens`` targets of
+    each split (``sample_windows``, the same for every variant, seed and evaluation); the final losses the
+    whole windows."""
 
     def __init__(
         self,
@@ -100,6 +104,7 @@ class PerPositionLoss:
         compile: bool = False,
         max_tokens: int | None = EVAL_MAX_TOKENS,
         scoring: str = "all-positions",
+        curve_tokens: int | None = None,
     ):
         self.model = model
         self.forward = torch.compile(model) if compile else model  # state_dict stays the model's own
@@ -111,13 +116,21 @@ class PerPositionLoss:
             self.val_windows = sample_windows(len(val_data), context_length, max_tokens, stride=stride)
         self.train_windows = sample_windows(len(train_data), context_length, self.val_windows.tokens, stride=stride)
         self.eval_tokens = self.val_windows.tokens
+        self.curve_is_exact = curve_tokens is None or curve_tokens >= self.val_windows.tokens
+        if not self.curve_is_exact:
+            self.curve_windows = {
+                key: (data, sample_windows(len(data), context_length, curve_tokens, stride=stride))
+                for key, data in (("train_loss", train_data), ("val_loss", val_data))
+            }
 
     def step_loss(self, starts: torch.Tensor) -> torch.Tensor:
         chunk = self.windows.index_select(0, starts)
         _, loss = self.forward(chunk[:, :-1], chunk[:, 1:])
         return loss.float()
 
-    def evaluate(self) -> dict[str, float]:
+    def evaluate(self, final: bool = True) -> dict[str, float]:
+        if not final and not self.curve_is_exact:
+            return {key: windows_loss(self.model, data, windows) for key, (data, windows) in self.curve_windows.items()}
         return {
             "train_loss": windows_loss(self.model, self.train_data, self.train_windows),
             "val_loss": windows_loss(self.model, self.val_data, self.val_windows),

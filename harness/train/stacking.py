@@ -257,7 +257,10 @@ class StackedTrainer:
                 continue
             trainer.state.train_time_s = time_before[s] + elapsed
             self.sync(s)
-            outcomes.append(trainer.final_metrics(evaluated[s] if evaluated[s] is not None else trainer.evaluate()))
+            try:
+                outcomes.append(trainer.final_metrics(trainer.final_evaluation(evaluated[s])))
+            except DivergedError as exc:  # the exact final losses of this seed alone
+                outcomes.append(exc)
         return outcomes
 
     def _live(self) -> list[int]:

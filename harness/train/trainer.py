@@ -117,6 +117,7 @@ class Trainer:
                 T,
                 compile=config.compile,
                 scoring=config.eval_scoring,
+                curve_tokens=config.eval_curve_tokens,
             )
 
     # -- schedule -------------------------------------------------------------------------------
@@ -146,12 +147,13 @@ class Trainer:
             return self.loss.step_loss(starts)
 
     @torch.no_grad()
-    def evaluate(self) -> dict[str, float]:
-        """Train and val loss: exact for position-wise models, over fixed windows for the others."""
+    def evaluate(self, final: bool = True) -> dict[str, float]:
+        """Train and val loss: exact for position-wise models, over fixed windows for the others; a curve
+        point (``final=False``) of a context model scores the fixed subset of ``train.eval_curve_tokens``."""
         self.model.eval()
         try:
             with self._autocast():
-                return self.loss.evaluate()
+                return self.loss.evaluate(final)
         finally:
             self.model.train()
 
@@ -256,9 +258,18 @@ class Trainer:
         if self.device.type == "cuda":  # this run's stream only: other threads' runs may share the device
             torch.cuda.current_stream(self.device).synchronize()
         self.state.train_time_s = time_before + time.perf_counter() - started
-        return self.final_metrics(
-            evaluated if evaluated is not None else self.evaluate()
-        )  # the last step was just evaluated
+        return self.final_metrics(self.final_evaluation(evaluated))
+
+    def final_evaluation(self, last_point: dict[str, float] | None) -> dict[str, float]:
+        """The exact final losses: the last curve point when it was exact (it is the final step's), else the
+        whole windows, scored once."""
+        if last_point is not None and self.loss.curve_is_exact:
+            return last_point
+        final = self.evaluate()
+        for key, value in final.items():
+            if not math.isfinite(value):
+                raise DivergedError(f"final {key} became {value} (lr={self.config.lr}); lower train.lr")
+        return final
 
     def final_metrics(self, final: dict[str, float]) -> dict[str, float]:
         """The run's summary from its last evaluation and ``state`` (time, per-step losses)."""
@@ -293,7 +304,7 @@ class Trainer:
                     metrics.log("lr", learning_rate(self.config, step - 1), step)
 
     def _log_eval(self, metrics: MetricSink, step: int) -> dict[str, float]:
-        evaluated = self.evaluate()
+        evaluated = self.evaluate(final=False)
         for key, value in evaluated.items():
             if not math.isfinite(value):
                 raise DivergedError(f"{key} became {value} at step {step} (lr={self.config.lr}); lower train.lr")
