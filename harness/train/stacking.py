@@ -24,6 +24,8 @@ import torch
 import torch.nn as nn
 from torch.func import functional_call, stack_module_state, vmap
 
+from harness.models import gpt_stack
+from harness.models.gpt import GPTLanguageModel
 from harness.train.graphs import CapturedStep
 from harness.train.losses import count_ids, table_pair_loss
 from harness.train.schedule import learning_rate, set_lr
@@ -96,6 +98,9 @@ class StackedTrainer:
                     self._table, ({f"model.{k}": v for k, v in p.items()}, {f"model.{k}": v for k, v in b.items()}), ()
                 )
             )
+        elif isinstance(self.template, GPTLanguageModel) and gpt_stack.supports(self.template.config):
+            model_config = self.template.config  # batched ops over the seed dimension (harness/models/gpt_stack.py)
+            self._losses_of = lambda p, b, x, y: gpt_stack.stacked_losses(model_config, p, x, y).float()
         else:
 
             def seed_loss(p, b, x, y):
