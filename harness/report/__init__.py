@@ -73,7 +73,6 @@ _MODULES = {
         "last_sweep_arguments",
         "run_metric",
         "runs_table",
-        "write_runs_csv",
         "format_table",
         "HISTORY_KEYS",
         "FIGURE_FOLDER",

@@ -182,24 +182,6 @@ def runs_table(runs: pd.DataFrame, variants: list[Variant]) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def write_runs_csv(
-    uri: str,
-    spec: Spec,
-    variants: list[Variant],
-    results_dir: Path,
-    runs: pd.DataFrame | None = None,
-    overrides: dict | None = None,
-    seeds: list[int] | None = None,
-):
-    runs = experiment_runs(uri, spec) if runs is None else runs
-    table = runs_table(runs, variants)
-    out = report_directory(results_dir, spec, overrides, seeds)
-    out.mkdir(parents=True, exist_ok=True)
-    path = out / "runs.csv"
-    table.to_csv(path, index=False)
-    return table, path
-
-
 def format_table(table: pd.DataFrame) -> str:
     """The short view printed at the end of a run."""
     columns = ["variant", "status", "final_train_loss", "final_val_loss", "excess_loss", "train_time_s", "tokens_per_s"]
