@@ -9,6 +9,7 @@ _MODULES = {
     "keys": (
         "SECTIONS",
         "TOP_LEVEL_KEYS",
+        "PRACTICAL_DIFFERENCE",
         "REFERENCE_KEYS",
         "SEED_KEY",
         "IDENTITY_VERSION",

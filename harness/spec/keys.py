@@ -18,7 +18,18 @@ from harness.spec.problems import SpecError, suggest
 from harness.train.config import LR_SCHEDULE_CHOICES, PRECISION_CHOICES, SampleConfig, TrainConfig
 
 SECTIONS: dict[str, type] = {"data": DataConfig, "model": ModelConfig, "train": TrainConfig, "sample": SampleConfig}
-TOP_LEVEL_KEYS = ("name", "description", "base", "grid", "zip", "exclude", "seeds", "references")
+TOP_LEVEL_KEYS = (
+    "name",
+    "description",
+    "base",
+    "grid",
+    "zip",
+    "exclude",
+    "seeds",
+    "references",
+    "practical_difference",
+)
+PRACTICAL_DIFFERENCE = 0.01  # nats: the default δ of the report's verdicts (a report setting, never in a run's hash)
 REFERENCE_KEYS = ("match", "metric", "value", "source")
 SEED_KEY = "train.seed"
 IDENTITY_VERSION = 2  # recorded as the `identity_version` tag beside `config_hash`

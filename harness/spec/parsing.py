@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import re
 from pathlib import Path
 from typing import Any
@@ -10,6 +11,7 @@ from harness.spec.expansion import _expand
 from harness.spec.keys import (
     AXIS_NAME_PATTERN,
     NAME_PATTERN,
+    PRACTICAL_DIFFERENCE,
     REFERENCE_KEYS,
     REFERENCE_METRICS,
     SECTIONS,
@@ -69,6 +71,7 @@ def load_spec(path: str | Path) -> Spec:
     _parse_exclude(raw.get("exclude"), spec, problems)
     raw_references = raw.get("references")
     _parse_references(raw_references, spec, problems)
+    _parse_practical_difference(raw, spec, problems)
 
     # The values of every variant, as written (keys already reported are not reported again), and the
     # variants that the references select.
@@ -345,6 +348,22 @@ def _parse_references(raw: Any, spec: Spec, problems: Problems) -> None:
         match = _parse_match(entry.get("match"), spec, path + ("match",), f"{name}.match", problems)
         if ok and match is not None:
             spec.references.append(Reference(match, metric, float(value), source))
+
+
+def _parse_practical_difference(raw: dict, spec: Spec, problems: Problems) -> None:
+    """δ of the report's verdicts: a number of nats > 0 (a report setting: no run's identity depends on it)."""
+    if "practical_difference" not in raw:
+        return
+    value = _yaml11_float(raw["practical_difference"])
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
+        problems.at(
+            ("practical_difference",),
+            "practical_difference",
+            f"expected a number of nats > 0 (the smallest difference in loss that matters; default "
+            f"{PRACTICAL_DIFFERENCE}), got {raw['practical_difference']!r}",
+        )
+        return
+    spec.practical_difference = float(value)
 
 
 def _parse_match(raw: Any, spec: Spec, path: tuple, name: str, problems: Problems) -> dict | None:

@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from harness.spec.identity import RunConfig
-from harness.spec.keys import SEED_KEY
+from harness.spec.keys import PRACTICAL_DIFFERENCE, SEED_KEY
 
 
 @dataclass(frozen=True)
@@ -69,6 +69,7 @@ class Spec:
     seeds: list[int]
     levels: dict[str, dict[str, dict[str, Any]]] = field(default_factory=dict)
     references: list[Reference] = field(default_factory=list)
+    practical_difference: float = PRACTICAL_DIFFERENCE  # δ (nats) of the report's verdicts; no run's identity
     marks: dict[tuple, str] = field(default_factory=dict, repr=False, compare=False)
 
     @property

@@ -13,6 +13,7 @@ from harness.spec.keys import (
     AXIS_NAME_PATTERN,
     CHOICES,
     NAME_PATTERN,
+    PRACTICAL_DIFFERENCE,
     REFERENCE_KEYS,
     REFERENCE_METRICS,
     SECTIONS,
@@ -117,6 +118,15 @@ def json_schema() -> dict[str, Any]:
                 "description": "partial assignments (axis -> value or level name) to drop",
             },
             "seeds": {"type": "array", "items": {"type": "integer"}, "uniqueItems": True},
+            "practical_difference": {
+                "anyOf": [
+                    {"type": "number", "exclusiveMinimum": 0},
+                    {"type": "string", "pattern": f"^{_NUMBER.pattern}$"},
+                ],
+                "default": PRACTICAL_DIFFERENCE,
+                "description": "δ in nats: the smallest difference in loss that matters; the report's verdicts "
+                "(better, worse, equivalent within ±δ, undecided) use it; not part of any run's identity",
+            },
             "references": {
                 "type": "array",
                 "items": {
