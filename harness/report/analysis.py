@@ -14,6 +14,7 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
+from harness.report import verdicts
 from harness.train.evaluation import LOSS_NOISE_MIN_STEPS
 
 CONFIDENCE = 0.95
@@ -116,9 +117,11 @@ CONVERGENCE_RULE = (
     f"A run is *near convergence* when its exact val loss (the `loss/val` curve) changed by less than "
     f"{CONVERGENCE_TOLERANCE} nats over the last {CONVERGENCE_WINDOW:.0%} of its steps: |val(last step) - val(last "
     f"evaluation at or before {1 - CONVERGENCE_WINDOW:.0%} of the steps)| < {CONVERGENCE_TOLERANCE}, where that "
-    f"evaluation comes after {1 - 2 * CONVERGENCE_WINDOW:.0%} of them (else the curve cannot tell). A verdict (worse, "
-    f"better, oscillates less, closest to the floor) is drawn only when every run it uses is near convergence; "
-    f'otherwise the answer says "too short to judge" and why, and shows the numbers without a verdict. '
+    f"evaluation comes after {1 - 2 * CONVERGENCE_WINDOW:.0%} of them (else the curve cannot tell). The budget is part "
+    f"of the verdict: an effect is judged at the steps actually run (better, worse, equivalent, undecided), and one "
+    f'whose runs are still moving says "still improving at N steps; more steps may change the order". Only questions '
+    f"about the limit (closest to the floor, whether the FFN's capacity is too large for the data) need every run "
+    f'they use near convergence; otherwise they say "too short to judge" and why, and show the numbers. '
     f"The CIs below are over seeds, whatever the convergence."
 )
 
@@ -285,17 +288,34 @@ EFFECT_COLUMNS = [
     "mean_difference_bits",
     "ci_low_bits",
     "ci_high_bits",
+    "n_seeds",
 ]
+PILOT_COLUMNS = ["pilot_pairs", "pilot_std"]  # effects of a Stein second stage: the pilot's pairs and their sd
 
 
-def _compare(table: pd.DataFrame, factor: str, order: list | None, pair_on: list[str], metric: str) -> list[dict]:
-    """Rows of one factor: each level against the first level, or against the previous one for a named axis."""
+def _compare(
+    table: pd.DataFrame,
+    factor: str,
+    order: list | None,
+    pair_on: list[str],
+    metric: str,
+    seed: str | None = None,
+    pilot: list | None = None,
+) -> list[dict]:
+    """Rows of one factor: each level against the first level, or against the previous one for a named axis.
+    With ``pilot`` (the seeds of a Stein pilot), also the pilot's pairs and their sd."""
     values = levels(table, factor, order)
     rows = []
     for i, level in enumerate(values[1:], start=1):
         baseline = values[i - 1] if order else values[0]
         pairs = paired_differences(table, factor, level, baseline, metric, [k for k in pair_on if k != factor])
         interval = mean_ci(pairs["difference"])
+        seeds = int(pairs[seed].nunique()) if seed and seed in pairs else interval.n
+        extra = {}
+        if pilot is not None:
+            in_pilot = pairs[seed].isin(pilot) if seed and seed in pairs else pd.Series(True, index=pairs.index)
+            first = mean_ci(pairs.loc[in_pilot, "difference"])
+            extra = {"pilot_pairs": first.n, "pilot_std": first.std}
         converged = (
             bool(pairs["near_convergence"].astype(bool).all() and pairs["near_convergence_baseline"].astype(bool).all())
             if "near_convergence" in pairs and len(pairs)
@@ -320,6 +340,8 @@ def _compare(table: pd.DataFrame, factor: str, order: list | None, pair_on: list
                 "mean_difference_bits": interval.mean / math.log(2),
                 "ci_low_bits": interval.low / math.log(2),
                 "ci_high_bits": interval.high / math.log(2),
+                "n_seeds": seeds,
+                **extra,
             }
         )
     return rows
@@ -332,6 +354,7 @@ def effects(
     metrics: list[str] = EFFECT_METRICS,
     data: list[str] | None = None,
     orders: dict[str, list] | None = None,
+    pilot: list | None = None,
 ) -> pd.DataFrame:
     """The paired differences of each factor, per metric.
 
@@ -357,7 +380,7 @@ def effects(
         for c, corpus in enumerate(corpora):
             subset = select(table, corpus)
             for factor in treatments:
-                for row in _compare(subset, factor, orders.get(factor), pair_keys, metric):
+                for row in _compare(subset, factor, orders.get(factor), pair_keys, metric, seed, pilot):
                     rows.append(
                         {
                             "metric": metric,
@@ -368,9 +391,9 @@ def effects(
                         }
                     )
         for factor in data:
-            for row in _compare(table, factor, orders.get(factor), pair_keys, metric):
+            for row in _compare(table, factor, orders.get(factor), pair_keys, metric, seed, pilot):
                 rows.append({"metric": metric, "kind": "different data", "data": "", "_corpus": len(corpora), **row})
-    result = pd.DataFrame(rows, columns=EFFECT_COLUMNS + ["_corpus"])
+    result = pd.DataFrame(rows, columns=EFFECT_COLUMNS + (PILOT_COLUMNS if pilot is not None else []) + ["_corpus"])
     if result.empty:
         return result.drop(columns=["_corpus"])
     order = {m: i for i, m in enumerate(metrics)}
@@ -389,6 +412,145 @@ def effects(
         ["_metric", "_corpus", "_block", "axis", "_within"], ascending=[True, True, False, True, True], kind="stable"
     )
     return result.drop(columns=["_metric", "_block", "_within", "_corpus"]).reset_index(drop=True)
+
+
+# -- verdicts: every effect of the report in one family ------------------------------------------------------
+
+ALPHA = 0.05  # the family-wise error rate of a report's verdicts
+VERDICT_COLUMNS = [
+    "design",
+    "verdict",
+    "adj_ci_low",
+    "adj_ci_high",
+    "p_difference",
+    "p_equivalence",
+    "adj_p_difference",
+    "adj_p_equivalence",
+    "seeds_needed",
+    "reason",
+]
+PAIRED_T, STEIN = "paired t", "Stein two-stage"
+
+
+def _stein_rows(effects: pd.DataFrame) -> pd.Series:
+    """Rows of a Stein second stage: the pilot had a spread (2 pairs or more) and more pairs came after it."""
+    if "pilot_pairs" not in effects:
+        return pd.Series(False, index=effects.index)
+    pilot = pd.to_numeric(effects["pilot_pairs"], errors="coerce").fillna(0)
+    return (pilot >= 2) & (effects["n_pairs"] > pilot) & effects["pilot_std"].notna()
+
+
+def pairs_per_seed(effects: pd.DataFrame) -> list[int]:
+    """k of each effect: its pairs per seed (an effect paired on other axes too has one pair per other level)."""
+    seeds = effects["n_seeds"] if "n_seeds" in effects else effects["n_pairs"]
+    return [max(1, round(n / s)) if s and s > 0 else 1 for n, s in zip(effects["n_pairs"], seeds, strict=True)]
+
+
+def verdict_rows(effects: pd.DataFrame, pilot_only: bool = False) -> list[verdicts.Row]:
+    """(n, mean, sd, df) of each effect for ``verdicts``: a Stein row (all pairs' mean, the pilot's sd and degrees of
+    freedom) after a second stage, else the paired t's; ``pilot_only``: the pilot's own (n, sd), for a seed plan."""
+    stein = _stein_rows(effects)
+    rows = []
+    for (_, effect), second in zip(effects.iterrows(), stein, strict=True):
+        n, mean = int(effect["n_pairs"]), float(effect["mean_difference"])
+        if second:
+            pilot = int(effect["pilot_pairs"])
+            rows.append(
+                (pilot, mean, float(effect["pilot_std"]), pilot - 1)
+                if pilot_only
+                else (n, mean, float(effect["pilot_std"]), pilot - 1)
+            )
+        else:
+            rows.append((n, mean, float(effect["std"]), n - 1))
+    return rows
+
+
+def still_moving(table: pd.DataFrame) -> str:
+    """The note of a verdict from runs that are not near convergence."""
+    return f"still improving at {_steps_text(finished(table))} steps; more steps may change the order"
+
+
+def with_verdicts(
+    effects: pd.DataFrame, delta: float, alpha: float = ALPHA, method: str = "holm", moving: str | None = None
+) -> tuple[pd.DataFrame, verdicts.Family]:
+    """effects.csv with a verdict per effect (``VERDICT_COLUMNS``), all effects of the report one family
+    (``verdicts.decide_family``). ``moving``: the note appended to the reason of an effect whose runs are still
+    moving. After a Stein second stage (``pilot_pairs`` columns), ``precision_reached`` says whether its final
+    adjusted interval is at most δ/2 each side (else the seed cap stopped it short)."""
+    family = verdicts.decide_family(verdict_rows(effects), delta, alpha, method, pairs_per_seed(effects))
+    frame = family.frame()
+    stein = _stein_rows(effects)
+    reasons = list(frame["reason"])
+    if moving and "near_convergence" in effects:
+        reasons = [
+            r + f"; {moving}" if c is not None and not pd.isna(c) and not bool(c) else r
+            for r, c in zip(reasons, effects["near_convergence"], strict=True)
+        ]
+    result = effects.assign(
+        design=[STEIN if s else PAIRED_T for s in stein],
+        **{c: frame[c].to_numpy() for c in VERDICT_COLUMNS if c not in ("design", "reason")},
+        reason=reasons,
+    )
+    if "pilot_pairs" in effects:
+        half = (result["adj_ci_high"] - result["adj_ci_low"]) / 2
+        reached = (half <= delta / 2 * (1 + 1e-9)).astype(object).where(stein, None)
+        result = result.assign(precision_reached=reached)
+    return result, family
+
+
+def seed_plan(
+    effects: pd.DataFrame, delta: float, pilot_n: int, max_seeds: int, alpha: float = ALPHA, method: str = "holm"
+) -> verdicts.Plan:
+    """Stein's second stage from the pilot's spreads (of every effect, decided or not: the plan must not look at
+    the means): the seeds per variant to train."""
+    return verdicts.plan_seeds(
+        verdict_rows(effects, pilot_only=True),
+        delta,
+        alpha,
+        pilot_n=pilot_n,
+        max_seeds=max_seeds,
+        method=method,
+        pairs_per_seed=pairs_per_seed(effects),
+    )
+
+
+def effect_label(effect) -> str:
+    """'final_val_loss, model.kind: ffn vs bigram (dataset=tinyshakespeare)'."""
+    data = f" ({effect['data']})" if isinstance(effect["data"], str) and effect["data"] else ""
+    return f"{effect['metric']}, {effect['axis']}: {effect['level']} vs {effect['baseline']}{data}"
+
+
+def verdict_sentences(effects: pd.DataFrame, metric: str = "final_val_loss") -> list[str]:
+    """One sentence per treatment effect on ``metric``: its verdict and why (every axis of the spec)."""
+    if "verdict" not in effects:
+        return []
+    rows = effects[(effects["metric"] == metric) & (effects["kind"] == "treatment")]
+    return [
+        f"{effect_label(e)}: {e['verdict']}. {e['reason'][0].upper()}{e['reason'][1:]}." for _, e in rows.iterrows()
+    ] or [f"No treatment effect on {metric} in this sweep."]
+
+
+def _effect_row(effects: pd.DataFrame | None, metric: str, axis: str, level, baseline, data: str | None = None):
+    """(the effects row of level vs baseline, False), or of baseline vs level (True: the sign is the other way);
+    (None, False) without verdicts or without exactly one such row."""
+    if effects is None or "verdict" not in effects or effects.empty:
+        return None, False
+    for first, second, flipped in ((level, baseline, False), (baseline, level, True)):
+        hit = effects[
+            (effects["metric"] == metric)
+            & (effects["kind"] == "treatment")
+            & (effects["axis"] == axis)
+            & (effects["level"].astype(str) == str(first))
+            & (effects["baseline"].astype(str) == str(second))
+        ]
+        if data is not None:
+            hit = hit[hit["data"] == data]
+        if len(hit) == 1:
+            return hit.iloc[0], flipped
+    return None, False
+
+
+FLIPPED = {"better": "worse", "worse": "better"}
 
 
 # -- published references ------------------------------------------------------------------------------------
@@ -480,9 +642,16 @@ def _pairing(pair_on: list[str]) -> str:
 
 
 def ffn_vs_bigram(
-    table: pd.DataFrame, factors: list[str], seed: str | None, model: str = "model.kind", dataset: str = "data.dataset"
+    table: pd.DataFrame,
+    factors: list[str],
+    seed: str | None,
+    model: str = "model.kind",
+    dataset: str = "data.dataset",
+    effects: pd.DataFrame | None = None,
 ) -> list[str]:
-    """Is the FFN worse than the bigram on each corpus? (The write-up: 'capacity too large for the data'.)"""
+    """Is the FFN worse than the bigram on each corpus? The report's verdict on that effect (``effects`` with
+    verdict columns), given at the steps run; whether the FFN's capacity is too large for the data (the write-up's
+    claim, a question about the limit) only from runs near convergence."""
     if model not in factors or not {"bigram", "ffn"} <= set(levels(table, model)):
         return [f"FFN vs bigram: not answerable, this sweep does not vary {model} over bigram and ffn."]
     pair_on = [f for f in factors if f != model] + ([seed] if seed else [])
@@ -498,6 +667,31 @@ def ffn_vs_bigram(
             f"{interval.describe(_pairing([k for k in pair_on if k != dataset]), signed=True)}"
         )
         premature = too_short(subset[subset[model].isin(["ffn", "bigram"])])
+        label = None if corpus is None else f"{short_name(dataset)}={corpus}"
+        row, flipped = _effect_row(effects, "final_val_loss", model, "ffn", "bigram", label)
+        if row is not None and interval.n:
+            verdict = FLIPPED.get(row["verdict"], row["verdict"]) if flipped else row["verdict"]
+            subject = {
+                "worse": "the FFN is worse",
+                "better": "the FFN is better",
+                "equivalent": "the FFN and the bigram are equivalent",
+                "undecided": "undecided",
+            }[verdict]
+            sentence = f"{head}: {subject} ({row['level']} vs {row['baseline']}: {row['reason']})"
+            if premature:
+                sentence += (
+                    ". Whether the FFN's capacity is too large for the data (the write-up's claim, a question "
+                    f"about the limit): too short to judge: {premature}."
+                )
+            else:
+                sentence += {
+                    "worse": ", as the write-up claims.",
+                    "better": ", so these runs do not support the write-up's claim that it is worse.",
+                    "equivalent": ", so these runs do not support the write-up's claim that it is worse.",
+                    "undecided": ", so these runs cannot tell yet whether the FFN is worse.",
+                }[verdict]
+            sentences.append(sentence)
+            continue
         if interval.n and premature:
             sentences.append(f"{head}: too short to judge: {premature}.")
             continue
@@ -514,9 +708,14 @@ def ffn_vs_bigram(
 
 
 def batch_noise(
-    table: pd.DataFrame, factors: list[str], seed: str | None, batch: str = "train.batch_size"
+    table: pd.DataFrame,
+    factors: list[str],
+    seed: str | None,
+    batch: str = "train.batch_size",
+    effects: pd.DataFrame | None = None,
 ) -> list[str]:
-    """Does a larger batch oscillate less? loss_noise = std of the minibatch loss around its moving average."""
+    """Does a larger batch oscillate less? loss_noise = std of the minibatch loss around its moving average.
+    With ``effects`` (verdict columns): the report's verdict on loss_noise per corpus, at the steps run."""
     if batch not in factors or len(levels(table, batch)) < 2:
         return [f"Batch size and oscillation: not answerable, this sweep does not vary {batch}."]
     values = levels(table, batch)
@@ -542,6 +741,31 @@ def batch_noise(
             f"from a mean of {pairs['loss_noise_baseline'].mean():.4f} at {values[0]} "
             f"to {pairs['loss_noise'].mean():.4f} at {level}"
         )
+        found = (
+            []
+            if effects is None or "verdict" not in effects
+            else [
+                e
+                for _, e in effects.iterrows()
+                if e["metric"] == "loss_noise"
+                and e["kind"] == "treatment"
+                and e["axis"] == batch
+                and str(e["level"]) == str(level)
+                and str(e["baseline"]) == str(values[0])
+            ]
+        )
+        if found:
+            words = {
+                "better": f"batch {level} oscillates less",
+                "worse": f"batch {level} oscillates more",
+                "equivalent": "equivalent within ±δ: no difference in oscillation beyond δ",
+                "undecided": "undecided",
+            }
+            verdicts_text = "; ".join(
+                f"{e['data'] or 'all runs'}: {words[e['verdict']]} ({e['reason']})" for e in found
+            )
+            sentences.append(f"{head}. Verdicts per corpus: {verdicts_text}.")
+            continue
         premature = too_short(used)
         if premature:
             sentences.append(f"{head}: too short to judge: {premature}.")
@@ -613,11 +837,16 @@ def findings(
     seed: str | None,
     label: str = "setting",
     data: list[str] | None = None,
+    effects: pd.DataFrame | None = None,
 ) -> dict[str, list[str]]:
-    """The report's answers: question -> sentences, each with its interval and n."""
-    answers = {
-        "Is the FFN worse than the bigram on each corpus?": ffn_vs_bigram(table, factors, seed),
-        "Does a larger batch oscillate less (loss_noise)?": batch_noise(table, factors, seed),
+    """The report's answers: question -> sentences, each with its interval and n. With ``effects`` (verdict
+    columns) the write-up's questions are named cases of the report's verdicts, and every axis gets its own."""
+    answers = {}
+    if effects is not None and "verdict" in effects:
+        answers["What did each change do to final val loss?"] = verdict_sentences(effects)
+    answers |= {
+        "Is the FFN worse than the bigram on each corpus?": ffn_vs_bigram(table, factors, seed, effects=effects),
+        "Does a larger batch oscillate less (loss_noise)?": batch_noise(table, factors, seed, effects=effects),
         "How far is each variant from the bigram floor (excess_loss)?": floor_distance(summary, table, factors, label),
     }
     if data:

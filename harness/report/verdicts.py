@@ -159,7 +159,7 @@ def adjust(p, method: str = "holm") -> np.ndarray:
     return adjusted
 
 
-def decide_family(rows, delta, alpha: float = 0.05, method: str = "holm") -> Family:
+def decide_family(rows, delta, alpha: float = 0.05, method: str = "holm", pairs_per_seed=None) -> Family:
     """One verdict per effect, the family-wise error rate over all of them held at alpha.
 
     The family: for each of the m effects, H0 "mean = 0" (difference) and H0 "|mean| >= δ" (TOST), N = 2m
@@ -176,16 +176,31 @@ def decide_family(rows, delta, alpha: float = 0.05, method: str = "holm") -> Fam
     test at alpha/(N - i + 1), and TOST is one-sided at each bound, so a verdict may stand while the adjusted interval
     still touches 0 or ±δ; the reason then says so. ``method="bonferroni"`` decides by p*N instead; "none" not at all.
     A Stein row (n = N, std = pilot sd, df = n0 - 1, see ``stein_row``) is tested with Stein's t(n0 - 1) pivot.
+    ``pairs_per_seed`` (one per row; default 1): an effect paired on other axes too has k pairs per seed, so its
+    Stein total of N pairs is ceil(N / k) seeds.
     """
     delta, alpha = _check(delta, alpha)
     rows = _rows(rows)
+    per_seed = _per_seed(pairs_per_seed, len(rows))
     adjusted = adjust([p for row in rows for p in _p_values(row, delta)], method).reshape(-1, 2)
     divisor = _divisor(method, len(rows))
-    decisions = tuple(_decide(row, adj, delta, alpha, divisor) for row, adj in zip(rows, adjusted, strict=True))
+    decisions = tuple(
+        _decide(row, adj, delta, alpha, divisor, k) for row, adj, k in zip(rows, adjusted, per_seed, strict=True)
+    )
     return Family(decisions, method, alpha, delta, len(rows))
 
 
-def _decide(row: Row, adj: np.ndarray, delta: float, alpha: float, divisor: int) -> Decision:
+def _per_seed(pairs_per_seed, count: int) -> list[int]:
+    """Pairs per seed of each row (1 when not given); each at least 1."""
+    if pairs_per_seed is None:
+        return [1] * count
+    values = [max(1, int(k)) for k in pairs_per_seed]
+    if len(values) != count:
+        raise ValueError(f"pairs_per_seed has {len(values)} values for {count} rows")
+    return values
+
+
+def _decide(row: Row, adj: np.ndarray, delta: float, alpha: float, divisor: int, per_seed: int = 1) -> Decision:
     n, mean, std, df = row
     p_difference, p_equivalence = _p_values(row, delta)
     low, high = _interval(row, alpha)
@@ -210,13 +225,15 @@ def _decide(row: Row, adj: np.ndarray, delta: float, alpha: float, divisor: int)
             reason += "; the adjusted interval still reaches past ±δ (TOST is one-sided at each bound)"
     else:
         verdict = "undecided"
-        needed = stein_total_seeds(std, df + 1, delta, alpha, divisor)
+        needed = math.ceil(stein_total_seeds(std, df + 1, delta, alpha, divisor) / per_seed)
+        plug_in = math.ceil(seeds_needed(std, delta, alpha, divisor) / per_seed)
         reason = (
             f"undecided: neither a difference (adjusted p {adj_difference:.2g}) nor equivalence within "
             f"±{delta:g} (adjusted TOST p {adj_equivalence:.2g}) is shown; Stein's two-stage plan from this "
-            f"spread needs {needed} seeds (about {seeds_needed(std, delta, alpha, divisor)} if the spread were "
-            f"exactly {std:.4g})"
+            f"spread needs {needed} seeds (about {plug_in} if the spread were exactly {std:.4g})"
         )
+        if per_seed > 1:
+            reason += f" ({per_seed} pairs per seed)"
         reason += "; a 2-seed pilot has 1 degree of freedom: 4 seeds plan far fewer" if df == 1 else ""
     return Decision(
         verdict,
@@ -299,20 +316,28 @@ class Plan:
         return f"Stein's two-stage plan: train {self.seeds} seeds per variant{capped}."
 
 
-def plan_seeds(rows, delta, alpha: float = 0.05, *, pilot_n: int, max_seeds: int, method: str = "holm") -> Plan:
+def plan_seeds(
+    rows, delta, alpha: float = 0.05, *, pilot_n: int, max_seeds: int, method: str = "holm", pairs_per_seed=None
+) -> Plan:
     """The second stage from the pilot rows: Stein's N per effect at a = alpha / family size (the family the final
     decisions are adjusted over), and the seeds to train: the largest N over every effect, at most ``max_seeds``.
 
     Every effect, not just those the pilot left undecided: a plan that depends on the pilot's means is a second look
     at them, which Stein's exact coverage does not allow (and a pilot verdict would spend alpha once more). So the
     pilot's verdicts are provisional and the final ones come from ``decide_family`` on ``stein_row``s of all N seeds.
+    ``pairs_per_seed`` (one per row; default 1): a row's n counts pairs, k per seed, so its N pairs are ceil(N / k)
+    seeds (k * ceil(N / k) >= N pairs: the final half-width is still at most δ/2).
     """
     delta, alpha = _check(delta, alpha)
     if max_seeds < pilot_n:
         raise ValueError(f"--max-seeds ({max_seeds}) is below the pilot's {pilot_n} seeds")
     rows = _rows(rows)
+    per_seed = _per_seed(pairs_per_seed, len(rows))
     size = _divisor(method, len(rows))
-    needed = tuple(stein_total_seeds(r[2], r[3] + 1, delta, alpha, size) if _testable(r) else None for r in rows)
+    needed = tuple(
+        max(pilot_n, math.ceil(stein_total_seeds(r[2], r[3] + 1, delta, alpha, size) / k)) if _testable(r) else None
+        for r, k in zip(rows, per_seed, strict=True)
+    )
     capped = tuple(need is not None and need > max_seeds for need in needed)
     seeds = min(max_seeds, max([pilot_n, *(need for need in needed if need is not None)]))
     return Plan(seeds, needed, capped, size, max_seeds)
