@@ -495,7 +495,15 @@ def test_report_reads_stores_with_old_and_new_metric_names(mlflow_store, tmp_pat
     assert runs["near_convergence"].all() and list(runs["val_change_last_10pct"]) == pytest.approx([-0.001] * 4)
     text = (report.directory / "report.md").read_text(encoding="utf-8")
     answers = text[text.index("## Answers") : text.index("## Summary")]
-    assert "the FFN is better" in answers and "too short to judge" not in answers
+    assert "too short to judge" not in answers and "still improving" not in answers
+    # Two seeds: t = 0.105 / (0.00707 / sqrt 2) = 21 on 1 df, p = 1 - 2 atan(21) / pi = 0.0303. The family is 4
+    # hypotheses (val loss and loss_noise, a difference and an equivalence each); loss_noise is equal in every run
+    # (p 1 and 0), so Holm multiplies 0.0303 by 3: 0.0909 > 0.05, undecided, and the verdict says so.
+    effects = pd.read_csv(report.directory / "effects.csv")
+    val = effects[effects["metric"] == "final_val_loss"].iloc[0]
+    assert val["p_difference"] == pytest.approx(0.0303, abs=1e-4)
+    assert val["adj_p_difference"] == pytest.approx(0.0909, abs=2e-4) and val["verdict"] == "undecided"
+    assert "undecided" in answers and "cannot tell yet whether the FFN is worse" in answers
 
 
 def test_named_levels_references_and_ladder_in_the_report(mlflow_store, tmp_path):

@@ -488,7 +488,7 @@ def with_verdicts(
         ]
     result = effects.assign(
         design=[STEIN if s else PAIRED_T for s in stein],
-        **{c: frame[c].to_numpy() for c in VERDICT_COLUMNS if c not in ("design", "reason")},
+        **{c: frame[c].set_axis(effects.index) for c in VERDICT_COLUMNS if c not in ("design", "reason")},
         reason=reasons,
     )
     if "pilot_pairs" in effects:

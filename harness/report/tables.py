@@ -368,6 +368,18 @@ def _effects_view(effects: pd.DataFrame) -> pd.DataFrame:
             "near convergence": effects["near_convergence"].map({True: "yes", False: "no"}).fillna("-"),
         }
     )
+    if "verdict" in effects:
+        at = list(view.columns).index("mean difference [95% CI]") + 1
+        view.insert(at, "verdict", effects["verdict"].to_numpy())
+        view.insert(
+            at + 1,
+            "adjusted CI",
+            [
+                "-" if pd.isna(lo) else f"[{lo:+.4f}, {hi:+.4f}]"
+                for lo, hi in zip(effects["adj_ci_low"], effects["adj_ci_high"], strict=True)
+            ],
+        )
+        view.insert(at + 2, "seeds needed", ["-" if pd.isna(n) else str(int(n)) for n in effects["seeds_needed"]])
     return view
 
 
@@ -504,6 +516,172 @@ def ladder_view(
     return frame[[c for c in frame.columns if c not in published or frame[c].ne("-").any()]]
 
 
+# -- verdicts and the seeds that would decide the undecided ----------------------------------------------------
+
+UNCAPPED = 1_000_000  # a report says how many seeds each effect needs, whatever a --max-seeds would allow
+
+
+def stein_pilot(spec: Spec, seeds: list[int] | None) -> list[int] | None:
+    """The pilot of a Stein second stage: the spec's own seeds (2 or more) when ``seeds`` extends them; else None."""
+    pilot = list(spec.seeds or [])
+    seeds = list(seeds or [])
+    return pilot if len(pilot) >= 2 and len(seeds) > len(pilot) and seeds[: len(pilot)] == pilot else None
+
+
+def extend_seeds(seeds: list[int], total: int) -> list[int]:
+    """``seeds`` continued with max(seeds) + 1, + 2, ... up to ``total`` seeds."""
+    seeds = list(seeds)
+    nxt = max(seeds) + 1 if seeds else 1
+    while len(seeds) < total:
+        seeds.append(nxt)
+        nxt += 1
+    return seeds
+
+
+def train_command(spec: Spec, overrides: dict | None, seeds: list[int]) -> str:
+    """The ``harness run`` command line that trains these seeds of every variant (finished ones are skipped)."""
+    words = ["harness", "run", display_path(spec.path)]
+    words += [f"{k}={v if isinstance(v, str) else json.dumps(v)}" for k, v in (overrides or {}).items()]
+    if list(seeds) != list(spec.seeds or []):
+        words += ["--seeds", *map(str, seeds)]
+    return shlex.join(words)
+
+
+def verdict_effects(
+    frame: pd.DataFrame,
+    spec: Spec,
+    factors: list[str],
+    seed: str | None,
+    seeds: list[int] | None,
+    delta: float | None = None,
+    alpha: float = analysis.ALPHA,
+) -> tuple[pd.DataFrame, analysis.verdicts.Family, list[int] | None]:
+    """effects.csv with its verdicts, the family, and the Stein pilot (None unless ``seeds`` extends the spec's)."""
+    named = {axis: list(names) for axis, names in getattr(spec, "named_axes", {}).items() if axis in factors}
+    data = analysis.data_factors(frame, factors, seed)
+    pilot = stein_pilot(spec, seeds)
+    effects = analysis.effects(frame, factors, seed, data=data, orders=named, pilot=pilot)
+    done = analysis.finished(frame)
+    moving = None
+    if "near_convergence" in done and len(done) and not done["near_convergence"].astype(bool).all():
+        moving = analysis.still_moving(frame)
+    delta = spec.practical_difference if delta is None else delta
+    effects, family = analysis.with_verdicts(effects, delta, alpha, moving=moving)
+    return effects, family, pilot
+
+
+@dataclass
+class SeedPlan:
+    """What a report or ``harness plan`` says about seeds: Stein's plan, the seeds it means, and the command."""
+
+    plan: analysis.verdicts.Plan
+    seeds: list[int]  # the seeds to have trained, the pilot's first
+    pilot: list[int]
+    command: str
+    until_decided: str
+    new_runs: int
+    seconds: float  # estimated from the recorded train times (NaN when none is recorded)
+
+
+def seed_plan(
+    frame: pd.DataFrame,
+    effects: pd.DataFrame,
+    spec: Spec,
+    overrides: dict | None,
+    pilot: list[int],
+    delta: float | None = None,
+    max_seeds: int = UNCAPPED,
+    trained: list[int] | None = None,
+) -> SeedPlan:
+    """Stein's second stage from the pilot's spreads, the seeds it means and the one command that trains them,
+    with a wall time estimated from the train times the pilot's runs recorded (one job)."""
+    delta = spec.practical_difference if delta is None else delta
+    plan = analysis.seed_plan(effects, delta, len(pilot), max_seeds)
+    seeds = extend_seeds(pilot, plan.seeds)
+    extra = len([s for s in seeds if s not in set(trained or pilot)])
+    done = analysis.finished(frame)
+    settings = frame["setting"].nunique() if "setting" in frame else 0
+    times = pd.to_numeric(done.get("train_time_s", pd.Series(dtype=float)), errors="coerce")
+    per_setting = times.groupby(done["setting"]).mean() if "setting" in done and times.notna().any() else None
+    seconds = float(per_setting.sum() * extra) if per_setting is not None else math.nan
+    words = [f"{k}={v if isinstance(v, str) else json.dumps(v)}" for k, v in (overrides or {}).items()]
+    until = shlex.join(
+        ["harness", "run", display_path(spec.path), *words, "--until-decided", "--max-seeds", str(plan.seeds)]
+    )
+    return SeedPlan(plan, seeds, list(pilot), train_command(spec, overrides, seeds), until, extra * settings, seconds)
+
+
+def duration_text(seconds: float) -> str:
+    if not math.isfinite(seconds):
+        return "unknown (no train time recorded)"
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    if seconds < 5400:
+        return f"{seconds / 60:.0f} min"
+    return f"{seconds / 3600:.1f} h"
+
+
+def verdicts_section(
+    effects: pd.DataFrame,
+    family: analysis.verdicts.Family,
+    pilot: list[int] | None,
+    seeds: list[int],
+    plan: SeedPlan | None,
+) -> list[str]:
+    """The report's Verdicts section: the method, family size, alpha and δ, the counts, the Stein stage, and for
+    undecided effects the seeds needed and the command that trains them."""
+    lines = [
+        "## Verdicts",
+        "",
+        f"Every effect below gets a verdict: better or worse (the level minus the baseline is below or above 0), "
+        f"equivalent (within ±δ = ±{family.delta:g} nats, the spec's `practical_difference`), or undecided. "
+        f"Method: {md_text(family.describe())}",
+        "",
+        md_text(analysis.verdicts.METHOD),
+        "",
+    ]
+    if len(effects):
+        counts = effects["verdict"].value_counts()
+        lines += [
+            "Here: " + ", ".join(f"{counts.get(v, 0)} {v}" for v in analysis.verdicts.VERDICTS) + f" of {len(effects)}"
+            " effects (effects.csv has each one's adjusted interval, p values, seeds needed and reason).",
+            "",
+        ]
+    if pilot is not None and len(effects):
+        stein = effects[effects["design"] == analysis.STEIN]
+        reached = [analysis.effect_label(e) for _, e in stein.iterrows() if e["precision_reached"] is True]
+        short = [analysis.effect_label(e) for _, e in stein.iterrows() if e["precision_reached"] is not True]
+        lines += [
+            f"Stein's second stage: seeds {', '.join(map(str, pilot))} (the spec's own, n0 = {len(pilot)}) were the "
+            f"pilot; with seeds {', '.join(map(str, seeds[len(pilot) :]))} each effect's verdict uses the mean of all "
+            f"{len(seeds)} seeds, the pilot's sd and t with {len(pilot) - 1} degrees of freedom.",
+            "",
+            f"- Reached ±δ (final adjusted interval at most δ/2 each side): {md_text('; '.join(reached) or 'none')}",
+            f"- Hit the seed cap (short of ±δ): {md_text('; '.join(short) or 'none')}",
+            "",
+        ]
+    undecided = effects[effects["verdict"] == "undecided"] if len(effects) else effects
+    if len(undecided):
+        needs = [
+            f"{analysis.effect_label(e)} needs {int(e['seeds_needed'])} seeds"
+            if not pd.isna(e["seeds_needed"])
+            else f"{analysis.effect_label(e)}: {e['reason']}"
+            for _, e in undecided.iterrows()
+        ]
+        lines += ["Undecided:", ""] + [f"- {md_text(n)}" for n in needs] + [""]
+        if plan is not None and plan.new_runs:
+            lines += [
+                f"{md_text(plan.plan.describe())} From the pilot's spreads, every effect's (the plan must not look at "
+                f"the means); {plan.new_runs} more runs, about {duration_text(plan.seconds)} at one job:",
+                "",
+                f"    {plan.command if len(plan.seeds) <= 24 else plan.until_decided}",
+                "",
+                f"or, the same: `{plan.until_decided}`." if len(plan.seeds) <= 24 else "",
+                "",
+            ]
+    return lines
+
+
 def report_command(spec: Spec, overrides: dict, seeds: list[int] | None, results_dir: Path) -> str:
     """The ``harness report`` command line that rebuilds this report."""
     words = ["harness", "report", display_path(spec.path)]
@@ -528,6 +706,7 @@ def render_markdown(
     data: list[str] | None = None,
     refs: pd.DataFrame | None = None,
     ladders: dict[str, pd.DataFrame] | None = None,
+    verdict_lines: list[str] | None = None,
 ) -> str:
     from harness.tracking.store import git_commit
 
@@ -584,7 +763,12 @@ def render_markdown(
         moving = int((~done["near_convergence"].astype(bool)).sum())
         lines += [
             f"Here {len(done) - moving} of {len(done)} finished runs are near convergence"
-            + (f"; {md_text(analysis.too_short(done))}." if moving else "."),
+            + (
+                f"; {md_text(analysis.too_short(done))}. Their verdicts are given anyway, "
+                f"{md_text(analysis.still_moving(done))}."
+                if moving
+                else "."
+            ),
             "",
         ]
     if "loss_noise" in done and len(done) and done["loss_noise"].isna().any():
@@ -593,6 +777,8 @@ def render_markdown(
             f"loss\\_noise is NaN for {len(nan_runs)} run(s): {md_text(analysis.loss_noise_reason(nan_runs))}.",
             "",
         ]
+
+    lines += verdict_lines or []
 
     lines += [
         "## Data",
@@ -691,9 +877,11 @@ def write_report(
     overrides: dict | None = None,
     seeds: list[int] | None = None,
     log_to_mlflow: bool = True,
+    delta: float | None = None,
 ) -> Report:
     """Everything in results/<name>/ (or its overrides-<hash>/ folder) from MLflow alone; the files also go to
-    the matching sweep run (under ``report/``). Sweep-wide figures go on that parent run only, not on each child."""
+    the matching sweep run (under ``report/``). Sweep-wide figures go on that parent run only, not on each child.
+    ``delta``: δ of the verdicts (default: the spec's ``practical_difference``)."""
     from harness.report import plots
 
     runs = experiment_runs(uri, spec) if runs is None else runs
@@ -719,7 +907,13 @@ def write_report(
     data = analysis.data_factors(frame, factors, seed)
     refs = list(getattr(spec, "references", []) or [])
     report.summary = analysis.attach_references(analysis.summarize(frame, factors), frame, refs)
-    report.effects = analysis.effects(frame, factors, seed, data=data, orders=named)
+    report.effects, family, pilot = verdict_effects(frame, spec, factors, seed, seeds, delta)
+    used = list(seeds if seeds is not None else spec.seeds or [])
+    first = pilot or used
+    plan = None
+    if len(first) >= 2 and len(report.effects) and (report.effects["verdict"] == "undecided").any():
+        pilot_frame = frame[frame[seed].isin(first)] if seed else frame
+        plan = seed_plan(pilot_frame, report.effects, spec, overrides, first, delta, trained=used)
     references = analysis.references(frame, refs)
     for name, content in (("summary.csv", report.summary), ("effects.csv", report.effects)):
         content.to_csv(out / name, index=False)
@@ -747,7 +941,7 @@ def write_report(
         for _, row in frame.iterrows()
         if isinstance(row["run_id"], str)
     }
-    answers = analysis.findings(frame, report.summary, factors, seed, data=data)
+    answers = analysis.findings(frame, report.summary, factors, seed, data=data, effects=report.effects)
     ladders = {axis: ladder_view(frame, report.effects, axis, order, data, refs) for axis, order in named.items()}
     parent = sweep_run(runs, overrides or {}, seeds)
     provenance = {"rebuild": report_command(spec, overrides or {}, seeds, results_dir)}
@@ -778,6 +972,7 @@ def write_report(
         data=data,
         refs=references,
         ladders=ladders,
+        verdict_lines=verdicts_section(report.effects, family, pilot, used, plan),
     )
     (out / "report.md").write_text(markdown, encoding="utf-8")
     report.files.append(out / "report.md")
