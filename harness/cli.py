@@ -1,4 +1,4 @@
-"""``harness validate|run|report``: the command line around specs, sweeps and reports.
+"""``harness validate|run|report|plan``: the command line around specs, sweeps, reports and seed plans.
 
 Exit codes: 0 all variants FINISHED (or skipped as already finished); 1 some variant failed;
 2 a problem with the spec, data or tracking store, found before anything trained; 130 Ctrl-C; 141 the reader of
@@ -8,6 +8,7 @@ its output went away (``harness validate SPEC | head``), as a shell reports a co
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import re
 import shlex
@@ -19,12 +20,19 @@ EXIT_FAILED_VARIANTS = 1
 EXIT_BAD_INPUT = 2
 EXIT_INTERRUPTED = 130
 EXIT_BROKEN_PIPE = 141
+DEFAULT_MAX_SEEDS = 16
 OVERRIDE_WORD = re.compile(r"^[A-Za-z_]\w*(\.\w+)+=")  # section.key=value, as in train.steps=200
 
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="harness", description="Ablation sweeps for character-level language models.")
     sub = parser.add_subparsers(dest="command", required=True)
+
+    def add_plan_options(p: argparse.ArgumentParser) -> None:
+        p.add_argument(
+            "--max-seeds", type=int, default=None, help=f"seeds per variant at most (default {DEFAULT_MAX_SEEDS})"
+        )
+        p.add_argument("--delta", type=float, default=None, help="δ in nats (default: the spec's practical_difference)")
 
     def add_spec(p: argparse.ArgumentParser) -> None:
         p.add_argument("spec", type=Path, help="experiment spec, e.g. experiments/seed.yaml")
@@ -78,6 +86,13 @@ def _parser() -> argparse.ArgumentParser:
         help="local: files in --checkpoint-dir; mlflow: the run's artifacts, so another machine can resume it",
     )
     run.add_argument("--dry-run", action="store_true", help="same as validate")
+    run.add_argument(
+        "--until-decided",
+        action="store_true",
+        help="the spec's seeds are a pilot: then Stein's plan from their spreads, the seeds it needs (at most "
+        "--max-seeds), and the report's final verdicts from all of them",
+    )
+    add_plan_options(run)
     run.add_argument("--no-progress", action="store_true", help="no progress bars")
 
     report = sub.add_parser(
@@ -86,6 +101,14 @@ def _parser() -> argparse.ArgumentParser:
     )
     add_spec(report)
     report.add_argument("--results-dir", type=Path, default=Path("results"))
+
+    plan = sub.add_parser(
+        "plan",
+        help="Stein's two-stage plan from what MLflow holds for the spec: the seeds undecided effects need and the "
+        "one command that trains them",
+    )
+    add_spec(plan)
+    add_plan_options(plan)
 
     schema = sub.add_parser(
         "schema", help="write experiments/spec.schema.json, the JSON Schema of a spec (make schema)"
@@ -131,12 +154,20 @@ def _main(argv: list[str] | None) -> int:
     from harness.spec.problems import SpecError
     from harness.tracking.store import TrackingError
 
+    problem = _plan_problem(args)
+    if problem:
+        print(f"error: {problem}; nothing was run", file=sys.stderr)
+        return EXIT_BAD_INPUT
     try:
         spec = load_spec(args.spec)
         data_dir = resolve_data_dir(args.data_dir)
         overrides = parse_overrides(args.overrides)
         if args.command == "report":
             return _report(spec, overrides, args.seeds, args.results_dir)
+        if args.command == "plan":
+            return _plan(spec, overrides, args.seeds, args.delta, args.max_seeds or DEFAULT_MAX_SEEDS)
+        if getattr(args, "until_decided", False):
+            _check_pilot(spec, args)
         args.spec_as_written = spec  # the report tells the spec's own seeds from --seeds
         spec = with_seeds(spec, args.seeds)
         variants = expand(spec, overrides, data_dir)
@@ -162,6 +193,36 @@ def _main(argv: list[str] | None) -> int:
         return EXIT_INTERRUPTED
 
 
+def _plan_problem(args) -> str | None:
+    """What is wrong with --delta, --max-seeds and --until-decided on their own (before the spec is read)."""
+    delta = getattr(args, "delta", None)
+    if delta is not None and not (math.isfinite(delta) and delta > 0):
+        return f"--delta must be a number of nats > 0, got {delta:g}"
+    max_seeds = getattr(args, "max_seeds", None)
+    if max_seeds is not None and max_seeds < 2:
+        return f"--max-seeds must be at least 2, got {max_seeds}"
+    if args.command == "run" and not args.until_decided and (max_seeds is not None or delta is not None):
+        return "--max-seeds and --delta go with --until-decided (or use `harness plan`)"
+    if args.command == "run" and args.until_decided and args.seeds is not None:
+        return "--until-decided takes its pilot from the spec's own seeds; drop --seeds (or write them in the spec)"
+    return None
+
+
+def _check_pilot(spec, args) -> None:
+    """--until-decided needs a pilot of 2 seeds or more, and a --max-seeds not below it (a SpecError: exit 2)."""
+    from harness.spec.problems import SpecError
+
+    pilot = list(spec.seeds or [])
+    if len(pilot) < 2:
+        raise SpecError(
+            f"{spec.path}: --until-decided needs a pilot of at least 2 seeds, the spec's `seeds` (it has "
+            f"{len(pilot) or 'none'}: no spread, so no plan)"
+        )
+    max_seeds = args.max_seeds or DEFAULT_MAX_SEEDS
+    if max_seeds < len(pilot):
+        raise SpecError(f"{spec.path}: --max-seeds {max_seeds} is below the pilot's {len(pilot)} seeds")
+
+
 def _schema(check: bool) -> int:
     from harness.spec.schema import SCHEMA_PATH, schema_text, write_schema
 
@@ -173,7 +234,7 @@ def _schema(check: bool) -> int:
     return 0
 
 
-def _report(spec, overrides: dict, seeds: list[int] | None, results_dir: Path) -> int:
+def _report(spec, overrides: dict, seeds: list[int] | None, results_dir: Path, delta: float | None = None) -> int:
     """Rebuild results/<name>/ (CSVs, plots, report.md) from MLflow; without overrides or seeds, the last sweep's."""
     from harness.report.tables import experiment_runs, format_table, last_sweep_arguments, write_report
     from harness.spec.expansion import expand, with_seeds
@@ -184,11 +245,20 @@ def _report(spec, overrides: dict, seeds: list[int] | None, results_dir: Path) -
     if not overrides and seeds is None:
         overrides, seeds = last_sweep_arguments(runs)
     variants = expand(with_seeds(spec, seeds), overrides)
-    report = write_report(uri, spec, variants, results_dir, runs, overrides=overrides, seeds=seeds)
+    report = write_report(uri, spec, variants, results_dir, runs, overrides=overrides, seeds=seeds, delta=delta)
     print(format_table(report.runs))
     for warning in report.warnings:
         print(f"warning: {warning}", file=sys.stderr)
     print(f"wrote {report.directory}/: {', '.join(path.name for path in report.files)}")
+    return 0
+
+
+def _plan(spec, overrides: dict, seeds: list[int] | None, delta: float | None, max_seeds: int) -> int:
+    """Print Stein's plan from the pilot recorded in MLflow: each undecided effect's seeds and the one command."""
+    from harness.report.tables import plan_from_store
+
+    for line in plan_from_store(spec, overrides, seeds, delta, max_seeds):
+        print(line)
     return 0
 
 
@@ -197,8 +267,6 @@ def _stop_like_ctrl_c(signum, frame):
 
 
 def _run(spec, variants, overrides: dict, args, data_dir) -> int:
-    from harness.sweep import run_sweep
-
     # Schedulers (Slurm, Kubernetes, systemd) stop jobs with SIGTERM: close the running variant KILLED as on Ctrl-C.
     signal.signal(signal.SIGTERM, _stop_like_ctrl_c)
     # A shell starts background jobs with SIGINT ignored, and Python then never raises KeyboardInterrupt;
@@ -208,6 +276,40 @@ def _run(spec, variants, overrides: dict, args, data_dir) -> int:
     if args.jobs < 1:
         print("error: --jobs must be >= 1", file=sys.stderr)
         return EXIT_BAD_INPUT
+    outcome = _sweep(spec, variants, overrides, args, data_dir)
+    delta = getattr(args, "delta", None)
+    if getattr(args, "until_decided", False) and not outcome.interrupted and not outcome.failed:
+        spec, outcome = _second_stage(spec, variants, overrides, args, data_dir, outcome)
+    from harness.report.tables import report_directory
+
+    folder = report_directory(args.results_dir, args.spec_as_written, overrides, spec.seeds or None)
+    if outcome.interrupted and (folder / "runs.csv").exists():  # e.g. the committed reference report
+        print(
+            f"interrupted: {folder}/ keeps the report it had; `harness report {args.spec}` rewrites it from what "
+            "MLflow holds",
+            file=sys.stderr,
+        )
+    else:
+        try:
+            _report(args.spec_as_written, overrides, spec.seeds or None, args.results_dir, delta)
+        except Exception as exc:  # the runs are safe in MLflow; a report problem must not hide that
+            print(f"warning: could not write the report: {exc}", file=sys.stderr)
+    for result in outcome.failed:
+        print(f"{result.status} {result.variant_id}: {result.error}", file=sys.stderr)
+    if outcome.interrupted:
+        finished = [r.variant_id for r in outcome.results if r.status == "FINISHED"]
+        print(
+            f"interrupted: {len(finished)} variant(s) finished before Ctrl-C: {', '.join(finished) or 'none'}",
+            file=sys.stderr,
+        )
+        return EXIT_INTERRUPTED
+    return EXIT_FAILED_VARIANTS if outcome.failed else 0
+
+
+def _sweep(spec, variants, overrides: dict, args, data_dir):
+    """One sweep of ``variants``, its one-line account printed."""
+    from harness.sweep import run_sweep
+
     _print_variants(spec, variants)
     outcome = run_sweep(
         spec,
@@ -231,29 +333,24 @@ def _run(spec, variants, overrides: dict, args, data_dir) -> int:
         f"finished {len(finished)}, skipped {len(outcome.skipped)}{elsewhere}{stopped}, "
         f"failed {len(outcome.failed) - len(killed)} (parent run {outcome.parent_run_id})"
     )
-    from harness.report.tables import report_directory
+    return outcome
 
-    folder = report_directory(args.results_dir, args.spec_as_written, overrides, spec.seeds or None)
-    if outcome.interrupted and (folder / "runs.csv").exists():  # e.g. the committed reference report
-        print(
-            f"interrupted: {folder}/ keeps the report it had; `harness report {args.spec}` rewrites it from what "
-            "MLflow holds",
-            file=sys.stderr,
-        )
-    else:
-        try:
-            _report(args.spec_as_written, overrides, spec.seeds or None, args.results_dir)
-        except Exception as exc:  # the runs are safe in MLflow; a report problem must not hide that
-            print(f"warning: could not write the report: {exc}", file=sys.stderr)
-    for result in outcome.failed:
-        print(f"{result.status} {result.variant_id}: {result.error}", file=sys.stderr)
-    if outcome.interrupted:
-        print(
-            f"interrupted: {len(finished)} variant(s) finished before Ctrl-C: {', '.join(finished) or 'none'}",
-            file=sys.stderr,
-        )
-        return EXIT_INTERRUPTED
-    return EXIT_FAILED_VARIANTS if outcome.failed else 0
+
+def _second_stage(spec, variants, overrides: dict, args, data_dir, pilot_outcome):
+    """--until-decided: Stein's plan from the pilot's spreads, then the seeds it needs (finished ones skipped).
+    Returns the spec with the seeds the report is of, and the outcome of the last sweep."""
+    from harness.report.tables import pilot_plan, plan_lines
+    from harness.spec.expansion import expand, with_seeds
+    from harness.tracking.store import tracking_uri
+
+    pilot = list(spec.seeds)
+    found = pilot_plan(tracking_uri(), spec, overrides, pilot, args.delta, args.max_seeds or DEFAULT_MAX_SEEDS)
+    for line in plan_lines(spec, found, args.max_seeds or DEFAULT_MAX_SEEDS):
+        print(line)
+    if len(found.seeds) <= len(pilot):
+        return spec, pilot_outcome
+    extended = with_seeds(spec, found.seeds)
+    return extended, _sweep(extended, expand(extended, overrides, data_dir), overrides, args, data_dir)
 
 
 if __name__ == "__main__":

@@ -517,7 +517,13 @@ def seed_plan(
 def effect_label(effect) -> str:
     """'final_val_loss, model.kind: ffn vs bigram (dataset=tinyshakespeare)'."""
     data = f" ({effect['data']})" if isinstance(effect["data"], str) and effect["data"] else ""
-    return f"{effect['metric']}, {effect['axis']}: {effect['level']} vs {effect['baseline']}{data}"
+    level, baseline = (_value(effect[k]) for k in ("level", "baseline"))
+    return f"{effect['metric']}, {effect['axis']}: {level} vs {baseline}{data}"
+
+
+def _value(value) -> str:
+    """A level as written: 32, not the 32.0 a column of mixed axes holds."""
+    return str(int(value)) if isinstance(value, float) and value.is_integer() else str(value)
 
 
 def verdict_sentences(effects: pd.DataFrame, metric: str = "final_val_loss") -> list[str]:

@@ -581,6 +581,8 @@ class SeedPlan:
     until_decided: str
     new_runs: int
     seconds: float  # estimated from the recorded train times (NaN when none is recorded)
+    effects: pd.DataFrame | None = None  # the pilot's effects with their (provisional) verdicts
+    family: analysis.verdicts.Family | None = None
 
 
 def seed_plan(
@@ -611,9 +613,100 @@ def seed_plan(
     return SeedPlan(plan, seeds, list(pilot), train_command(spec, overrides, seeds), until, extra * settings, seconds)
 
 
+def pilot_plan(
+    uri: str, spec: Spec, overrides: dict | None, pilot: list[int], delta: float | None, max_seeds: int
+) -> SeedPlan:
+    """Stein's plan from the pilot's runs that MLflow holds (the variants of ``pilot`` seeds with ``overrides``);
+    a ReportError when nothing of them is recorded."""
+    from harness.spec.expansion import expand, with_seeds
+
+    database = uri[len("sqlite:///") :] if uri.startswith("sqlite:///") else None
+    if database is not None and not Path(database).exists():  # opening it would create a store
+        raise ReportError(f"nothing recorded for {spec.path}: no MLflow store at {display_path(database)}")
+    runs = experiment_runs(uri, spec)
+    if len(pilot) < 2:
+        raise ReportError(
+            f"{spec.path}: a plan needs a pilot of 2 seeds or more (the spec's `seeds`, or the last sweep's "
+            f"--seeds); this one has {len(pilot) or 'none'}, so no spread"
+        )
+    if max_seeds < len(pilot):
+        raise ReportError(f"--max-seeds {max_seeds} is below the pilot's {len(pilot)} seeds")
+    variants = expand(with_seeds(spec, pilot), overrides)
+    table = runs_table(runs, variants)
+    if not (table["status"] == analysis.FINISHED).any():
+        raise ReportError(
+            f"nothing recorded for {spec.path} with seeds {' '.join(map(str, pilot))}"
+            + (f" and overrides {overrides}" if overrides else "")
+            + f": no FINISHED run of its {len(variants)} variants; run `{train_command(spec, overrides, pilot)}` first"
+        )
+    frame, factors, seed = factor_table(table, spec, variants)
+    effects, family, _ = verdict_effects(frame, spec, factors, seed, pilot, delta)
+    found = seed_plan(frame, effects, spec, overrides, pilot, delta, max_seeds)
+    found.effects, found.family = effects, family
+    return found
+
+
+def plan_lines(spec: Spec, found: SeedPlan, max_seeds: int) -> list[str]:
+    """What ``harness plan`` prints: the family, each undecided effect's seeds, the plan and the one command."""
+    family, effects = found.family, found.effects
+    lines = [
+        f"{display_path(spec.path)}: pilot seeds {' '.join(map(str, found.pilot))} (n0 = {len(found.pilot)}), "
+        f"{family.effects} effects; {family.describe()}"
+    ]
+    undecided = effects[effects["verdict"] == "undecided"]
+    counts = effects["verdict"].value_counts()
+    lines.append(
+        "pilot verdicts (provisional): " + ", ".join(f"{counts.get(v, 0)} {v}" for v in analysis.verdicts.VERDICTS)
+    )
+    for (_, effect), need in zip(effects.iterrows(), found.plan.needed, strict=True):
+        if effect["verdict"] != "undecided":
+            continue
+        label = analysis.effect_label(effect)
+        lines.append(
+            f"  undecided {label}: needs {need} seeds"
+            + (f" (over --max-seeds {max_seeds})" if need > max_seeds else "")
+            if need is not None
+            else f"  undecided {label}: {effect['reason']}"
+        )
+    if undecided.empty:
+        lines.append("  no effect is undecided")
+    lines.append(found.plan.describe([analysis.effect_label(e) for _, e in effects.iterrows()]))
+    if found.new_runs:
+        lines += [
+            f"train them ({found.new_runs} more runs, about {duration_text(found.seconds)} at one job, from the "
+            "recorded train times):",
+            f"  {found.command}",
+        ]
+        if len(spec.seeds or []) >= 2 and list(found.pilot) == list(spec.seeds):
+            lines.append(f"  (the same: {found.until_decided})")
+    else:
+        lines.append("nothing to train: the pilot's seeds are all the plan needs")
+    return lines
+
+
+def plan_from_store(
+    spec: Spec, overrides: dict | None, seeds: list[int] | None, delta: float | None, max_seeds: int
+) -> list[str]:
+    """``harness plan``: the pilot (the spec's own seeds, else the last sweep's) and overrides (the last sweep's
+    unless given) read from MLflow, and Stein's plan from it."""
+    from harness.tracking.store import tracking_uri
+
+    uri = tracking_uri()
+    database = uri[len("sqlite:///") :] if uri.startswith("sqlite:///") else None
+    if database is not None and not Path(database).exists():
+        raise ReportError(f"nothing recorded for {spec.path}: no MLflow store at {display_path(database)}")
+    runs = experiment_runs(uri, spec)
+    if not overrides and seeds is None:
+        overrides, seeds = last_sweep_arguments(runs)
+    pilot = list(spec.seeds) if len(spec.seeds or []) >= 2 else list(seeds or [])
+    return plan_lines(spec, pilot_plan(uri, spec, overrides, pilot, delta, max_seeds), max_seeds)
+
+
 def duration_text(seconds: float) -> str:
     if not math.isfinite(seconds):
         return "unknown (no train time recorded)"
+    if seconds < 1:
+        return "under 1 s"
     if seconds < 90:
         return f"{seconds:.0f} s"
     if seconds < 5400:
