@@ -667,6 +667,9 @@ def test_a_300_step_run_is_too_short_to_judge(mlflow_store, data_dir):
     answers = text[text.index("## Answers") : text.index("## Summary")]
     assert "Steps actually run: 300" in text
     assert "too short to judge" in answers and "still moving" in answers and "300 steps" in answers
+    # The budget is part of the verdict: given at the steps run, with the note; only the limit waits for convergence.
+    assert "still improving at 300 steps; more steps may change the order" in answers
+    assert "capacity is too large for the data" in answers and "Closest to the floor: too short to judge" in answers
     for verdict in (
         "the FFN is worse",
         "the FFN is better",

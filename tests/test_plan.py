@@ -1,0 +1,234 @@
+"""Verdicts in effects.csv on a spec with two axes, ``harness plan`` and ``harness run --until-decided`` end to end
+(bigram, 20 CPU steps, real data, a SQLite MLflow store under tmp_path), and the bad inputs that exit 2 with the
+store untouched. Expected numbers are worked out here from runs.csv, not with the report's own code."""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from mlflow.tracking import MlflowClient
+from scipy import stats
+
+from harness.cli import main
+
+BASE = (
+    "base:\n"
+    "  data: {dataset: tinyshakespeare}\n"
+    "  model: {kind: bigram}\n"
+    "  train: {steps: 20, eval_interval: 10, device: cpu, threads: 1, context_length: 8, batch_size: 8}\n"
+    "  sample: {max_new_tokens: 5}\n"
+)
+
+
+def _spec(folder: Path, name: str, grid: str, seeds: str = "[1, 2, 3]", extra: str = "") -> Path:
+    path = folder / f"{name}.yaml"
+    path.write_text(f"name: {name}\n{BASE}grid: {grid}\nseeds: {seeds}\n{extra}", encoding="utf-8")
+    return path
+
+
+def _data(data_dir) -> list[str]:
+    return ["--data-dir", str(data_dir)] if data_dir else []
+
+
+def _holm(p: list[float]) -> list[float]:
+    """Holm (1979) written out: the i-th smallest of N times (N - i), a running maximum, at most 1 (NaN as 1)."""
+    p = [1.0 if math.isnan(x) else x for x in p]
+    order = sorted(range(len(p)), key=lambda i: p[i])
+    adjusted, running = [0.0] * len(p), 0.0
+    for rank, i in enumerate(order):
+        running = max(running, min(1.0, (len(p) - rank) * p[i]))
+        adjusted[i] = running
+    return adjusted
+
+
+def _t2(p: float) -> float:
+    """The p quantile of Student's t with 2 degrees of freedom, in closed form: (2p - 1) / sqrt(2 p (1 - p))."""
+    return (2 * p - 1) / math.sqrt(2 * p * (1 - p))
+
+
+def _sha(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def test_two_axes_get_a_verdict_each_in_effects_csv_and_report(mlflow_store, tmp_path, data_dir, capsys):
+    spec = _spec(tmp_path, "two-axes", "{train.lr: [0.01, 0.1], train.batch_size: [8, 32]}")
+    assert main(["run", str(spec), *_data(data_dir), "--no-progress"]) == 0
+    out = Path("results/two-axes")
+    effects = pd.read_csv(out / "effects.csv")
+    runs = pd.read_csv(out / "runs.csv")
+    for column in ("verdict", "adj_ci_low", "adj_ci_high", "p_difference", "adj_p_difference", "seeds_needed"):
+        assert column in effects
+    val = effects[effects["metric"] == "final_val_loss"]
+    assert set(val["axis"]) == {"train.lr", "train.batch_size"}  # both axes get a verdict
+    assert set(effects["verdict"]) <= {"better", "worse", "equivalent", "undecided"}
+
+    # Each effect by hand: 6 pairs (2 levels of the other axis x 3 seeds), d = level - baseline.
+    delta, family = 0.01, 2 * len(effects)  # 4 effects (val loss and loss_noise of each axis): 8 hypotheses
+    p_all = []
+    for _, effect in effects.iterrows():
+        axis, other = effect["axis"], ({"train.lr", "train.batch_size"} - {effect["axis"]}).pop()
+        metric = effect["metric"]
+        at = runs.set_index([axis, other, "train.seed"])[metric]
+        d = np.array(
+            [
+                at[(float(effect["level"]), o, s)] - at[(float(effect["baseline"]), o, s)]
+                for o in sorted(runs[other].unique())
+                for s in (1, 2, 3)
+            ]
+        )
+        d = d[np.isfinite(d)]
+        if len(d) == 0:  # loss_noise needs 1,530 steps: no pairs, counted in the family with p = 1
+            assert effect["n_pairs"] == 0 and effect["verdict"] == "undecided"
+            p_all += [math.nan, math.nan]
+            continue
+        mean, sd, n = d.mean(), d.std(ddof=1), len(d)
+        assert (effect["n_pairs"], effect["mean_difference"], effect["std"]) == (
+            n,
+            pytest.approx(mean),
+            pytest.approx(sd),
+        )
+        se = sd / math.sqrt(n)
+        p_difference = 2 * stats.t.sf(abs(mean) / se, n - 1)
+        p_equivalence = max(stats.t.sf((mean + delta) / se, n - 1), stats.t.cdf((mean - delta) / se, n - 1))
+        assert effect["p_difference"] == pytest.approx(p_difference, rel=1e-6, abs=1e-12)
+        assert effect["p_equivalence"] == pytest.approx(p_equivalence, rel=1e-6, abs=1e-12)
+        half = stats.t.ppf(1 - 0.05 / family / 2, n - 1) * se  # Bonferroni's 1 - alpha/8 interval
+        assert (effect["adj_ci_low"], effect["adj_ci_high"]) == (pytest.approx(mean - half), pytest.approx(mean + half))
+        p_all += [p_difference, p_equivalence]
+    adjusted = _holm(p_all)
+    for i, (_, effect) in enumerate(effects.iterrows()):
+        adj_difference, adj_equivalence = adjusted[2 * i], adjusted[2 * i + 1]
+        assert effect["adj_p_difference"] == pytest.approx(adj_difference, rel=1e-6, abs=1e-12)
+        expected = (
+            ("better" if effect["mean_difference"] < 0 else "worse")
+            if adj_difference < 0.05
+            else "equivalent"
+            if adj_equivalence < 0.05
+            else "undecided"
+        )
+        assert effect["verdict"] == expected
+        if expected == "undecided" and effect["n_pairs"] > 1:
+            # Stein's total in pairs from this spread (t at alpha/8, 5 df), 2 pairs per seed.
+            t = stats.t.ppf(1 - 0.05 / family / 2, effect["n_pairs"] - 1)
+            pairs = max(effect["n_pairs"], math.ceil((t * effect["std"] / (delta / 2)) ** 2))
+            assert effect["seeds_needed"] == math.ceil(pairs / 2)
+        # 20 steps: every run is still moving, and each verdict says so
+        assert (
+            effect["n_pairs"] == 0 or "still improving at 20 steps; more steps may change the order" in effect["reason"]
+        )
+
+    text = (out / "report.md").read_text(encoding="utf-8")
+    assert "## Verdicts" in text and "Holm's step-down over a family of 8 hypotheses" in text
+    assert "alpha = 0.05" in text and "±δ = ±0.01 nats" in text
+    assert "| verdict" in text and "| adjusted CI" in text and "| in bits/char" in text
+    assert "TOST" in text and "Stein" in text
+    if (effects["verdict"] == "undecided").any() and effects["seeds_needed"].notna().any():
+        assert "harness run two-axes.yaml --until-decided --max-seeds" in text or "--seeds 1 2 3 4" in text
+
+
+def test_plan_and_until_decided_train_the_planned_seeds_then_stein_verdicts(mlflow_store, tmp_path, data_dir, capsys):
+    spec = _spec(tmp_path, "pilot", "{train.lr: [0.01, 0.1]}")
+    data = _data(data_dir)
+    assert main(["run", str(spec), *data, "--no-progress"]) == 0  # the pilot: seeds 1 2 3
+    pilot = pd.read_csv(Path("results/pilot/effects.csv"))
+    lr = pilot[pilot["metric"] == "final_val_loss"].iloc[0]
+    assert lr["n_pairs"] == 3 and len(pilot) == 2  # the family: val loss and loss_noise, 4 hypotheses
+    # δ chosen so that Stein's N is 5: t(0.05 / 4 two-sided, 2 df) = 8.860 from the closed form; with h = δ/2,
+    # (t * s0 / h)^2 = 4.5, so N = ceil(4.5) = 5 seeds.
+    t = _t2(1 - 0.05 / 4 / 2)
+    assert t == pytest.approx(8.860, abs=1e-3)
+    s0 = float(lr["std"])
+    delta = 2 * t * s0 / math.sqrt(4.5)
+    capsys.readouterr()
+
+    assert main(["plan", str(spec), "--delta", f"{delta:.10f}", "--max-seeds", "6"]) == 0
+    printed = capsys.readouterr().out
+    assert "train 5 seeds per variant" in printed and "4 more runs" in printed
+    assert "harness run pilot.yaml --seeds 1 2 3 4 5" in printed
+    assert "harness run pilot.yaml --until-decided --max-seeds 5" in printed
+
+    # Capped at 4 seeds: seed 4 trains, and the report says the effect hit the cap.
+    assert main(["run", str(spec), *data, "--until-decided", "--delta", f"{delta:.10f}", "--max-seeds", "4"]) == 0
+    (capped,) = Path("results/pilot").glob("overrides-*")
+    effects = pd.read_csv(capped / "effects.csv")
+    row = effects[effects["metric"] == "final_val_loss"].iloc[0]
+    assert row["design"] == "Stein two-stage" and row["n_pairs"] == 4 and row["pilot_pairs"] == 3
+    assert str(row["precision_reached"]) == "False"
+    text = (capped / "report.md").read_text(encoding="utf-8")
+    assert "Hit the seed cap (short of ±δ): final\\_val\\_loss, train.lr: 0.1 vs 0.01" in text
+
+    # Up to 6: the plan asks for 5, so only seed 5 trains (1 to 4 are FINISHED), and ±δ is reached.
+    capsys.readouterr()
+    assert main(["run", str(spec), *data, "--until-decided", "--delta", f"{delta:.10f}", "--max-seeds", "6"]) == 0
+    printed = capsys.readouterr().out
+    assert "finished 2, skipped 8" in printed
+    final = next(p for p in Path("results/pilot").glob("overrides-*") if p != capped)
+    effects = pd.read_csv(final / "effects.csv")
+    runs = pd.read_csv(final / "runs.csv")
+    row = effects[effects["metric"] == "final_val_loss"].iloc[0]
+    assert row["n_pairs"] == 5 and row["design"] == "Stein two-stage" and str(row["precision_reached"]) == "True"
+    at = runs.set_index(["train.lr", "train.seed"])["final_val_loss"]
+    d = np.array([at[(0.1, s)] - at[(0.01, s)] for s in range(1, 6)])
+    pilot_sd = d[:3].std(ddof=1)
+    assert row["pilot_std"] == pytest.approx(pilot_sd) and pilot_sd == pytest.approx(s0)
+    half = t * pilot_sd / math.sqrt(5)  # Stein's final interval: the mean of all 5, the pilot's sd, t on 2 df
+    assert half <= delta / 2
+    assert (row["adj_ci_low"], row["adj_ci_high"]) == (pytest.approx(d.mean() - half), pytest.approx(d.mean() + half))
+    assert row["verdict"] != "undecided"
+    text = (final / "report.md").read_text(encoding="utf-8")
+    assert "Reached ±δ (final adjusted interval at most δ/2 each side): final\\_val\\_loss, train.lr" in text
+    assert "seeds 1, 2, 3 (the spec's own, n0 = 3) were the pilot" in text
+    experiment = MlflowClient(mlflow_store).get_experiment_by_name("pilot")
+    children = [
+        r
+        for r in MlflowClient(mlflow_store).search_runs([experiment.experiment_id])
+        if r.data.tags.get("harness.sweep") != "true"
+    ]
+    assert len(children) == 10 and {r.info.status for r in children} == {"FINISHED"}
+
+    # Bad input with a store that holds runs: exit 2, the store byte for byte as it was.
+    before = _sha(tmp_path / "mlflow.db")
+    for words in (
+        ["run", str(spec), "--until-decided", "--max-seeds", "2"],
+        ["run", str(spec), "--until-decided", "--delta", "0"],
+        ["run", str(spec), "--until-decided", "--delta", "-0.1"],
+        ["plan", str(spec), "--delta", "nan"],
+        ["run", str(spec), "--delta", "0.1"],  # --delta without --until-decided
+    ):
+        assert main([*words, *data, "--no-progress"] if words[0] == "run" else words) == 2, words
+    assert _sha(tmp_path / "mlflow.db") == before
+
+
+@pytest.mark.parametrize(
+    "words, extra, seeds",
+    [
+        (["run", "--until-decided"], "", "[1]"),  # one seed: no spread, no plan
+        (["run", "--until-decided"], "", None),  # no seeds axis at all
+        (["run", "--until-decided", "--max-seeds", "2"], "", "[1, 2, 3]"),  # cap below the pilot
+        (["run", "--until-decided", "--delta", "0"], "", "[1, 2, 3]"),
+        (["run", "--until-decided", "--delta", "-1"], "", "[1, 2, 3]"),
+        (["run", "--until-decided", "--seeds", "1", "2"], "", "[1, 2, 3]"),
+        (["run", "--until-decided"], "practical_difference: 0\n", "[1, 2, 3]"),
+        (["run"], "practical_difference: -0.01\n", "[1, 2, 3]"),
+        (["run"], "practical_difference: lots\n", "[1, 2, 3]"),
+        (["plan"], "", "[1, 2, 3]"),  # nothing recorded
+        (["plan", "--delta", "0"], "", "[1, 2, 3]"),
+        (["plan"], "practical_difference: 0\n", "[1, 2, 3]"),
+    ],
+)
+def test_bad_input_exits_2_and_records_nothing(mlflow_store, tmp_path, data_dir, capsys, words, extra, seeds):
+    path = tmp_path / "bad.yaml"
+    seeds_line = f"seeds: {seeds}\n" if seeds else ""
+    path.write_text(f"name: bad\n{BASE}grid: {{train.lr: [0.01, 0.1]}}\n{seeds_line}{extra}", encoding="utf-8")
+    command = [words[0], str(path), *words[1:], *(_data(data_dir) + ["--no-progress"] if words[0] == "run" else [])]
+    assert main(command) == 2
+    err = capsys.readouterr().err
+    assert "error" in err
+    if extra:
+        assert "bad.yaml:" in err and "practical_difference: expected a number of nats > 0" in err
+    assert not (tmp_path / "mlflow.db").exists() and not (tmp_path / "results").exists()
