@@ -153,18 +153,48 @@ def test_plan_and_until_decided_train_the_planned_seeds_then_stein_verdicts(mlfl
     assert "harness run pilot.yaml --until-decided --max-seeds 5" in printed
 
     # Capped at 4 seeds: seed 4 trains, and the report says the effect hit the cap.
-    assert main(["run", str(spec), *data, "--until-decided", "--delta", f"{delta:.10f}", "--max-seeds", "4"]) == 0
+    assert (
+        main(
+            [
+                "run",
+                str(spec),
+                *data,
+                "--no-progress",
+                "--until-decided",
+                "--delta",
+                f"{delta:.10f}",
+                "--max-seeds",
+                "4",
+            ]
+        )
+        == 0
+    )
     (capped,) = Path("results/pilot").glob("overrides-*")
     effects = pd.read_csv(capped / "effects.csv")
     row = effects[effects["metric"] == "final_val_loss"].iloc[0]
     assert row["design"] == "Stein two-stage" and row["n_pairs"] == 4 and row["pilot_pairs"] == 3
     assert str(row["precision_reached"]) == "False"
     text = (capped / "report.md").read_text(encoding="utf-8")
-    assert "Hit the seed cap (short of ±δ): final\\_val\\_loss, train.lr: 0.1 vs 0.01" in text
+    assert "Hit the seed cap (short of ±δ): final_val_loss, train.lr: 0.1 vs 0.01" in text
 
     # Up to 6: the plan asks for 5, so only seed 5 trains (1 to 4 are FINISHED), and ±δ is reached.
     capsys.readouterr()
-    assert main(["run", str(spec), *data, "--until-decided", "--delta", f"{delta:.10f}", "--max-seeds", "6"]) == 0
+    assert (
+        main(
+            [
+                "run",
+                str(spec),
+                *data,
+                "--no-progress",
+                "--until-decided",
+                "--delta",
+                f"{delta:.10f}",
+                "--max-seeds",
+                "6",
+            ]
+        )
+        == 0
+    )
     printed = capsys.readouterr().out
     assert "finished 2, skipped 8" in printed
     final = next(p for p in Path("results/pilot").glob("overrides-*") if p != capped)
@@ -181,7 +211,7 @@ def test_plan_and_until_decided_train_the_planned_seeds_then_stein_verdicts(mlfl
     assert (row["adj_ci_low"], row["adj_ci_high"]) == (pytest.approx(d.mean() - half), pytest.approx(d.mean() + half))
     assert row["verdict"] != "undecided"
     text = (final / "report.md").read_text(encoding="utf-8")
-    assert "Reached ±δ (final adjusted interval at most δ/2 each side): final\\_val\\_loss, train.lr" in text
+    assert "Reached ±δ (final adjusted interval at most δ/2 each side): final_val_loss, train.lr" in text
     assert "seeds 1, 2, 3 (the spec's own, n0 = 3) were the pilot" in text
     experiment = MlflowClient(mlflow_store).get_experiment_by_name("pilot")
     children = [
