@@ -262,3 +262,21 @@ def test_bad_input_exits_2_and_records_nothing(mlflow_store, tmp_path, data_dir,
     if extra:
         assert "bad.yaml:" in err and "practical_difference: expected a number of nats > 0" in err
     assert not (tmp_path / "mlflow.db").exists() and not (tmp_path / "results").exists()
+
+
+def test_practical_difference_is_a_report_setting_in_no_runs_hash(tmp_path):
+    from harness.spec.expansion import expand
+    from harness.spec.parsing import load_spec
+    from harness.spec.problems import SpecError
+
+    plain = load_spec(_spec(tmp_path, "same", "{train.lr: [0.01, 0.1]}"))
+    wide_path = _spec(tmp_path, "same", "{train.lr: [0.01, 0.1]}", extra="practical_difference: 5e-2\n")
+    wide = load_spec(wide_path)
+    assert (plain.practical_difference, wide.practical_difference) == (0.01, 0.05)  # 5e-2: YAML 1.1 reads a string
+    assert [v.config.config_hash() for v in expand(plain)] == [v.config.config_hash() for v in expand(wide)]
+    wide_path.write_text(wide_path.read_text().replace("5e-2", "true"), encoding="utf-8")
+    with pytest.raises(SpecError) as caught:
+        load_spec(wide_path)
+    (line,) = caught.value.problems
+    # line 9, after "practical_difference: " (22 characters)
+    assert line.startswith(f"{wide_path}:9:23: practical_difference: expected a number of nats > 0")
