@@ -466,8 +466,14 @@ def verdict_rows(effects: pd.DataFrame, pilot_only: bool = False) -> list[verdic
 
 
 def still_moving(table: pd.DataFrame) -> str:
-    """The note of a verdict from runs that are not near convergence."""
-    return f"still improving at {_steps_text(finished(table))} steps; more steps may change the order"
+    """The note of a verdict from runs that are not near convergence: still improving, or (when no curve can
+    tell, e.g. no evaluation late enough) not shown to have converged."""
+    done = finished(table)
+    steps = _steps_text(done)
+    changes = done["val_change_last_10pct"].abs() if "val_change_last_10pct" in done else pd.Series(dtype=float)
+    if changes.notna().any() or changes.empty:
+        return f"still improving at {steps} steps; more steps may change the order"
+    return f"not shown to have converged at {steps} steps (the val curve cannot tell); more steps may change the order"
 
 
 def with_verdicts(
