@@ -470,6 +470,8 @@ def still_moving(table: pd.DataFrame) -> str:
     tell, e.g. no evaluation late enough) not shown to have converged."""
     done = finished(table)
     steps = _steps_text(done)
+    if "near_convergence" in done:
+        done = done[~done["near_convergence"].astype(bool)]
     changes = done["val_change_last_10pct"].abs() if "val_change_last_10pct" in done else pd.Series(dtype=float)
     if changes.notna().any() or changes.empty:
         return f"still improving at {steps} steps; more steps may change the order"
