@@ -20,7 +20,7 @@ BASE = (
     "base:\n"
     "  data: {dataset: tinyshakespeare}\n"
     "  model: {kind: bigram}\n"
-    "  train: {steps: 20, eval_interval: 10, device: cpu, threads: 1, context_length: 8, batch_size: 8}\n"
+    "  train: {steps: 20, eval_interval: 2, device: cpu, threads: 1, context_length: 8, batch_size: 8}\n"
     "  sample: {max_new_tokens: 5}\n"
 )
 
