@@ -243,3 +243,17 @@ def test_bad_plan_and_method():
         plan_seeds([(4, 0.0, 0.01)], 0.01, pilot_n=4, max_seeds=3)
     with pytest.raises(ValueError, match="method"):
         decide_family([(4, 0.0, 0.01)], 0.01, method="sidak")
+
+
+def test_pairs_per_seed_turn_stein_pairs_into_seeds():
+    # 6 pairs, mean 0, std 0.02: one effect, family of 2, alpha 0.10, so t_0.975,5 = 2.571 (table). Stein's total:
+    # (2.571 * 0.02 / 0.005)^2 = 105.7, so 106 pairs. TOST: (0 + 0.01) / (0.02 / sqrt 6) = 1.22 < 2.015: undecided.
+    # Paired on another axis of 2 levels too, each seed gives 2 pairs: ceil(106 / 2) = 53 seeds.
+    alone = decide_family([(6, 0.0, 0.02)], DELTA, 0.10).decisions[0]
+    paired = decide_family([(6, 0.0, 0.02)], DELTA, 0.10, pairs_per_seed=[2]).decisions[0]
+    assert alone.verdict == paired.verdict == "undecided"
+    assert (alone.seeds_needed, paired.seeds_needed) == (106, 53) and "2 pairs per seed" in paired.reason
+    plan = plan_seeds([(6, 0.0, 0.02)], DELTA, 0.10, pilot_n=3, max_seeds=100, pairs_per_seed=[2])
+    assert (plan.seeds, plan.needed, plan.capped) == (53, (53,), (False,))
+    with pytest.raises(ValueError, match="pairs_per_seed"):
+        decide_family([(6, 0.0, 0.02)], DELTA, 0.10, pairs_per_seed=[2, 2])
