@@ -740,6 +740,8 @@ def verdicts_section(
             " effects (effects.csv has each one's adjusted interval, p values, seeds needed and reason).",
             "",
         ]
+    else:
+        lines += ["No effects: this sweep varies nothing but the seed, so there is nothing to compare.", ""]
     if pilot is not None and len(effects):
         stein = effects[effects["design"] == analysis.STEIN]
         reached = [analysis.effect_label(e) for _, e in stein.iterrows() if e["precision_reached"] is True]
