@@ -585,7 +585,7 @@ class SeedPlan:
     family: analysis.verdicts.Family | None = None
 
 
-def seed_plan(
+def report_plan(
     frame: pd.DataFrame,
     effects: pd.DataFrame,
     spec: Spec,
@@ -641,7 +641,7 @@ def pilot_plan(
         )
     frame, factors, seed = factor_table(table, spec, variants)
     effects, family, _ = verdict_effects(frame, spec, factors, seed, pilot, delta)
-    found = seed_plan(frame, effects, spec, overrides, pilot, delta, max_seeds)
+    found = report_plan(frame, effects, spec, overrides, pilot, delta, max_seeds)
     found.effects, found.family = effects, family
     return found
 
@@ -1008,7 +1008,7 @@ def write_report(
     plan = None
     if len(first) >= 2 and len(report.effects) and (report.effects["verdict"] == "undecided").any():
         pilot_frame = frame[frame[seed].isin(first)] if seed else frame
-        plan = seed_plan(pilot_frame, report.effects, spec, overrides, first, delta, trained=used)
+        plan = report_plan(pilot_frame, report.effects, spec, overrides, first, delta, trained=used)
     references = analysis.references(frame, refs)
     for name, content in (("summary.csv", report.summary), ("effects.csv", report.effects)):
         content.to_csv(out / name, index=False)
