@@ -177,3 +177,49 @@ def test_the_bigram_floor_per_tokenizer_matches_the_hand_computation(tmp_path, m
     text = open(sample, encoding="utf-8").read()
     # The sample starts with the prompt, recomposed (NFC): under jamo the next token may make it 각.
     assert unicodedata.is_normalized("NFC", text) and text[0] in "가각", "samples are text, syllables recomposed"
+
+
+def test_a_tokenizer_axis_is_compared_in_bits_per_character_only(tmp_path, mlflow_store):
+    import pandas as pd
+
+    corpus = tmp_path / "ga-gak.txt"
+    corpus.write_text("가각 가각 각가\n" * 600, encoding="utf-8")
+    spec = write(
+        tmp_path,
+        f"""\
+        name: tok
+        base:
+          data: {{path: {corpus}, extra_chars: false}}
+          model: {{kind: bigram}}
+          train: {{context_length: 4}}
+          sample: {{prompt: "가"}}
+        grid:
+          tokenizer:
+            char: {{data.tokenizer: char}}
+            jamo: {{data.tokenizer: jamo, train.context_length: 8}}
+            bytes: {{data.tokenizer: bytes, train.context_length: 12}}
+          train.lr: [0.01, 0.1]
+        seeds: [1, 2]
+        """,
+    )
+    assert main(["run", str(spec), "--no-progress", "--results-dir", str(tmp_path / "results"), *shrink_args()]) == 0
+    (out,) = (tmp_path / "results" / "tok").glob("overrides-*")  # the shrunk sweep: not the spec as written
+    effects = pd.read_csv(out / "effects.csv")
+    tokenizer_rows = effects[effects["axis"] == "tokenizer"]
+    assert set(tokenizer_rows["metric"]) == {"final_val_bpc"}, "tokenizers are never compared in nats per token"
+    assert list(tokenizer_rows["baseline"]) == ["char", "char"], "each tokenizer against the first level"
+    assert set(tokenizer_rows["kind"]) == {"treatment"}, "the same text: a treatment, not different data"
+    lr_rows = effects[(effects["axis"] == "train.lr") & (effects["metric"] == "final_val_loss")]
+    assert len(lr_rows) == 1 and lr_rows["n_pairs"].item() == 6, "lr paired within each tokenizer and seed"
+    runs = pd.read_csv(out / "runs.csv")
+    # The lr effect in bits: the paired differences of the runs' own bits per character, whatever the tokenizer.
+    by_lr = runs.pivot_table(index=["tokenizer", "train.seed"], columns="train.lr", values="final_val_bpc")
+    assert lr_rows["mean_difference_bits"].item() == pytest.approx((by_lr[0.1] - by_lr[0.01]).mean())
+    view = pd.read_csv(out / "tokenizers.csv")
+    assert sorted(view["data.tokenizer"].unique()) == ["bytes", "char", "jamo"]
+    row = view[(view["data.tokenizer"] == "jamo")].iloc[0]
+    # "가각 가각 각가\n": 9 characters; 가 is 2 jamo and 각 3, three of each, + 2 spaces + a newline: 18 tokens
+    assert row["chars_per_token"] == pytest.approx(9 / 18, rel=1e-3)
+    assert row["context_chars"] == pytest.approx(8 * 9 / 18, rel=1e-3)
+    report = (out / "report.md").read_text(encoding="utf-8")
+    assert "## Tokenizers, in bits per character" in report and "jamo vs char" in report

@@ -23,6 +23,10 @@ EFFECT_METRICS = [
     "loss_noise",
 ]  # the effect on val loss is the headline; noise for the batch question
 FINISHED = "FINISHED"
+# The tokenizer's keys: the same text cut into other tokens. An axis over them is a treatment (not different data),
+# and its losses are compared in bits per character only: nats per token do not compare across tokenizers.
+TOKENIZER_KEYS = ("data.tokenizer", "data.vocab_size", "data.extra_chars")
+BITS_OF = {"final_val_loss": "final_val_bpc", "final_train_loss": "final_train_bpc"}  # nats/token -> bits/char
 
 
 @dataclass(frozen=True)
@@ -237,7 +241,7 @@ def paired_differences(
     usable = finished(table)
     values = pd.to_numeric(usable[metric], errors="coerce").astype("float64")
     usable = usable[np.isfinite(values)]
-    carried = pair_on + [metric] + [c for c in ("near_convergence",) if c in usable]
+    carried = pair_on + [metric] + [c for c in ("near_convergence", "run_id") if c in usable]
     treated = usable[usable[factor] == level][carried]
     control = usable[usable[factor] == baseline][carried]
     if pair_on:
@@ -250,11 +254,14 @@ def paired_differences(
 def data_factors(table: pd.DataFrame, factors: list[str], seed: str | None = None) -> list[str]:
     """The factors that change the data: a ``data.*`` axis, or one (a named level, a zip group) whose levels
     differ in some ``data.*`` setting with everything else held fixed. These are never ranked as treatments."""
-    data_columns = [c for c in table.columns if c.startswith("data.") and c not in factors]
+    data_columns = [c for c in table.columns if c.startswith("data.") and c not in factors and c not in TOKENIZER_KEYS]
     found = []
     for factor in factors:
-        if any(part.startswith("data.") for part in factor.split("+")):
+        parts = factor.split("+")
+        if any(part.startswith("data.") and part not in TOKENIZER_KEYS for part in parts):
             found.append(factor)
+            continue
+        if all(part in TOKENIZER_KEYS for part in parts):
             continue
         others = [f for f in factors if f != factor] + ([seed] if seed else [])
         if not data_columns or table.empty:
@@ -288,14 +295,53 @@ EFFECT_COLUMNS = [
 ]
 
 
-def _compare(table: pd.DataFrame, factor: str, order: list | None, pair_on: list[str], metric: str) -> list[dict]:
-    """Rows of one factor: each level against the first level, or against the previous one for a named axis."""
+def tokenizer_factors(table: pd.DataFrame, factors: list[str], seed: str | None = None) -> list[str]:
+    """The factors whose levels cut the text into other tokens (a ``TOKENIZER_KEYS`` axis, or a named or zipped
+    one whose levels differ in one, all else fixed): compared in bits per character, never in nats per token."""
+    columns = [c for c in TOKENIZER_KEYS if c in table.columns]
+    found = []
+    for factor in factors:
+        if any(part in TOKENIZER_KEYS for part in factor.split("+")):
+            found.append(factor)
+            continue
+        others = [f for f in factors if f != factor] + ([seed] if seed else [])
+        if not columns or table.empty:
+            continue
+        grouped = table.assign(_all=0).groupby(others or ["_all"], dropna=False, sort=False)
+        if (grouped[columns].nunique(dropna=False) > 1).any().any():
+            found.append(factor)
+    return found
+
+
+def _bits(pairs: pd.DataFrame, metric: str, table: pd.DataFrame) -> Interval | None:
+    """The pairs' difference in bits per character: the metric's own when it is in bits, else that of its bits
+    twin (``BITS_OF``) over the same pairs; None when neither (then nats / ln 2, right for one token a character)."""
+    if metric in BITS_OF.values():
+        return mean_ci(pairs["difference"])
+    twin = BITS_OF.get(metric)
+    if twin is None or twin not in table or not len(pairs) or "run_id" not in pairs:
+        return None
+    bits = pd.to_numeric(table.set_index("run_id")[twin], errors="coerce")
+    difference = pairs["run_id"].map(bits) - pairs["run_id_baseline"].map(bits)
+    return mean_ci(difference) if difference.notna().all() else None
+
+
+def _compare(
+    table: pd.DataFrame, factor: str, order: list | None, pair_on: list[str], metric: str, chain: bool | None = None
+) -> list[dict]:
+    """Rows of one factor: each level against the first level, or against the previous one for a named axis
+    (``chain``, default: whether the axis is named; tokenizers are alternatives to the first, not a ladder)."""
     values = levels(table, factor, order)
+    chain = bool(order) if chain is None else chain
     rows = []
     for i, level in enumerate(values[1:], start=1):
-        baseline = values[i - 1] if order else values[0]
+        baseline = values[i - 1] if chain else values[0]
         pairs = paired_differences(table, factor, level, baseline, metric, [k for k in pair_on if k != factor])
         interval = mean_ci(pairs["difference"])
+        bits = _bits(pairs, metric, table)
+        if bits is None:
+            n, *nats = interval.n, interval.mean, interval.std, interval.low, interval.high
+            bits = Interval(n, *(x / math.log(2) for x in nats))
         converged = (
             bool(pairs["near_convergence"].astype(bool).all() and pairs["near_convergence_baseline"].astype(bool).all())
             if "near_convergence" in pairs and len(pairs)
@@ -306,7 +352,7 @@ def _compare(table: pd.DataFrame, factor: str, order: list | None, pair_on: list
                 "axis": factor,
                 "level": level,
                 "baseline": baseline,
-                "comparison": "previous level" if order else "first level",
+                "comparison": "previous level" if chain else "first level",
                 "n_pairs": interval.n,
                 "mean_difference": interval.mean,
                 "std": interval.std,
@@ -316,10 +362,10 @@ def _compare(table: pd.DataFrame, factor: str, order: list | None, pair_on: list
                 "baseline_mean": pairs[f"{metric}_baseline"].mean() if len(pairs) else math.nan,
                 "ci_excludes_zero": interval.direction in ("up", "down"),
                 "near_convergence": converged,
-                # nats -> bits: per character, since every token is one character
-                "mean_difference_bits": interval.mean / math.log(2),
-                "ci_low_bits": interval.low / math.log(2),
-                "ci_high_bits": interval.high / math.log(2),
+                # bits per character: from the runs' bits per character (any tokenizer), else nats / ln 2
+                "mean_difference_bits": bits.mean,
+                "ci_low_bits": bits.low,
+                "ci_high_bits": bits.high,
             }
         )
     return rows
@@ -350,14 +396,19 @@ def effects(
     fixed_corpus = ""
     if not data and "data.dataset" in table and table["data.dataset"].nunique() == 1:
         fixed_corpus = f"dataset={table['data.dataset'].iloc[0]}"
+    # A tokenizer axis is compared in bits per character (its metric's twin), or not at all (e.g. loss_noise).
+    tokenizer_axes = set(tokenizer_factors(table, treatments, seed))
     rows = []
-    for metric in metrics:
+    for metric in [*metrics, *(BITS_OF[m] for m in metrics if m in BITS_OF)]:
         if metric not in table:
             continue
         for c, corpus in enumerate(corpora):
             subset = select(table, corpus)
             for factor in treatments:
-                for row in _compare(subset, factor, orders.get(factor), pair_keys, metric):
+                if (factor in tokenizer_axes) != (metric in BITS_OF.values()):
+                    continue
+                chain = False if factor in tokenizer_axes else None
+                for row in _compare(subset, factor, orders.get(factor), pair_keys, metric, chain):
                     rows.append(
                         {
                             "metric": metric,
@@ -367,13 +418,13 @@ def effects(
                             **row,
                         }
                     )
-        for factor in data:
+        for factor in data if metric not in BITS_OF.values() else []:  # different data: bits columns suffice
             for row in _compare(table, factor, orders.get(factor), pair_keys, metric):
                 rows.append({"metric": metric, "kind": "different data", "data": "", "_corpus": len(corpora), **row})
     result = pd.DataFrame(rows, columns=EFFECT_COLUMNS + ["_corpus"])
     if result.empty:
         return result.drop(columns=["_corpus"])
-    order = {m: i for i, m in enumerate(metrics)}
+    order = {m: i for i, m in enumerate([*metrics, *BITS_OF.values()])}
     size = result["mean_difference"].abs()
     block = size.groupby([result["metric"], result["_corpus"], result["axis"]]).transform("max")
     within = pd.Series(

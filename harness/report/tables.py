@@ -25,7 +25,7 @@ import pandas as pd
 from mlflow.tracking import MlflowClient
 
 from harness.metrics import FINALS, mlflow_key
-from harness.report import analysis
+from harness.report import analysis, tokenizers
 from harness.spec.expansion import variant_id
 from harness.spec.keys import SEED_KEY
 from harness.spec.records import Spec, Variant
@@ -528,6 +528,7 @@ def render_markdown(
     data: list[str] | None = None,
     refs: pd.DataFrame | None = None,
     ladders: dict[str, pd.DataFrame] | None = None,
+    tokenizer_view: pd.DataFrame | None = None,
 ) -> str:
     from harness.tracking.store import git_commit
 
@@ -605,6 +606,8 @@ def render_markdown(
         "",
     ]
 
+    if tokenizer_view is not None:
+        lines += tokenizers.tokenizer_markdown(tokenizer_view, effects)
     lines += [
         "## Answers",
         "",
@@ -724,6 +727,10 @@ def write_report(
     for name, content in (("summary.csv", report.summary), ("effects.csv", report.effects)):
         content.to_csv(out / name, index=False)
         report.files.append(out / name)
+    tokenizer_view = tokenizers.tokenizer_table(frame) if tokenizers.varies_tokenizer(frame) else None
+    if tokenizer_view is not None:
+        tokenizer_view.to_csv(out / "tokenizers.csv", index=False)
+        report.files.append(out / "tokenizers.csv")
 
     for stale in out.glob("curves_*.png"):  # figures of axes this sweep no longer has
         stale.unlink()
@@ -778,6 +785,7 @@ def write_report(
         data=data,
         refs=references,
         ladders=ladders,
+        tokenizer_view=tokenizer_view,
     )
     (out / "report.md").write_text(markdown, encoding="utf-8")
     report.files.append(out / "report.md")
