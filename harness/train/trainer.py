@@ -24,6 +24,7 @@ from harness.train.draws import WindowDraws
 from harness.train.evaluation import loss_noise
 from harness.train.graphs import CapturedStep, CudaGraphs, GraphBackend
 from harness.train.losses import bigram_floor, pair_counts
+from harness.train.optim import FusedAdamW
 from harness.train.schedule import learning_rate, set_lr
 from harness.train.scoring import PairTableLoss, PerPositionLoss
 
@@ -75,7 +76,7 @@ class Trainer:
         self.train_data = corpus.train.to(device)
         self.val_data = corpus.val.to(device)
         fused = device.type in ("cpu", "cuda")
-        self.optimizer = torch.optim.AdamW(  # a graph replays the lr it finds in memory, and AdamW's step count there
+        self.optimizer = FusedAdamW(  # a graph replays the lr it finds in memory, and AdamW's step count there
             model.parameters(),
             lr=self._lr_value(config.lr),
             betas=tuple(config.betas),
