@@ -11,7 +11,15 @@ CSV columns keep the flat names they always had.
 from __future__ import annotations
 
 # per-step curves: trainer key -> MLflow key
-CURVES = {"train_loss": "loss/train", "val_loss": "loss/val", "batch_loss": "loss/batch", "lr": "opt/lr"}
+# (train_bpc, val_bpc: the same losses in bits per character of the text, comparable across tokenizers.)
+CURVES = {
+    "train_loss": "loss/train",
+    "val_loss": "loss/val",
+    "train_bpc": "loss/train_bpc",
+    "val_bpc": "loss/val_bpc",
+    "batch_loss": "loss/batch",
+    "lr": "opt/lr",
+}
 
 SUMMARY_STEP = 0  # the step the end-of-run numbers are logged at
 
@@ -19,6 +27,10 @@ SUMMARY_STEP = 0  # the step the end-of-run numbers are logged at
 FINALS = {
     "final_train_loss": "summary/train_loss",
     "final_val_loss": "summary/val_loss",
+    "final_train_bpc": "summary/train_bpc",
+    "final_val_bpc": "summary/val_bpc",
+    "chars_per_token": "summary/chars_per_token",
+    "bigram_floor_bpc": "summary/bigram_floor_bpc",
     "bigram_floor": "summary/bigram_floor",
     "excess_loss": "summary/excess_loss",
     "loss_noise": "summary/loss_noise",

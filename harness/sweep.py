@@ -18,6 +18,7 @@ from mlflow.tracking import MlflowClient
 
 from harness.data.corpora import DataError, load_corpus
 from harness.data.tokenizers.base import UnknownCharacterError
+from harness.data.tokenizers.jamo import NotNFCError
 from harness.executors import make_executor
 from harness.models.registry import build_model, count_parameters
 from harness.spec.problems import SpecError
@@ -70,6 +71,9 @@ def preflight(variants: list[Variant], data_dir: Path | None) -> dict[str, float
         try:
             corpus = load_corpus(config.data, data_dir)
         except DataError as exc:
+            if str(exc).startswith("data.tokenizer"):  # the tokenizer could not be built for this text
+                key = "data.vocab_size" if config.data.tokenizer == "bpe" else "data.tokenizer"
+                raise SpecError(f"{variant.where(key)}: {key}: variant {variant.id}: {exc}") from exc
             raise SpecError(f"variant {variant.id}: {exc}") from exc
         shortest = min(len(corpus.train), len(corpus.val))
         if config.train.context_length >= shortest:
@@ -82,6 +86,10 @@ def preflight(variants: list[Variant], data_dir: Path | None) -> dict[str, float
             corpus.tokenizer.encode_tensor(config.sample.prompt)
         except UnknownCharacterError as exc:
             raise SpecError(f"variant {variant.id}: sample.prompt: {exc} of dataset {config.data.dataset!r}") from exc
+        except NotNFCError as exc:
+            raise SpecError(
+                f"{variant.where('sample.prompt')}: sample.prompt: variant {variant.id} (tokenizer jamo): {exc}"
+            ) from exc
         costs[variant.id] = estimated_cost(variant, corpus.tokenizer.vocab_size)
     return costs
 

@@ -134,7 +134,7 @@ def test_each_seed_logs_its_own_curves_and_a_poisoned_seed_fails_alone(data_dir)
         got, want = outcomes[s], expected[s]
         assert abs(got["final_val_loss"] - want["final_val_loss"]) <= 1e-5
         assert abs(got["final_train_loss"] - want["final_train_loss"]) <= 1e-5
-        assert {k for k, _ in sinks[s].points} == {"train_loss", "val_loss", "batch_loss"}
+        assert {k for k, _ in sinks[s].points} == {"train_loss", "val_loss", "train_bpc", "val_bpc", "batch_loss"}
         assert sorted(step for k, step in sinks[s].points if k == "val_loss") == [0, 20, 40, 60]
         # the last curve point scores the fixed curve subset (train.eval_curve_tokens), as the lone run's does
         assert sinks[s].points[("val_loss", 60)] == pytest.approx(alone_sinks[s].points[("val_loss", 60)], abs=1e-5)

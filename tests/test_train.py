@@ -530,7 +530,7 @@ def _tiny_corpus() -> Corpus:
     text = "abcabcabdabc" * 50
     tokenizer = CharTokenizer.from_text(text)
     ids = tokenizer.encode_tensor(text)
-    return Corpus(tokenizer, ids[:500], ids[500:])
+    return Corpus(tokenizer, ids[:500], ids[500:], 500, len(ids) - 500)
 
 
 def test_curves_hold_at_least_about_50_points_and_at_most_about_2000():

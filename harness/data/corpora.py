@@ -21,7 +21,14 @@ import numpy as np
 import torch
 
 from harness.config import ADDED_V2
-from harness.data.tokenizers.char import CharTokenizer
+from harness.data.tokenizers import (
+    BASE_ALPHABET,
+    TOKENIZER_CHOICES,
+    NotNFCError,
+    Tokenizer,
+    build_tokenizer,
+    tokenizer_cache_dir,
+)
 
 
 class DataError(Exception):
@@ -55,6 +62,7 @@ CATALOG = {
     ),
 }
 SPLIT_CHOICES = ("position", "shuffled-rows")
+BYTE_LEVEL = ("bytes", "bpe")  # tokenizers that encode any text: extra_chars means nothing to them
 SPLIT_SEED = 0  # fixed: every variant and every train.seed sees the same split
 FILE_DATASET = "file"
 DATASET_CHOICES = (*CATALOG, FILE_DATASET)
@@ -72,14 +80,21 @@ class DataConfig:
     # The write-up's tokenizer adds digits and ASCII punctuation to the corpus's characters so that any prompt
     # encodes; the lecture's uses the corpus's characters alone (65 for Tiny Shakespeare instead of 96).
     extra_chars: bool = field(default=True, metadata=ADDED_V2)
+    # char: one token per character (the write-up's); jamo: Hangul syllables split into their letters (NFD);
+    # bpe: a byte-level BPE of vocab_size tokens learnt from the train split only; bytes: UTF-8 bytes.
+    tokenizer: str = field(default="char", metadata=ADDED_V2)
+    vocab_size: int | None = field(default=None, metadata=ADDED_V2)  # bpe only: 256 bytes + the merges
 
     def resolved(self) -> DataConfig:
-        """``path`` alone means ``dataset: file``; no ``split`` means the corpus's default."""
+        """``path`` alone means ``dataset: file``; no ``split`` means the corpus's default. ``extra_chars`` means
+        nothing to the byte-level tokenizers (they encode every text), so it is reset to its default for them
+        and a spec's ``extra_chars: false`` changes no bytes or bpe run's identity."""
         dataset = FILE_DATASET if self.dataset is None and self.path is not None else self.dataset
         split = self.split
         if split is None:
             split = CATALOG[dataset].default_split if dataset in CATALOG else "position"
-        return replace(self, dataset=dataset, split=split)
+        extra_chars = True if self.tokenizer in BYTE_LEVEL else self.extra_chars
+        return replace(self, dataset=dataset, split=split, extra_chars=extra_chars)
 
     def problems(self) -> list[tuple[str, str]]:
         found = []
@@ -100,6 +115,24 @@ class DataConfig:
             found.append(("split", f"unknown split {self.split!r}; choices: {', '.join(SPLIT_CHOICES)}"))
         if not 0.0 < self.train_fraction < 1.0:
             found.append(("train_fraction", f"must be between 0 and 1, got {self.train_fraction}"))
+        if self.tokenizer == "bpe" and self.vocab_size is None:
+            found.append(("vocab_size", f"tokenizer 'bpe' needs data.vocab_size: {BASE_ALPHABET} bytes + the merges"))
+        elif self.tokenizer == "bpe" and self.vocab_size < BASE_ALPHABET:
+            found.append(
+                (
+                    "vocab_size",
+                    f"must be at least {BASE_ALPHABET} (the byte-level base alphabet, one token per byte), "
+                    f"got {self.vocab_size}",
+                )
+            )
+        elif self.tokenizer in TOKENIZER_CHOICES and self.tokenizer != "bpe" and self.vocab_size is not None:
+            found.append(
+                (
+                    "vocab_size",
+                    f"is only for tokenizer 'bpe'; {self.tokenizer!r} takes its vocabulary from the text "
+                    "(remove data.vocab_size)",
+                )
+            )
         return found
 
 
@@ -215,30 +248,63 @@ def read_text(config: DataConfig, data_dir: Path | None) -> str:
 
 @dataclass(frozen=True)
 class Corpus:
-    tokenizer: CharTokenizer
+    """A corpus tokenized and split; ``train_chars``/``val_chars`` count the characters of each split's text,
+    so losses convert to bits per character whatever the tokenizer."""
+
+    tokenizer: Tokenizer
     train: torch.Tensor
     val: torch.Tensor
+    train_chars: int
+    val_chars: int
+
+    @property
+    def chars_per_token(self) -> float:
+        """Characters of text per token over the whole corpus (1 for char; about 0.4 for Korean jamo)."""
+        return (self.train_chars + self.val_chars) / (len(self.train) + len(self.val))
+
+    def tokens_per_char(self, split: str) -> float:
+        ids, chars = (self.train, self.train_chars) if split == "train" else (self.val, self.val_chars)
+        return len(ids) / chars
+
+
+def split_text(config: DataConfig, rows: list[str]) -> tuple[str, str]:
+    """The train and val text. ``position`` cuts the text at ``train_fraction`` of its characters (the lecture's
+    split, which for one token per character is its cut at that fraction of the tokens); ``shuffled-rows``
+    first shuffles whole rows with a fixed seed, then cuts between rows."""
+    if config.split == "shuffled-rows":
+        order = np.random.default_rng(SPLIT_SEED).permutation(len(rows))
+        n_train_rows = int(config.train_fraction * len(rows))
+        return "\n".join(rows[i] for i in order[:n_train_rows]), "\n".join(rows[i] for i in order[n_train_rows:])
+    text = "\n".join(rows)
+    n_train = int(config.train_fraction * len(text))
+    return text[:n_train], text[n_train:]
 
 
 @functools.lru_cache(maxsize=8)
 def load_corpus(config: DataConfig, data_dir: Path | None) -> Corpus:
-    """Tokenize and split: the first ``train_fraction`` trains, the rest validates.
+    """Read, split and tokenize: the first ``train_fraction`` trains, the rest validates (``split_text``).
 
-    ``split: position`` cuts the text where the fraction falls (the lecture's split);
-    ``shuffled-rows`` first shuffles whole rows with a fixed seed, then cuts between rows.
+    char and jamo take their vocabulary from the whole text (the write-up's); bpe learns its merges from the train
+    split alone, so no val text shapes the vocabulary (every val character still encodes, as bytes).
     """
     config = config.resolved()
     rows = read_rows(config, data_dir)
     text = "\n".join(rows)
     if not text:
         raise DataError(f"dataset {config.dataset!r} is empty")
-    tokenizer = CharTokenizer.from_text(text, config.extra_chars)
-    if config.split == "shuffled-rows":
-        order = np.random.default_rng(SPLIT_SEED).permutation(len(rows))
-        n_train_rows = int(config.train_fraction * len(rows))
-        train_text = "\n".join(rows[i] for i in order[:n_train_rows])
-        val_text = "\n".join(rows[i] for i in order[n_train_rows:])
-        return Corpus(tokenizer, tokenizer.encode_tensor(train_text), tokenizer.encode_tensor(val_text))
-    ids = tokenizer.encode_tensor(text)
-    n_train = int(config.train_fraction * len(ids))
-    return Corpus(tokenizer, ids[:n_train], ids[n_train:])
+    train_text, val_text = split_text(config, rows)
+    try:
+        tokenizer = build_tokenizer(
+            config.tokenizer,
+            train_text,
+            text,
+            extra_chars=config.extra_chars,
+            vocab_size=config.vocab_size,
+            cache_dir=tokenizer_cache_dir(),
+        )
+        train, val = tokenizer.encode_tensor(train_text), tokenizer.encode_tensor(val_text)
+    except NotNFCError as exc:
+        raise DataError(f"data.tokenizer 'jamo' on dataset {config.dataset!r}: {exc}") from exc
+    except ValueError as exc:
+        raise DataError(f"data.tokenizer {config.tokenizer!r} on dataset {config.dataset!r}: {exc}") from exc
+    return Corpus(tokenizer, train, val, len(train_text), len(val_text))

@@ -1,5 +1,5 @@
-"""Reports: statistics of a sweep's runs table (analysis, verdicts), figures (plots) and the results folder
-(tables)."""
+"""Reports: statistics of a sweep's runs table (analysis, verdicts), the tokenizer view (tokenizers), figures
+(plots) and the results folder (tables)."""
 
 from __future__ import annotations
 
@@ -29,6 +29,9 @@ _MODULES = {
         "summarize",
         "paired_differences",
         "data_factors",
+        "TOKENIZER_KEYS",
+        "BITS_OF",
+        "tokenizer_factors",
         "EFFECT_COLUMNS",
         "effects",
         "PILOT_COLUMNS",
@@ -68,6 +71,7 @@ _MODULES = {
         "plan_seeds",
     ),
     "plots": ("DPI", "ascii_label", "loss_curves", "final_val_loss_bars"),
+    "tokenizers": ("TOKENIZER_COLUMNS", "varies_tokenizer", "tokenizer_table", "tokenizer_markdown"),
     "tables": (
         "METRIC_COLUMNS",
         "PROJECT_ROOT",

@@ -24,6 +24,10 @@ EFFECT_METRICS = [
     "loss_noise",
 ]  # the effect on val loss is the headline; noise for the batch question
 FINISHED = "FINISHED"
+# The tokenizer's keys: the same text cut into other tokens. An axis over them is a treatment (not different data),
+# and its losses are compared in bits per character only: nats per token do not compare across tokenizers.
+TOKENIZER_KEYS = ("data.tokenizer", "data.vocab_size", "data.extra_chars")
+BITS_OF = {"final_val_loss": "final_val_bpc", "final_train_loss": "final_train_bpc"}  # nats/token -> bits/char
 
 
 @dataclass(frozen=True)
@@ -240,7 +244,7 @@ def paired_differences(
     usable = finished(table)
     values = pd.to_numeric(usable[metric], errors="coerce").astype("float64")
     usable = usable[np.isfinite(values)]
-    carried = pair_on + [metric] + [c for c in ("near_convergence",) if c in usable]
+    carried = pair_on + [metric] + [c for c in ("near_convergence", "run_id") if c in usable]
     treated = usable[usable[factor] == level][carried]
     control = usable[usable[factor] == baseline][carried]
     if pair_on:
@@ -253,11 +257,14 @@ def paired_differences(
 def data_factors(table: pd.DataFrame, factors: list[str], seed: str | None = None) -> list[str]:
     """The factors that change the data: a ``data.*`` axis, or one (a named level, a zip group) whose levels
     differ in some ``data.*`` setting with everything else held fixed. These are never ranked as treatments."""
-    data_columns = [c for c in table.columns if c.startswith("data.") and c not in factors]
+    data_columns = [c for c in table.columns if c.startswith("data.") and c not in factors and c not in TOKENIZER_KEYS]
     found = []
     for factor in factors:
-        if any(part.startswith("data.") for part in factor.split("+")):
+        parts = factor.split("+")
+        if any(part.startswith("data.") and part not in TOKENIZER_KEYS for part in parts):
             found.append(factor)
+            continue
+        if all(part in TOKENIZER_KEYS for part in parts):
             continue
         others = [f for f in factors if f != factor] + ([seed] if seed else [])
         if not data_columns or table.empty:
@@ -293,6 +300,37 @@ EFFECT_COLUMNS = [
 PILOT_COLUMNS = ["pilot_pairs", "pilot_std"]  # effects of a Stein second stage: the pilot's pairs and their sd
 
 
+def tokenizer_factors(table: pd.DataFrame, factors: list[str], seed: str | None = None) -> list[str]:
+    """The factors whose levels cut the text into other tokens (a ``TOKENIZER_KEYS`` axis, or a named or zipped
+    one whose levels differ in one, all else fixed): compared in bits per character, never in nats per token."""
+    columns = [c for c in TOKENIZER_KEYS if c in table.columns]
+    found = []
+    for factor in factors:
+        if any(part in TOKENIZER_KEYS for part in factor.split("+")):
+            found.append(factor)
+            continue
+        others = [f for f in factors if f != factor] + ([seed] if seed else [])
+        if not columns or table.empty:
+            continue
+        grouped = table.assign(_all=0).groupby(others or ["_all"], dropna=False, sort=False)
+        if (grouped[columns].nunique(dropna=False) > 1).any().any():
+            found.append(factor)
+    return found
+
+
+def _bits(pairs: pd.DataFrame, metric: str, table: pd.DataFrame) -> Interval | None:
+    """The pairs' difference in bits per character: the metric's own when it is in bits, else that of its bits
+    twin (``BITS_OF``) over the same pairs; None when neither (then nats / ln 2, right for one token a character)."""
+    if metric in BITS_OF.values():
+        return mean_ci(pairs["difference"])
+    twin = BITS_OF.get(metric)
+    if twin is None or twin not in table or not len(pairs) or "run_id" not in pairs:
+        return None
+    bits = pd.to_numeric(table.set_index("run_id")[twin], errors="coerce")
+    difference = pairs["run_id"].map(bits) - pairs["run_id_baseline"].map(bits)
+    return mean_ci(difference) if difference.notna().all() else None
+
+
 def _compare(
     table: pd.DataFrame,
     factor: str,
@@ -301,13 +339,16 @@ def _compare(
     metric: str,
     seed: str | None = None,
     pilot: list | None = None,
+    chain: bool | None = None,
 ) -> list[dict]:
-    """Rows of one factor: each level against the first level, or against the previous one for a named axis.
+    """Rows of one factor: each level against the first level, or against the previous one for a named axis
+    (``chain``, default: whether the axis is named; tokenizers are alternatives to the first, not a ladder).
     With ``pilot`` (the seeds of a Stein pilot), also the pilot's pairs and their sd."""
     values = levels(table, factor, order)
+    chain = bool(order) if chain is None else chain
     rows = []
     for i, level in enumerate(values[1:], start=1):
-        baseline = values[i - 1] if order else values[0]
+        baseline = values[i - 1] if chain else values[0]
         pairs = paired_differences(table, factor, level, baseline, metric, [k for k in pair_on if k != factor])
         interval = mean_ci(pairs["difference"])
         seeds = int(pairs[seed].nunique()) if seed and seed in pairs else interval.n
@@ -316,6 +357,10 @@ def _compare(
             in_pilot = pairs[seed].isin(pilot) if seed and seed in pairs else pd.Series(True, index=pairs.index)
             first = mean_ci(pairs.loc[in_pilot, "difference"])
             extra = {"pilot_pairs": first.n, "pilot_std": first.std}
+        bits = _bits(pairs, metric, table)
+        if bits is None:
+            n, *nats = interval.n, interval.mean, interval.std, interval.low, interval.high
+            bits = Interval(n, *(x / math.log(2) for x in nats))
         converged = (
             bool(pairs["near_convergence"].astype(bool).all() and pairs["near_convergence_baseline"].astype(bool).all())
             if "near_convergence" in pairs and len(pairs)
@@ -326,7 +371,7 @@ def _compare(
                 "axis": factor,
                 "level": level,
                 "baseline": baseline,
-                "comparison": "previous level" if order else "first level",
+                "comparison": "previous level" if chain else "first level",
                 "n_pairs": interval.n,
                 "mean_difference": interval.mean,
                 "std": interval.std,
@@ -336,10 +381,10 @@ def _compare(
                 "baseline_mean": pairs[f"{metric}_baseline"].mean() if len(pairs) else math.nan,
                 "ci_excludes_zero": interval.direction in ("up", "down"),
                 "near_convergence": converged,
-                # nats -> bits: per character, since every token is one character
-                "mean_difference_bits": interval.mean / math.log(2),
-                "ci_low_bits": interval.low / math.log(2),
-                "ci_high_bits": interval.high / math.log(2),
+                # bits per character: from the runs' bits per character (any tokenizer), else nats / ln 2
+                "mean_difference_bits": bits.mean,
+                "ci_low_bits": bits.low,
+                "ci_high_bits": bits.high,
                 "n_seeds": seeds,
                 **extra,
             }
@@ -373,14 +418,19 @@ def effects(
     fixed_corpus = ""
     if not data and "data.dataset" in table and table["data.dataset"].nunique() == 1:
         fixed_corpus = f"dataset={table['data.dataset'].iloc[0]}"
+    # A tokenizer axis is compared in bits per character (its metric's twin), or not at all (e.g. loss_noise).
+    tokenizer_axes = set(tokenizer_factors(table, treatments, seed))
     rows = []
-    for metric in metrics:
+    for metric in [*metrics, *(BITS_OF[m] for m in metrics if m in BITS_OF)]:
         if metric not in table:
             continue
         for c, corpus in enumerate(corpora):
             subset = select(table, corpus)
             for factor in treatments:
-                for row in _compare(subset, factor, orders.get(factor), pair_keys, metric, seed, pilot):
+                if (factor in tokenizer_axes) != (metric in BITS_OF.values()):
+                    continue
+                chain = False if factor in tokenizer_axes else None
+                for row in _compare(subset, factor, orders.get(factor), pair_keys, metric, seed, pilot, chain):
                     rows.append(
                         {
                             "metric": metric,
@@ -390,13 +440,13 @@ def effects(
                             **row,
                         }
                     )
-        for factor in data:
+        for factor in data if metric not in BITS_OF.values() else []:  # different data: bits columns suffice
             for row in _compare(table, factor, orders.get(factor), pair_keys, metric, seed, pilot):
                 rows.append({"metric": metric, "kind": "different data", "data": "", "_corpus": len(corpora), **row})
     result = pd.DataFrame(rows, columns=EFFECT_COLUMNS + (PILOT_COLUMNS if pilot is not None else []) + ["_corpus"])
     if result.empty:
         return result.drop(columns=["_corpus"])
-    order = {m: i for i, m in enumerate(metrics)}
+    order = {m: i for i, m in enumerate([*metrics, *BITS_OF.values()])}
     size = result["mean_difference"].abs()
     block = size.groupby([result["metric"], result["_corpus"], result["axis"]]).transform("max")
     within = pd.Series(
@@ -478,30 +528,69 @@ def still_moving(table: pd.DataFrame) -> str:
     return f"not shown to have converged at {steps} steps (the val curve cannot tell); more steps may change the order"
 
 
+def _scale(effects: pd.DataFrame) -> np.ndarray:
+    """Per effect, what turns its unit into nats per character: ln 2 for a bits-per-character metric, else 1. A
+    verdict is unchanged by a change of unit when δ changes with it, so one δ (nats) serves every row."""
+    return np.where(effects["metric"].isin(list(BITS_OF.values())), math.log(2), 1.0)
+
+
+def in_family(effects: pd.DataFrame) -> pd.Series:
+    """The effects the verdicts are adjusted over: treatments with a testable spread (2 pairs or more, a finite sd).
+    A corpus against another is a measurement of different data, not a treatment; an effect without pairs (e.g. a
+    loss_noise of runs too short to measure it) tests nothing, so it neither spends alpha nor plans seeds."""
+    rows = verdict_rows(effects)
+    testable = [n >= 2 and df >= 1 and math.isfinite(mean) and math.isfinite(sd) for n, mean, sd, df in rows]
+    return (effects["kind"] == "treatment") & pd.Series(testable, index=effects.index, dtype=bool)
+
+
 def with_verdicts(
     effects: pd.DataFrame, delta: float, alpha: float = ALPHA, method: str = "holm", moving: str | None = None
 ) -> tuple[pd.DataFrame, verdicts.Family]:
-    """effects.csv with a verdict per effect (``VERDICT_COLUMNS``), all effects of the report one family
-    (``verdicts.decide_family``). ``moving``: the note appended to the reason of an effect whose runs are still
-    moving. After a Stein second stage (``pilot_pairs`` columns), ``precision_reached`` says whether its final
-    adjusted interval is at most δ/2 each side (else the seed cap stopped it short)."""
-    family = verdicts.decide_family(verdict_rows(effects), delta, alpha, method, pairs_per_seed(effects))
-    frame = family.frame()
+    """effects.csv with a verdict per effect (``VERDICT_COLUMNS``), the report's testable treatment effects one family
+    (``in_family``, ``verdicts.decide_family``); a bits-per-character effect is decided in nats per character
+    (``_scale``) and its intervals given back in bits. ``moving``: the note appended to the reason of an effect
+    whose runs are still moving. After a Stein second stage (``pilot_pairs`` columns), ``precision_reached`` says
+    whether its final adjusted interval is at most δ/2 each side (else the seed cap stopped it short)."""
+    member = in_family(effects)
+    members = effects[member]
+    scale = _scale(members)
+    rows = [(n, mean * k, sd * k, df) for (n, mean, sd, df), k in zip(verdict_rows(members), scale, strict=True)]
+    family = verdicts.decide_family(rows, delta, alpha, method, pairs_per_seed(members))
+    decided = family.frame().set_axis(members.index)
+    for column in ("mean", "std", "ci_low", "ci_high", "adj_ci_low", "adj_ci_high"):
+        decided[column] = decided[column] / scale
+    frame = pd.DataFrame(index=effects.index, columns=decided.columns, dtype=object)
+    frame.loc[members.index] = decided
+    for index, effect in effects[~member].iterrows():
+        if effect["kind"] != "treatment":
+            why = "different data: how far apart the corpora are, a measurement, not a treatment; no verdict"
+            frame.loc[index, ["verdict", "reason"]] = ["", why]
+        else:
+            n = int(effect["n_pairs"])
+            why = "no pairs" if n == 0 else "one pair: no spread" if n == 1 else "no spread"
+            frame.loc[index, ["verdict", "reason"]] = [
+                "undecided",
+                f"undecided: {why}, so nothing to test and no seed plan (not in the family)",
+            ]
     stein = _stein_rows(effects)
     reasons = list(frame["reason"])
     if moving and "near_convergence" in effects:
         reasons = [
-            r + f"; {moving}" if c is not None and not pd.isna(c) and not bool(c) else r
-            for r, c in zip(reasons, effects["near_convergence"], strict=True)
+            r + f"; {moving}" if m and c is not None and not pd.isna(c) and not bool(c) else r
+            for r, c, m in zip(reasons, effects["near_convergence"], member, strict=True)
         ]
+    values = {c: frame[c] for c in VERDICT_COLUMNS if c not in ("design", "reason")}
+    values["seeds_needed"] = pd.array(frame["seeds_needed"].tolist(), dtype="Int64")
+    for c in ("adj_ci_low", "adj_ci_high", "p_difference", "p_equivalence", "adj_p_difference", "adj_p_equivalence"):
+        values[c] = pd.to_numeric(frame[c], errors="coerce")
     result = effects.assign(
-        design=[STEIN if s else PAIRED_T for s in stein],
-        **{c: frame[c].set_axis(effects.index) for c in VERDICT_COLUMNS if c not in ("design", "reason")},
+        design=[(STEIN if s else PAIRED_T) if m else "" for s, m in zip(stein, member, strict=True)],
+        **values,
         reason=reasons,
     )
     if "pilot_pairs" in effects:
-        half = (result["adj_ci_high"] - result["adj_ci_low"]) / 2
-        reached = (half <= delta / 2 * (1 + 1e-9)).astype(object).where(stein, None)
+        half = (result["adj_ci_high"] - result["adj_ci_low"]) / 2 * _scale(result)
+        reached = (half <= delta / 2 * (1 + 1e-9)).astype(object).where(stein & member, None)
         result = result.assign(precision_reached=reached)
     return result, family
 
@@ -511,14 +600,13 @@ def seed_plan(
 ) -> verdicts.Plan:
     """Stein's second stage from the pilot's spreads (of every effect, decided or not: the plan must not look at
     the means): the seeds per variant to train."""
+    members = effects[in_family(effects)]
+    rows = [
+        (n, mean * k, sd * k, df)
+        for (n, mean, sd, df), k in zip(verdict_rows(members, pilot_only=True), _scale(members), strict=True)
+    ]
     return verdicts.plan_seeds(
-        verdict_rows(effects, pilot_only=True),
-        delta,
-        alpha,
-        pilot_n=pilot_n,
-        max_seeds=max_seeds,
-        method=method,
-        pairs_per_seed=pairs_per_seed(effects),
+        rows, delta, alpha, pilot_n=pilot_n, max_seeds=max_seeds, method=method, pairs_per_seed=pairs_per_seed(members)
     )
 
 

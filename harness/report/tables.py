@@ -25,7 +25,7 @@ import pandas as pd
 from mlflow.tracking import MlflowClient
 
 from harness.metrics import FINALS, mlflow_key
-from harness.report import analysis
+from harness.report import analysis, tokenizers
 from harness.spec.expansion import variant_id
 from harness.spec.keys import SEED_KEY
 from harness.spec.records import Spec, Variant
@@ -658,9 +658,12 @@ def plan_lines(spec: Spec, found: SeedPlan, max_seeds: int) -> list[str]:
     lines.append(
         "pilot verdicts (provisional): " + ", ".join(f"{counts.get(v, 0)} {v}" for v in analysis.verdicts.VERDICTS)
     )
-    for (_, effect), need in zip(effects.iterrows(), found.plan.needed, strict=True):
+    members = effects[analysis.in_family(effects)]
+    needs = dict(zip(members.index, found.plan.needed, strict=True))
+    for index, effect in effects.iterrows():
         if effect["verdict"] != "undecided":
             continue
+        need = needs.get(index)
         label = analysis.effect_label(effect)
         lines.append(
             f"  undecided {label}: needs {need} seeds"
@@ -670,7 +673,7 @@ def plan_lines(spec: Spec, found: SeedPlan, max_seeds: int) -> list[str]:
         )
     if undecided.empty:
         lines.append("  no effect is undecided")
-    lines.append(found.plan.describe([analysis.effect_label(e) for _, e in effects.iterrows()]))
+    lines.append(found.plan.describe([analysis.effect_label(e) for _, e in members.iterrows()]))
     if found.new_runs:
         lines += [
             f"train them ({found.new_runs} more runs, about {duration_text(found.seconds)} at one job, from the "
@@ -802,6 +805,7 @@ def render_markdown(
     refs: pd.DataFrame | None = None,
     ladders: dict[str, pd.DataFrame] | None = None,
     verdict_lines: list[str] | None = None,
+    tokenizer_view: pd.DataFrame | None = None,
 ) -> str:
     from harness.tracking.store import git_commit
 
@@ -886,6 +890,8 @@ def render_markdown(
         "",
     ]
 
+    if tokenizer_view is not None:
+        lines += tokenizers.tokenizer_markdown(tokenizer_view, effects)
     lines += [
         "## Answers",
         "",
@@ -1013,6 +1019,10 @@ def write_report(
     for name, content in (("summary.csv", report.summary), ("effects.csv", report.effects)):
         content.to_csv(out / name, index=False)
         report.files.append(out / name)
+    tokenizer_view = tokenizers.tokenizer_table(frame) if tokenizers.varies_tokenizer(frame) else None
+    if tokenizer_view is not None:
+        tokenizer_view.to_csv(out / "tokenizers.csv", index=False)
+        report.files.append(out / "tokenizers.csv")
 
     for stale in out.glob("curves_*.png"):  # figures of axes this sweep no longer has
         stale.unlink()
@@ -1068,6 +1078,7 @@ def write_report(
         refs=references,
         ladders=ladders,
         verdict_lines=verdicts_section(report.effects, family, pilot, used, plan),
+        tokenizer_view=tokenizer_view,
     )
     (out / "report.md").write_text(markdown, encoding="utf-8")
     report.files.append(out / "report.md")

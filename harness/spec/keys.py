@@ -12,6 +12,7 @@ from typing import Annotated, Any
 import pydantic
 
 from harness.data.corpora import DATASET_CHOICES, SPLIT_CHOICES, DataConfig
+from harness.data.tokenizers import TOKENIZER_CHOICES
 from harness.metrics import FINALS
 from harness.models import ATTENTION_SCALE_CHOICES, INIT_CHOICES, LAYER_NORM_CHOICES, MODEL_KINDS, ModelConfig
 from harness.spec.problems import SpecError, suggest
@@ -41,6 +42,7 @@ REFERENCE_METRICS = tuple(FINALS)  # the runs.csv metric columns
 CHOICES: dict[str, tuple[str, ...]] = {
     "data.dataset": DATASET_CHOICES,
     "data.split": SPLIT_CHOICES,
+    "data.tokenizer": TOKENIZER_CHOICES,
     "model.kind": MODEL_KINDS,
     "model.layer_norm": LAYER_NORM_CHOICES,
     "model.init": INIT_CHOICES,

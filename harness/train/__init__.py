@@ -1,4 +1,4 @@
-"""Training: the trainer and what it is made of (schedule, losses, evaluation, checkpoint files, batch draws,
+"""Training: the trainer and what it is made of (optimiser, schedule, losses, evaluation, checkpoint files, batch draws,
 seed stacks, CUDA graphs)."""
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ _MODULES = {
     ),
     "device": ("pick_device",),
     "schedule": ("set_lr", "learning_rate"),
+    "optim": ("FusedAdamW",),
     "graphs": (
         "WARMUP_STEPS",
         "CAPTURE_LOCK",

@@ -28,6 +28,7 @@ from harness.models import gpt_stack
 from harness.models.gpt import GPTLanguageModel
 from harness.train.graphs import CapturedStep
 from harness.train.losses import count_ids, table_pair_loss
+from harness.train.optim import FusedAdamW
 from harness.train.schedule import learning_rate, set_lr
 from harness.train.trainer import DivergedError, MetricSink, Trainer
 
@@ -69,7 +70,7 @@ class StackedTrainer:
         self.params, self.buffers = stack_module_state([t.model for t in trainers])
         cfg = self.config
         self.graph_backend = first.graph_backend
-        self.optimizer = torch.optim.AdamW(
+        self.optimizer = FusedAdamW(
             list(self.params.values()),
             lr=first._lr_value(cfg.lr),
             betas=tuple(cfg.betas),

@@ -24,6 +24,7 @@ from harness.train.draws import WindowDraws
 from harness.train.evaluation import loss_noise
 from harness.train.graphs import CapturedStep, CudaGraphs, GraphBackend
 from harness.train.losses import bigram_floor, pair_counts
+from harness.train.optim import FusedAdamW
 from harness.train.schedule import learning_rate, set_lr
 from harness.train.scoring import PairTableLoss, PerPositionLoss
 
@@ -75,7 +76,7 @@ class Trainer:
         self.train_data = corpus.train.to(device)
         self.val_data = corpus.val.to(device)
         fused = device.type in ("cpu", "cuda")
-        self.optimizer = torch.optim.AdamW(  # a graph replays the lr it finds in memory, and AdamW's step count there
+        self.optimizer = FusedAdamW(  # a graph replays the lr it finds in memory, and AdamW's step count there
             model.parameters(),
             lr=self._lr_value(config.lr),
             betas=tuple(config.betas),
@@ -84,6 +85,10 @@ class Trainer:
             capturable=graphs is not None,
         )
         self.train_counts = pair_counts(self.train_data, self.vocab)  # the bigram floor, for every model
+        # nats per token -> bits per character of the split's text: x tokens/char / ln 2 (the mean loss times the
+        # split's tokens is its total nats, which over its characters and ln 2 is bits per character).
+        self.bits_per_nat = {split: corpus.tokens_per_char(split) / math.log(2) for split in ("train", "val")}
+        self.chars_per_token = corpus.chars_per_token
         self.state = TrainState(0, torch.zeros(config.steps, device=device))
         self.params = [p for p in model.parameters() if p.requires_grad]
         self.captured = None
@@ -278,6 +283,9 @@ class Trainer:
         result = {
             "final_train_loss": final["train_loss"],
             "final_val_loss": final["val_loss"],
+            "final_train_bpc": final["train_loss"] * self.bits_per_nat["train"],
+            "final_val_bpc": final["val_loss"] * self.bits_per_nat["val"],
+            "chars_per_token": self.chars_per_token,
             "eval_tokens": self.loss.eval_tokens,
             "train_time_s": elapsed,
             "steps_per_s": cfg.steps / elapsed if elapsed > 0 else float("nan"),
@@ -286,6 +294,7 @@ class Trainer:
         }
         floor = bigram_floor(self.train_counts)
         result["bigram_floor"] = floor
+        result["bigram_floor_bpc"] = floor * self.bits_per_nat["train"]
         result["excess_loss"] = final["train_loss"] - floor  # negative: the model beats any context-free one
         return result
 
@@ -309,4 +318,6 @@ class Trainer:
             if not math.isfinite(value):
                 raise DivergedError(f"{key} became {value} at step {step} (lr={self.config.lr}); lower train.lr")
             metrics.log(key, value, step)
+        for split in ("train", "val"):
+            metrics.log(f"{split}_bpc", evaluated[f"{split}_loss"] * self.bits_per_nat[split], step)
         return evaluated

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from harness.data.tokenizers.base import Tokenizer, UnknownCharacterError
-from harness.data.tokenizers.bpe import BPETokenizer
+from harness.data.tokenizers.bpe import BASE_ALPHABET, BPETokenizer
 from harness.data.tokenizers.byte import ByteTokenizer
 from harness.data.tokenizers.char import EXTRA_CHARS, CharTokenizer
 from harness.data.tokenizers.jamo import JamoTokenizer, NotNFCError, has_hangul
@@ -18,6 +19,13 @@ TOKENIZERS: dict[str, type[Tokenizer]] = {
     "bytes": ByteTokenizer,
 }
 TOKENIZER_CHOICES = tuple(TOKENIZERS)
+
+
+def tokenizer_cache_dir() -> Path:
+    """Where trained BPE merges are kept, by content (``$XDG_CACHE_HOME/nanoko-harness/tokenizers``): a sweep
+    learns each (train text, vocab_size) once, and every later run and process loads it."""
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "nanoko-harness" / "tokenizers"
 
 
 def build_tokenizer(
@@ -51,6 +59,7 @@ def build_tokenizer(
 
 
 __all__ = [
+    "BASE_ALPHABET",
     "EXTRA_CHARS",
     "TOKENIZERS",
     "TOKENIZER_CHOICES",
@@ -65,4 +74,5 @@ __all__ = [
     "build_tokenizer",
     "chars_per_token",
     "has_hangul",
+    "tokenizer_cache_dir",
 ]
