@@ -255,8 +255,14 @@ def test_units_stack_only_seeds_of_one_config_and_only_where_asked(data_dir):
     assert all(len({v.id.rsplit(",", 1)[0] for v in unit}) == 1 for unit in on)  # same variant but the seed
     off = plan_units(expand(spec_seeds, {"train.stack_seeds": False}))
     assert len(off) == 16 and all(len(unit) == 1 for unit in off)
-    cpu_default = plan_units(expand(spec_seeds, {"train.device": "cpu"}))  # null: only where it helps, a GPU
+    cpu_default = plan_units(expand(spec_seeds, {"train.device": "cpu"}))  # null: bigram and FFN alone on a CPU
     assert len(cpu_default) == 16
+    ladder = with_seeds(load_spec(EXPERIMENTS / "gpt-ladder.yaml"), [1, 2, 3])
+    units = plan_units(expand(ladder, {"train.device": "cpu"}))  # null: a GPT without dropout stacks on a CPU
+    kinds = {unit[0].config.model.kind: len(unit) for unit in units}
+    assert kinds == {"bigram": 1, "gpt": 3} and len(units) == 2 * 3 + 12
+    dropout = plan_units(expand(ladder, {"train.device": "cpu", "model.dropout": 0.1}))
+    assert all(len(unit) == 1 for unit in dropout), "dropout: the native stack does not apply"
 
 
 def test_on_a_gpu_seeds_stack_by_default_but_a_gpts_do_not(monkeypatch):

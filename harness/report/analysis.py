@@ -429,17 +429,18 @@ def effects(
             for factor in treatments:
                 if (factor in tokenizer_axes) != (metric in BITS_OF.values()):
                     continue
-                chain = False if factor in tokenizer_axes else None
-                for row in _compare(subset, factor, orders.get(factor), pair_keys, metric, seed, pilot, chain):
-                    rows.append(
-                        {
-                            "metric": metric,
-                            "kind": "treatment",
-                            "data": corpus_label(corpus) or fixed_corpus,
-                            "_corpus": c,
-                            **row,
-                        }
-                    )
+                chain, within = None, [{}]
+                if factor in tokenizer_axes:
+                    # Tokenizers are alternatives to the first level, compared within each level of the other axes:
+                    # the vocabulary is the model's input and output, so a tokenizer's effect depends on the model
+                    # (a bigram table of 2,048 rows against a 32-wide GPT), and an average over models answers nothing.
+                    chain, within = False, combinations(subset, [f for f in treatments if f != factor])
+                for condition in within:
+                    label = corpus_label({**corpus, **condition}) or fixed_corpus
+                    for row in _compare(
+                        select(subset, condition), factor, orders.get(factor), pair_keys, metric, seed, pilot, chain
+                    ):
+                        rows.append({"metric": metric, "kind": "treatment", "data": label, "_corpus": c, **row})
         for factor in data if metric not in BITS_OF.values() else []:  # different data: bits columns suffice
             for row in _compare(table, factor, orders.get(factor), pair_keys, metric, seed, pilot):
                 rows.append({"metric": metric, "kind": "different data", "data": "", "_corpus": len(corpora), **row})
