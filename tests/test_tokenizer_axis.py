@@ -205,13 +205,19 @@ def test_a_tokenizer_axis_is_compared_in_bits_per_character_only(tmp_path, mlflo
     assert main(["run", str(spec), "--no-progress", "--results-dir", str(tmp_path / "results"), *shrink_args()]) == 0
     (out,) = (tmp_path / "results" / "tok").glob("overrides-*")  # the shrunk sweep: not the spec as written
     effects = pd.read_csv(out / "effects.csv")
+    runs = pd.read_csv(out / "runs.csv")
     tokenizer_rows = effects[effects["axis"] == "tokenizer"]
     assert set(tokenizer_rows["metric"]) == {"final_val_bpc"}, "tokenizers are never compared in nats per token"
-    assert list(tokenizer_rows["baseline"]) == ["char", "char"], "each tokenizer against the first level"
+    # each tokenizer against the first level, within each lr (the vocabulary interacts with the model), on seeds
+    assert list(tokenizer_rows["baseline"]) == ["char"] * 4 and set(tokenizer_rows["n_pairs"]) == {2}
+    assert sorted(tokenizer_rows["data"].str.extract(r"lr=([0-9.]+)")[0].astype(float)) == [0.01, 0.01, 0.1, 0.1]
     assert set(tokenizer_rows["kind"]) == {"treatment"}, "the same text: a treatment, not different data"
+    jamo = tokenizer_rows[tokenizer_rows["level"] == "jamo"].iloc[0]
+    lr = float(jamo["data"].split("lr=")[1])
+    at = runs[runs["train.lr"] == lr].pivot_table(index="train.seed", columns="tokenizer", values="final_val_bpc")
+    assert jamo["mean_difference"] == pytest.approx((at["jamo"] - at["char"]).mean())
     lr_rows = effects[(effects["axis"] == "train.lr") & (effects["metric"] == "final_val_loss")]
     assert len(lr_rows) == 1 and lr_rows["n_pairs"].item() == 6, "lr paired within each tokenizer and seed"
-    runs = pd.read_csv(out / "runs.csv")
     # The lr effect in bits: the paired differences of the runs' own bits per character, whatever the tokenizer.
     by_lr = runs.pivot_table(index=["tokenizer", "train.seed"], columns="train.lr", values="final_val_bpc")
     assert lr_rows["mean_difference_bits"].item() == pytest.approx((by_lr[0.1] - by_lr[0.01]).mean())
@@ -223,3 +229,4 @@ def test_a_tokenizer_axis_is_compared_in_bits_per_character_only(tmp_path, mlflo
     assert row["context_chars"] == pytest.approx(8 * 9 / 18, rel=1e-3)
     report = (out / "report.md").read_text(encoding="utf-8")
     assert "## Tokenizers, in bits per character" in report and "jamo vs char" in report
+    assert "**Which tokenizer gives the best model**" in report

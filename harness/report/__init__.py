@@ -71,7 +71,7 @@ _MODULES = {
         "plan_seeds",
     ),
     "plots": ("DPI", "ascii_label", "loss_curves", "final_val_loss_bars"),
-    "tokenizers": ("TOKENIZER_COLUMNS", "varies_tokenizer", "tokenizer_table", "tokenizer_markdown"),
+    "tokenizers": ("TOKENIZER_COLUMNS", "varies_tokenizer", "tokenizer_table", "tokenizer_markdown", "best_tokenizers"),
     "tables": (
         "METRIC_COLUMNS",
         "PROJECT_ROOT",

@@ -110,6 +110,10 @@ def tokenizer_markdown(view: pd.DataFrame, effects: pd.DataFrame) -> list[str]:
             f"{_number(values['bigram_floor_bpc'])} | {values['note']} |"
         )
     bits = effects[effects["metric"] == "final_val_bpc"] if "metric" in effects else effects.iloc[0:0]
+    answers = best_tokenizers(bits)
+    if answers:
+        lines += ["", "**Which tokenizer gives the best model**, per corpus and model (val bits per character):", ""]
+        lines += [f"- {answer}" for answer in answers]
     if len(bits):
         lines += [
             "",
@@ -125,3 +129,35 @@ def tokenizer_markdown(view: pd.DataFrame, effects: pd.DataFrame) -> list[str]:
                 + (f": **{row.verdict}**" if "verdict" in bits and isinstance(row.verdict, str) else "")
             )
     return [*lines, ""]
+
+
+def best_tokenizers(bits: pd.DataFrame) -> list[str]:
+    """Per condition (corpus and the other axes' levels), the tokenizer with the lowest mean val bits per character,
+    and how it stands against the first level (each effect's verdict), from the ``final_val_bpc`` effects."""
+    answers = []
+    for condition, rows in bits.groupby("data", sort=False):
+        means = {rows["baseline"].iloc[0]: float(rows["baseline_mean"].iloc[0])}
+        means.update(zip(rows["level"], rows["level_mean"].astype(float), strict=True))
+        best = min(means, key=lambda level: means[level])
+        baseline = rows["baseline"].iloc[0]
+        where = f"{condition}: " if condition else ""
+        if best == baseline:
+            runner = rows.loc[rows["level_mean"].astype(float).idxmin()]
+            answers.append(
+                f"{where}**{best}** ({means[best]:.3f} bits/char); the nearest, {runner['level']}, is "
+                f"{runner['mean_difference']:+.4f} bits/char (95% CI {runner['ci_low']:+.4f} to "
+                f"{runner['ci_high']:+.4f}): {_verdict(runner)}"
+            )
+        else:
+            row = rows[rows["level"] == best].iloc[0]
+            interval = f"95% CI {row['ci_low']:+.4f} to {row['ci_high']:+.4f}, n={row['n_pairs']}"
+            answers.append(
+                f"{where}**{best}** ({means[best]:.3f} bits/char), {row['mean_difference']:+.4f} bits/char against "
+                f"{baseline} ({interval}): {_verdict(row)}"
+            )
+    return answers
+
+
+def _verdict(row) -> str:
+    verdict = row.get("verdict")
+    return f"**{verdict}**" if isinstance(verdict, str) and verdict else "no verdict"
