@@ -19,7 +19,8 @@ def test_ladder_spec_is_the_lectures_ladder_in_order():
     spec = load_spec(LADDER)
     assert spec.named_axes["rung"] == RUNGS
     variants = expand(spec)
-    assert len(variants) == 7 * 2 * 2, "7 rungs x 2 corpora x 2 seeds"
+    assert len(variants) == 7 * 2 * 8, "7 rungs x 2 corpora x 8 seeds (the pilot of --until-decided)"
+    assert spec.practical_difference == 0.02
     published = {ref.match["rung"]: ref.value for ref in spec.references}
     # ng-video-lecture: bigram ~2.5, one head 2.4, multi-head 2.28, + feed-forward 2.24, + residual 2.08,
     # + LayerNorm 2.06

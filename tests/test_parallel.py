@@ -26,6 +26,10 @@ EVALS = list(range(0, 201, 5))
 SUMMARIES = (
     "train_loss",
     "val_loss",
+    "train_bpc",
+    "val_bpc",
+    "chars_per_token",
+    "bigram_floor_bpc",
     "bigram_floor",
     "excess_loss",
     "loss_noise",
@@ -37,10 +41,12 @@ SUMMARIES = (
 EXPECTED = {
     "loss/train": EVALS,
     "loss/val": EVALS,
+    "loss/train_bpc": EVALS,
+    "loss/val_bpc": EVALS,
     "loss/batch": list(range(1, 201)),
     **{f"summary/{name}": [0] for name in SUMMARIES},
 }
-PER_RUN = 2 * 41 + 200 + 9
+PER_RUN = 4 * 41 + 200 + 13
 
 
 @pytest.mark.slow
@@ -92,7 +98,7 @@ def test_four_workers_into_sqlite_lose_no_run_and_no_point(tmp_path, data_dir):
             assert sorted(got) == steps, f"{run.data.tags['variant']}: {key}"
             expected_total += len(steps)
             stored_total += len(got)
-    assert stored_total == expected_total == 8 * PER_RUN  # 2,328 points, 0 lost
+    assert stored_total == expected_total == 8 * PER_RUN  # 3,016 points, 0 lost
 
 
 WRITER = textwrap.dedent("""
