@@ -230,3 +230,11 @@ def test_a_tokenizer_axis_is_compared_in_bits_per_character_only(tmp_path, mlflo
     report = (out / "report.md").read_text(encoding="utf-8")
     assert "## Tokenizers, in bits per character" in report and "jamo vs char" in report
     assert "**Which tokenizer gives the best model**" in report
+    summary = pd.read_csv(out / "summary.csv")  # the bars are drawn from these, in bits per character
+    assert {"final_val_bpc_mean", "bigram_floor_bpc"} <= set(summary.columns)
+    jamo_setting = summary[summary["tokenizer"] == "jamo"]
+    assert jamo_setting["final_val_bpc_mean"].iloc[0] == pytest.approx(
+        runs[(runs["tokenizer"] == "jamo") & (runs["train.lr"] == jamo_setting["train.lr"].iloc[0])][
+            "final_val_bpc"
+        ].mean()
+    )

@@ -91,6 +91,7 @@ _MODULES = {
         "runs_table",
         "format_table",
         "HISTORY_KEYS",
+        "BITS_HISTORY_KEYS",
         "FIGURE_FOLDER",
         "Report",
         "factor_table",

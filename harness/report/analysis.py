@@ -226,6 +226,8 @@ def summarize(
                 }
             )
         row["bigram_floor"] = mean_ci(done["bigram_floor"] if "bigram_floor" in done else []).mean
+        if "final_val_bpc" in metrics:
+            row["bigram_floor_bpc"] = mean_ci(done["bigram_floor_bpc"] if "bigram_floor_bpc" in done else []).mean
         if "near_convergence" in done:
             row["n_near_convergence"] = int(done["near_convergence"].astype(bool).sum())
             row["steps_run"] = _steps_text(done)

@@ -193,6 +193,7 @@ def format_table(table: pd.DataFrame) -> str:
 # -- the full report ---------------------------------------------------------------------------------------
 
 HISTORY_KEYS = ("train_loss", "val_loss", "batch_loss")
+BITS_HISTORY_KEYS = ("train_bpc", "val_bpc")  # read too when the tokenizer varies: the curves are drawn in bits
 FIGURE_FOLDER = "report"  # artifact folder of the figures on the sweep run and on each variant run
 
 
@@ -252,13 +253,15 @@ def sweep_run(runs: pd.DataFrame, overrides: dict, seeds: list[int] | None) -> p
     return None
 
 
-def metric_histories(client: MlflowClient, run_ids: list[str]) -> dict[str, dict[str, pd.DataFrame]]:
+def metric_histories(
+    client: MlflowClient, run_ids: list[str], keys: tuple[str, ...] = HISTORY_KEYS
+) -> dict[str, dict[str, pd.DataFrame]]:
     """run id -> trainer key -> (step, value), sorted by step, for the loss curves: read under the MLflow name
     (``loss/val``), else the flat name of runs recorded before (``val_loss``)."""
     histories = {}
     for run_id in run_ids:
         histories[run_id] = {}
-        for key in HISTORY_KEYS:
+        for key in keys:
             points = client.get_metric_history(run_id, mlflow_key(key)) or client.get_metric_history(run_id, key)
             frame = pd.DataFrame({"step": [p.step for p in points], "value": [p.value for p in points]})
             histories[run_id][key] = frame.sort_values("step").drop_duplicates("step", keep="last")
@@ -991,7 +994,9 @@ def write_report(
     out.mkdir(parents=True, exist_ok=True)
     table = runs_table(runs, variants)
     with_run = table[table["run_id"].map(lambda r: isinstance(r, str)) & (table["status"] == analysis.FINISHED)]
-    histories = metric_histories(client, list(with_run["run_id"]))
+    bits = tokenizers.varies_tokenizer(table)  # then the figures and the summary speak bits per character
+    keys = HISTORY_KEYS + (BITS_HISTORY_KEYS if bits else ())
+    histories = metric_histories(client, list(with_run["run_id"]), keys)
     table = analysis.with_convergence(table, {r: h.get("val_loss") for r, h in histories.items()})
     first_config = table.columns.get_loc("config_hash")  # convergence columns beside the metrics, not after the config
     columns = list(table.columns)
@@ -1007,7 +1012,8 @@ def write_report(
     named = {axis: list(names) for axis, names in getattr(spec, "named_axes", {}).items() if axis in factors}
     data = analysis.data_factors(frame, factors, seed)
     refs = list(getattr(spec, "references", []) or [])
-    report.summary = analysis.attach_references(analysis.summarize(frame, factors), frame, refs)
+    metrics = [*analysis.SUMMARY_METRICS, *(["final_val_bpc"] if bits else [])]
+    report.summary = analysis.attach_references(analysis.summarize(frame, factors, metrics=metrics), frame, refs)
     report.effects, family, pilot = verdict_effects(frame, spec, factors, seed, seeds, delta)
     used = list(seeds if seeds is not None else spec.seeds or [])
     first = pilot or used
@@ -1028,13 +1034,13 @@ def write_report(
         stale.unlink()
     figures = {
         f"curves_{re.sub(r'[^A-Za-z0-9_-]+', '_', factor)}.png": plots.loss_curves(
-            frame, histories, factor, factors, named.get(factor)
+            frame, histories, factor, factors, named.get(factor), bits=bits
         )
         for factor in factors
     }
     if not factors:
-        figures["curves.png"] = plots.loss_curves(frame, histories, "setting", [])
-    figures["final_val_loss.png"] = plots.final_val_loss_bars(report.summary, frame, factors)
+        figures["curves.png"] = plots.loss_curves(frame, histories, "setting", [], bits=bits)
+    figures["final_val_loss.png"] = plots.final_val_loss_bars(report.summary, frame, factors, bits=bits)
     figure_paths = []
     for name, figure in figures.items():
         figure.savefig(out / name)
