@@ -283,3 +283,33 @@ def test_practical_difference_is_a_report_setting_in_no_runs_hash(tmp_path):
     (line,) = caught.value.problems
     # line 9, after "practical_difference: " (22 characters)
     assert line.startswith(f"{wide_path}:9:23: practical_difference: expected a number of nats > 0")
+
+
+def test_the_plans_wall_time_counts_a_stacked_seed_as_its_share_of_the_stack(tmp_path):
+    from harness.report.tables import report_plan
+    from harness.spec.parsing import load_spec
+
+    spec = load_spec(_spec(tmp_path, "times", "{train.lr: [0.01, 0.1]}", seeds="[1, 2]"))
+    # Setting a trained alone (10 s and 12 s: 11 s a seed); setting b as one stack of 2 seeds, each run recording
+    # the stack's 30 s (15 s a seed).
+    frame = pd.DataFrame(
+        {
+            "setting": ["a", "a", "b", "b"],
+            "status": ["FINISHED"] * 4,
+            "train_time_s": [10.0, 12.0, 30.0, 30.0],
+            "stacked_seeds": [1, 1, 2, 2],
+        }
+    )
+    effects = pd.DataFrame(
+        {
+            "metric": ["final_val_loss"],
+            "kind": ["treatment"],
+            "n_pairs": [2],
+            "n_seeds": [2],
+            "mean_difference": [-0.1],
+            "std": [0.5],  # Stein asks far more than the cap: the plan is the cap, 4 seeds, 2 more per setting
+        }
+    )
+    found = report_plan(frame, effects, spec, None, [1, 2], 0.01, 4)
+    assert found.plan.seeds == 4 and found.seeds == [1, 2, 3, 4]
+    assert found.seconds == pytest.approx((11 + 15) * 2)  # not (11 + 30) * 2

@@ -174,6 +174,8 @@ def runs_table(runs: pd.DataFrame, variants: list[Variant]) -> pd.DataFrame:
         error = run.get("tags.error") if run is not None else None
         row["error"] = scrub_paths(error) if isinstance(error, str) else None
         row["run_id"] = run["run_id"] if run is not None else None
+        stack = run.get("tags.stacked_seeds") if run is not None else None  # its train_time_s is the stack's
+        row["stacked_seeds"] = len(stack.split(",")) if isinstance(stack, str) and stack else 1
         row["config_hash"] = variant.config.config_hash()
         for key, value in variant.config.flat().items():
             value = ",".join(map(str, value)) if isinstance(value, list) else value
@@ -599,7 +601,8 @@ def report_plan(
     trained: list[int] | None = None,
 ) -> SeedPlan:
     """Stein's second stage from the pilot's spreads, the seeds it means and the one command that trains them,
-    with a wall time estimated from the train times the pilot's runs recorded (one job)."""
+    with a wall time estimated from the train times the pilot's runs recorded (one job; a stacked seed's share of
+    its stack's time)."""
     delta = spec.practical_difference if delta is None else delta
     plan = analysis.seed_plan(effects, delta, len(pilot), max_seeds)
     seeds = extend_seeds(pilot, plan.seeds)
@@ -607,6 +610,8 @@ def report_plan(
     done = analysis.finished(frame)
     settings = frame["setting"].nunique() if "setting" in frame else 0
     times = pd.to_numeric(done.get("train_time_s", pd.Series(dtype=float)), errors="coerce")
+    if "stacked_seeds" in done:  # a stacked seed records the whole stack's time: its share is time / seeds
+        times = times / pd.to_numeric(done["stacked_seeds"], errors="coerce").fillna(1).clip(lower=1)
     per_setting = times.groupby(done["setting"]).mean() if "setting" in done and times.notna().any() else None
     seconds = float(per_setting.sum() * extra) if per_setting is not None else math.nan
     words = [f"{k}={v if isinstance(v, str) else json.dumps(v)}" for k, v in (overrides or {}).items()]
