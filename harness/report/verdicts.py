@@ -17,8 +17,9 @@ METHODS = ("holm", "bonferroni", "none")  # "none": unadjusted, to show what the
 METHOD = (
     "Each effect (paired differences d = level - baseline over seeds) is tested for a difference (two-sided t-test of "
     "mean 0) and for equivalence within ±δ nats (TOST, the larger of two one-sided t-test p-values against -δ and +δ; "
-    "Schuirmann 1987, J. Pharmacokinet. Biopharm. 15:657-680). The family is both hypotheses of every effect in the "
-    "report, 2m for m effects; Holm's step-down (Holm 1979, Scand. J. Statist. 6:65-70) holds the chance of any false "
+    "Schuirmann 1987, J. Pharmacokinet. Biopharm. 15:657-680). The family is both hypotheses of every testable "
+    "treatment effect in the report (2 pairs or more; a corpus against a corpus is a measurement, not a treatment), "
+    "2m for m effects; Holm's step-down (Holm 1979, Scand. J. Statist. 6:65-70) holds the chance of any false "
     "verdict in it at alpha. Better or worse: adjusted difference p < alpha; else equivalent: adjusted TOST p < alpha; "
     "else undecided. Shown beside it: the unadjusted 1 - alpha interval and Bonferroni's at 1 - alpha/2m. Seeds are "
     "planned, never added until p < alpha (optional stopping inflates false positives): the spec's seeds are a "
