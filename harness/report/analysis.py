@@ -328,7 +328,8 @@ def _bits(pairs: pd.DataFrame, metric: str, table: pd.DataFrame) -> Interval | N
     twin = BITS_OF.get(metric)
     if twin is None or twin not in table or not len(pairs) or "run_id" not in pairs:
         return None
-    bits = pd.to_numeric(table.set_index("run_id")[twin], errors="coerce")
+    runs = table[table["run_id"].map(lambda r: isinstance(r, str))].drop_duplicates("run_id")  # missing: no run
+    bits = pd.to_numeric(runs.set_index("run_id")[twin], errors="coerce")
     difference = pairs["run_id"].map(bits) - pairs["run_id_baseline"].map(bits)
     return mean_ci(difference) if difference.notna().all() else None
 
@@ -579,8 +580,8 @@ def with_verdicts(
     reasons = list(frame["reason"])
     if moving and "near_convergence" in effects:
         reasons = [
-            r + f"; {moving}" if m and c is not None and not pd.isna(c) and not bool(c) else r
-            for r, c, m in zip(reasons, effects["near_convergence"], member, strict=True)
+            r + f"; {moving}" if k == "treatment" and c is not None and not pd.isna(c) and not bool(c) else r
+            for r, c, k in zip(reasons, effects["near_convergence"], effects["kind"], strict=True)
         ]
     values = {c: frame[c] for c in VERDICT_COLUMNS if c not in ("design", "reason")}
     values["seeds_needed"] = pd.array(frame["seeds_needed"].tolist(), dtype="Int64")
