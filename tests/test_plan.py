@@ -155,23 +155,12 @@ def test_plan_and_until_decided_train_the_planned_seeds_then_stein_verdicts(mlfl
     assert "harness run pilot.yaml --seeds 1 2 3 4 5" in printed
     assert "harness run pilot.yaml --until-decided --max-seeds 5" in printed
 
+    def until_decided(max_seeds: int) -> int:
+        words = ["--until-decided", "--delta", f"{delta:.10f}", "--max-seeds", str(max_seeds)]
+        return main(["run", str(spec), *data, "--no-progress", *words])
+
     # Capped at 4 seeds: seed 4 trains, and the report says the effect hit the cap.
-    assert (
-        main(
-            [
-                "run",
-                str(spec),
-                *data,
-                "--no-progress",
-                "--until-decided",
-                "--delta",
-                f"{delta:.10f}",
-                "--max-seeds",
-                "4",
-            ]
-        )
-        == 0
-    )
+    assert until_decided(4) == 0
     (capped,) = Path("results/pilot").glob("overrides-*")
     effects = pd.read_csv(capped / "effects.csv")
     row = effects[effects["metric"] == "final_val_loss"].iloc[0]
@@ -182,22 +171,7 @@ def test_plan_and_until_decided_train_the_planned_seeds_then_stein_verdicts(mlfl
 
     # Up to 6: the plan asks for 5, so only seed 5 trains (1 to 4 are FINISHED), and ±δ is reached.
     capsys.readouterr()
-    assert (
-        main(
-            [
-                "run",
-                str(spec),
-                *data,
-                "--no-progress",
-                "--until-decided",
-                "--delta",
-                f"{delta:.10f}",
-                "--max-seeds",
-                "6",
-            ]
-        )
-        == 0
-    )
+    assert until_decided(6) == 0
     printed = capsys.readouterr().out
     assert "finished 2, skipped 8" in printed
     final = next(p for p in Path("results/pilot").glob("overrides-*") if p != capped)

@@ -267,7 +267,7 @@ class Corpus:
         return len(ids) / chars
 
 
-def split_text(config: DataConfig, rows: list[str]) -> tuple[str, str]:
+def split_text(config: DataConfig, rows: list[str], text: str) -> tuple[str, str]:
     """The train and val text. ``position`` cuts the text at ``train_fraction`` of its characters (the lecture's
     split, which for one token per character is its cut at that fraction of the tokens); ``shuffled-rows``
     first shuffles whole rows with a fixed seed, then cuts between rows."""
@@ -275,8 +275,7 @@ def split_text(config: DataConfig, rows: list[str]) -> tuple[str, str]:
         order = np.random.default_rng(SPLIT_SEED).permutation(len(rows))
         n_train_rows = int(config.train_fraction * len(rows))
         return "\n".join(rows[i] for i in order[:n_train_rows]), "\n".join(rows[i] for i in order[n_train_rows:])
-    text = "\n".join(rows)
-    n_train = int(config.train_fraction * len(text))
+    n_train = int(config.train_fraction * len(text))  # text: the rows joined by newlines
     return text[:n_train], text[n_train:]
 
 
@@ -292,7 +291,7 @@ def load_corpus(config: DataConfig, data_dir: Path | None) -> Corpus:
     text = "\n".join(rows)
     if not text:
         raise DataError(f"dataset {config.dataset!r} is empty")
-    train_text, val_text = split_text(config, rows)
+    train_text, val_text = split_text(config, rows, text)
     try:
         tokenizer = build_tokenizer(
             config.tokenizer,

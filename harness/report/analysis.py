@@ -266,15 +266,20 @@ def data_factors(table: pd.DataFrame, factors: list[str], seed: str | None = Non
         if any(part.startswith("data.") and part not in TOKENIZER_KEYS for part in parts):
             found.append(factor)
             continue
-        if all(part in TOKENIZER_KEYS for part in parts):
-            continue
-        others = [f for f in factors if f != factor] + ([seed] if seed else [])
-        if not data_columns or table.empty:
-            continue
-        grouped = table.assign(_all=0).groupby(others or ["_all"], dropna=False, sort=False)
-        if (grouped[data_columns].nunique(dropna=False) > 1).any().any():
+        if not all(part in TOKENIZER_KEYS for part in parts) and _varies_within(
+            table, factor, factors, seed, data_columns
+        ):
             found.append(factor)
     return found
+
+
+def _varies_within(table: pd.DataFrame, factor: str, factors: list[str], seed: str | None, columns: list[str]) -> bool:
+    """Whether ``factor``'s levels differ in one of ``columns`` with every other factor (and the seed) held fixed."""
+    if not columns or table.empty:
+        return False
+    others = [f for f in factors if f != factor] + ([seed] if seed else [])
+    grouped = table.assign(_all=0).groupby(others or ["_all"], dropna=False, sort=False)
+    return bool((grouped[columns].nunique(dropna=False) > 1).any().any())
 
 
 EFFECT_COLUMNS = [
@@ -308,14 +313,9 @@ def tokenizer_factors(table: pd.DataFrame, factors: list[str], seed: str | None 
     columns = [c for c in TOKENIZER_KEYS if c in table.columns]
     found = []
     for factor in factors:
-        if any(part in TOKENIZER_KEYS for part in factor.split("+")):
-            found.append(factor)
-            continue
-        others = [f for f in factors if f != factor] + ([seed] if seed else [])
-        if not columns or table.empty:
-            continue
-        grouped = table.assign(_all=0).groupby(others or ["_all"], dropna=False, sort=False)
-        if (grouped[columns].nunique(dropna=False) > 1).any().any():
+        if any(part in TOKENIZER_KEYS for part in factor.split("+")) or _varies_within(
+            table, factor, factors, seed, columns
+        ):
             found.append(factor)
     return found
 
