@@ -7,6 +7,7 @@ SPEC ?= experiments/seed.yaml
 JOBS ?= 2
 ARGS ?=
 TESTS ?=
+TEST_WORKERS ?= auto
 PORT ?= 5000
 EXTRAS ?= dev
 TEST_EXTRAS ?= dev,ray,ui
@@ -75,8 +76,8 @@ ablations: $(READY) ## run the write-up's 8-variant grid (SPEC) into MLflow and 
 smoke: $(READY) ## the same grid at 30 steps: the whole pipeline in seconds
 	$(PYTHON) -m harness run experiments/smoke.yaml $(ARGS)
 
-test: $(TEST_READY) ## the test suite (what CI runs); TESTS='tests/test_x.py -k y' picks some
-	$(PYTHON) -m pytest -q $(TESTS)
+test: $(TEST_READY) ## the test suite (what CI runs), one pytest-xdist worker per core; TESTS='tests/test_x.py -k y' picks some, TEST_WORKERS=0 runs them in this process
+	$(PYTHON) -m pytest -q -n $(TEST_WORKERS) $(TESTS)
 
 lint: $(READY) ## ruff (rules in pyproject.toml) and the import contracts (lint-imports): what CI runs before the tests
 	$(PYTHON) -m ruff check .

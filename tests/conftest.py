@@ -5,11 +5,14 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-import pytest
+if os.environ.get("PYTEST_XDIST_WORKER"):  # one core per worker (make test): torch's intra-op threads would contend
+    os.environ.setdefault("OMP_NUM_THREADS", "1")  # read when torch is first imported, just below; children inherit it
 
-from harness.data.corpora import resolve_data_dir
-from harness.spec.expansion import expand
-from harness.spec.parsing import load_spec
+import pytest  # noqa: E402
+
+from harness.data.corpora import resolve_data_dir  # noqa: E402
+from harness.spec.expansion import expand  # noqa: E402
+from harness.spec.parsing import load_spec  # noqa: E402
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 EXPERIMENTS = PROJECT_ROOT / "experiments"

@@ -81,7 +81,8 @@ def test_named_levels_appear_by_name_and_stay_apart_with_seeds():
 def test_make_builds_its_own_venv_unless_one_is_active():
     if shutil.which("make") is None:
         pytest.skip("make is not installed")
-    ours = ("VIRTUAL_ENV", "CONDA_PREFIX", "PYTHON", "TESTS", "EXTRAS", "TEST_EXTRAS", "VENV", "MAKEOVERRIDES")
+    ours = ("VIRTUAL_ENV", "CONDA_PREFIX", "PYTHON", "TESTS", "TEST_WORKERS", "EXTRAS", "TEST_EXTRAS", "VENV")
+    ours += ("MAKEOVERRIDES",)
     env = {k: v for k, v in os.environ.items() if k not in ours and not k.startswith("MAKE")}  # also under make test
 
     def dry_run(*args, **more_env) -> list[str]:
@@ -100,11 +101,11 @@ def test_make_builds_its_own_venv_unless_one_is_active():
     assert "-m venv .no-such-venv" in text
     # torch first, then the harness with what the tests need (Ray, playwright)
     assert text.index("torch==2.13.0") < text.index('install -e ".[dev,ray,ui]"')
-    assert fresh[-1] == ".no-such-venv/bin/python -m pytest -q"
+    assert fresh[-1] == ".no-such-venv/bin/python -m pytest -q -n auto"
     cpu_only = "torch==2.13.0 --index-url https://download.pytorch.org/whl/cpu"  # the README's TORCH=... example
     assert f"pip install {cpu_only}" in "\n".join(dry_run("VENV=.no-such-venv", f"TORCH={cpu_only}"))
     active = dry_run(VIRTUAL_ENV="/opt/some-env")
-    assert "pip install" not in "\n".join(active) and active[-1] == "/opt/some-env/bin/python -m pytest -q"
+    assert "pip install" not in "\n".join(active) and active[-1] == "/opt/some-env/bin/python -m pytest -q -n auto"
 
 
 @pytest.mark.slow

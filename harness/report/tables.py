@@ -903,7 +903,7 @@ def render_markdown(
     lines += [
         "## Answers",
         "",
-        f"Intervals are {analysis.CONFIDENCE:.0%} t-intervals (scipy.stats); differences are paired "
+        f"Intervals are {analysis.CONFIDENCE:.0%} t-intervals (Student's t); differences are paired "
         "(same other axes and seed).",
         "",
     ]
