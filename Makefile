@@ -84,9 +84,10 @@ lint: $(READY) ## ruff (rules in pyproject.toml) and the import contracts (lint-
 	$(PYTHON) -m ruff format --check .
 	$(dir $(PYTHON))lint-imports --no-cache
 
-bench: $(READY) ## step speed: the write-up's and the lecture's loops vs the harness loop; MLflow logging overhead
+bench: $(READY) ## speed: the write-up's and the lecture's loops vs the harness loop, seeds stacked, evaluation share and start-up
 	$(PYTHON) benchmarks/step_speed.py $(ARGS)
 	$(PYTHON) benchmarks/gpt_speed.py
+	$(PYTHON) benchmarks/seed_stacking.py
 	$(PYTHON) benchmarks/run_costs.py
 
 bench-gpu: $(READY) ## the seed grid on one GPU, lever by lever (no host syncs, stacked seeds, CUDA graphs, --jobs): results/bench/grid_gpu.csv

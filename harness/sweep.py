@@ -135,18 +135,27 @@ def plan_sweep(client: MlflowClient, experiment_id: str, variants: list[Variant]
     return skip, elsewhere, todo
 
 
+CPU_STACK_MAX_ACTIVATIONS = 32_768
+"""On a CPU a GPT's seeds stack by default while batch_size x context_length x n_embd (one seed's activations
+of one layer) is at most this. benchmarks/seed_stacking.py, one thread (results/bench/seed_stacking.csv): the
+ladder's LayerNorm rung (32 x 8 x 32 = 8,192) trains 4-16 stacked seeds at 1.5-2.0x one seed's seed-steps/s;
+gpt-cpu.yaml's GPT (12 x 64 x 128 = 98,304), whose matmuls already fill the core, at 0.72-0.87x."""
+
+
 def stacks_seeds(variant: Variant) -> bool:
     """Whether ``variant`` may train stacked with its other seeds (``train.stack_seeds``; null: where the benchmark
     shows it faster). On a GPU: every kind but a GPT (on an H200, vmap over CUDA attention failed in the backward
-    with "LSE is not correctly aligned"; the native GPT stack is not yet measured there). On a CPU: a GPT without
-    dropout, which stacks natively (harness/models/gpt_stack.py: 8 seeds at 1.46x one seed's seed-steps/s at the
-    ladder's LayerNorm rung, one thread), but not the bigram or FFN, whose one-table steps gain nothing."""
+    with "LSE is not correctly aligned"; the native GPT stack is not yet measured there). On a CPU: a small GPT
+    without dropout, which stacks natively (harness/models/gpt_stack.py; ``CPU_STACK_MAX_ACTIVATIONS``), but not
+    the bigram or FFN, whose one-table steps gain nothing."""
     choice = variant.config.train.stack_seeds
     if choice is None:
-        device, model = pick_device(variant.config.train.device).type, variant.config.model
+        config = variant.config
+        device, model = pick_device(config.train.device).type, config.model
         if device == "cuda":
             return model.kind != "gpt"
-        return device == "cpu" and model.kind == "gpt" and model.dropout == 0
+        small = config.train.batch_size * config.train.context_length * model.n_embd <= CPU_STACK_MAX_ACTIVATIONS
+        return device == "cpu" and model.kind == "gpt" and model.dropout == 0 and small
     return choice
 
 

@@ -291,3 +291,20 @@ def test_a_lever_that_fails_records_why_and_the_next_one_still_runs(shakespeare_
     assert table.max_loss_diff_graphs_vs_cpu.isna().all()
     with pytest.raises(SystemExit):
         _load_grid_benchmark().main(["--levers", "graph", "--out", str(out)])
+
+
+def test_seed_stacking_bench_times_one_seed_alone_and_a_native_stack(shakespeare_dir, tmp_path):
+    """benchmarks/seed_stacking.py: S = 1 is a lone Trainer, S > 1 the native GPT stack, one row per S."""
+    path = BENCH.parent / "seed_stacking.py"
+    spec = importlib.util.spec_from_file_location("seed_stacking", path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    out = tmp_path / "seed_stacking.csv"
+    module.main(
+        ["--steps", "3", "--warmup", "1", "--seeds", "1", "2", "--rows", "ladder layer-norm rung", "--out", str(out)]
+    )
+    rows = pd.read_csv(out).to_dict("records")
+    assert [(r["seeds"], r["path"]) for r in rows] == [(1, "alone"), (2, "native")]
+    assert rows[0]["speedup"] == 1.0 and all(r["seed_steps_per_s"] > 0 for r in rows)
+    assert (rows[0]["n_layer"], rows[0]["n_embd"], rows[0]["context_length"], rows[0]["batch_size"]) == (3, 32, 8, 32)

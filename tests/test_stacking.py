@@ -19,6 +19,9 @@ from harness.data.corpora import DataConfig, load_corpus
 from harness.metrics import mlflow_key
 from harness.models.config import ModelConfig
 from harness.models.registry import build_model
+from harness.spec.expansion import expand
+from harness.spec.parsing import load_spec
+from harness.sweep import stacks_seeds
 from harness.tracking.recorded import STACKED_TAG
 from harness.tracking.store import PARENT_TAG
 from harness.train.config import TrainConfig
@@ -321,3 +324,16 @@ def test_in_float32_a_stacked_gpt_agrees_with_separate_runs_until_rounding_is_am
     for i in range(steps):
         stack.train_step(i)
     assert (stack.step_losses[:, :steps] - torch.stack(rows)).abs().max().item() <= 1e-5
+
+
+def test_by_default_a_cpu_stacks_the_seeds_of_the_ladders_small_gpt_but_not_of_gpt_cpu():
+    """results/bench/seed_stacking.csv: stacked seeds of the LayerNorm rung (32 x 8 x 32 activations per layer)
+    train faster than one seed; those of gpt-cpu.yaml (12 x 64 x 128) slower."""
+    on_cpu = {"train.device": "cpu"}
+    ladder = expand(load_spec(EXPERIMENTS / "gpt-ladder.yaml"), on_cpu)
+    assert [stacks_seeds(v) for v in ladder if v.axes["rung"] == "layer-norm"] == [True] * 16
+    assert not [v.id for v in ladder if v.axes["rung"] == "bigram" and stacks_seeds(v)]  # no GPT there
+    gpt_cpu = expand(load_spec(EXPERIMENTS / "gpt-cpu.yaml"), on_cpu)
+    assert gpt_cpu and not any(stacks_seeds(v) for v in gpt_cpu)
+    asked = expand(load_spec(EXPERIMENTS / "gpt-cpu.yaml"), {**on_cpu, "train.stack_seeds": True})
+    assert all(stacks_seeds(v) for v in asked)
