@@ -59,7 +59,8 @@ class TrainConfig:
     checkpoint_interval: int = field(default=0, metadata=EXECUTION)  # steps between checkpoints; 0 = none
     # Variants that differ only in train.seed train as one stacked model (harness/train/stacking.py): true, false,
     # or null (the default) for "where it helps": on a GPU, where a step of these small models is launch-bound
-    # (not for a GPT there: vmap over CUDA attention failed on an H200; see harness/sweep.py stacks_seeds).
+    # (not for a GPT there: vmap over CUDA attention failed on an H200), and on a CPU for a small GPT without
+    # dropout (see harness/sweep.py stacks_seeds).
     stack_seeds: bool | None = field(default=None, metadata=EXECUTION)
     # On a CUDA device, capture a whole training step as a CUDA graph and replay it (harness/train/graphs.py): one
     # launch per step; 6.7x faster on the seed grid on an H200 (results/bench/grid_gpu.csv). Off by default until
