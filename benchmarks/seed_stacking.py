@@ -6,7 +6,7 @@ run's step; S > 1 is ``StackedTrainer.train_step``, the step ``harness run`` tak
 (for a GPT without dropout, harness/models/gpt_stack.py: batched matmuls over the seed dimension, one
 ``scaled_dot_product_attention`` over seeds x batch). Only steps are timed (no evaluations, no MLflow), after
 ``--warmup`` untimed steps; ``speedup`` is seed-steps/s over the lone seed's steps/s. ``path`` says which stack
-the trainer chose (``native`` or ``vmap``).
+the trainer chose (``StackedTrainer.path``: ``native`` or ``vmap`` for a GPT).
 
     python benchmarks/seed_stacking.py [--steps 200] [--seeds 1 4 8 16] [--out results/bench/seed_stacking.csv]
 """
@@ -28,8 +28,6 @@ import torch  # noqa: E402
 from step_speed import write_csv  # noqa: E402
 
 from harness.data.corpora import load_corpus, resolve_data_dir  # noqa: E402
-from harness.models import gpt_stack  # noqa: E402
-from harness.models.gpt import GPTLanguageModel  # noqa: E402
 from harness.models.registry import build_model  # noqa: E402
 from harness.spec.expansion import expand  # noqa: E402
 from harness.spec.parsing import load_spec  # noqa: E402
@@ -64,8 +62,7 @@ def trainers(config, corpus, seeds: int) -> list[Trainer]:
 def seed_steps_per_s(config, corpus, seeds: int, steps: int, warmup: int) -> tuple[float, str]:
     group = trainers(config, corpus, seeds)
     stepper = group[0] if seeds == 1 else StackedTrainer(group)
-    native = isinstance(group[0].model, GPTLanguageModel) and gpt_stack.supports(config.model)
-    path = "alone" if seeds == 1 else "native" if native else "vmap"
+    path = "alone" if seeds == 1 else stepper.path
     for i in range(warmup):
         stepper.train_step(i)
     started = time.perf_counter()

@@ -36,13 +36,18 @@ NUMBERS = [
 ]
 
 
-@pytest.fixture(scope="module")
-def bench():
-    spec = importlib.util.spec_from_file_location("step_speed", BENCH)
+def load_benchmark(name: str):
+    """benchmarks/<name>.py as a module (the scripts are not a package)."""
+    spec = importlib.util.spec_from_file_location(name, BENCH.parent / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = module  # dataclasses look their module up while the file executes
     spec.loader.exec_module(module)
     return module
+
+
+@pytest.fixture(scope="module")
+def bench():
+    return load_benchmark("step_speed")
 
 
 @pytest.fixture
@@ -120,13 +125,8 @@ def test_rows_filter(bench):
 
 def test_gpt_bench_runs_both_loops_from_the_same_weights_and_agrees(shakespeare_dir, tmp_path):
     """benchmarks/gpt_speed.py: the lecture's modules and the harness GPT, same weights and batches, fp32."""
-    path = BENCH.parent / "gpt_speed.py"
-    spec = importlib.util.spec_from_file_location("gpt_speed", path)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
     out = tmp_path / "gpt_speed.csv"
-    module.main(
+    load_benchmark("gpt_speed").main(
         [
             "--steps",
             "8",
@@ -147,14 +147,6 @@ def test_gpt_bench_runs_both_loops_from_the_same_weights_and_agrees(shakespeare_
     assert row["plain_steps_per_s"] > 0 and row["harness_steps_per_s"] > 0
 
 
-def _load_grid_benchmark():
-    spec = importlib.util.spec_from_file_location("grid_gpu", BENCH.parent / "grid_gpu.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
 def _run_grid_benchmark(data_dir, out, kind: str, *args: str) -> pd.DataFrame:
     """grid_gpu.py on the CPU, one English variant of ``kind`` (batch 32) x seeds 1 and 2; the table it wrote."""
     argv = [
@@ -173,7 +165,7 @@ def _run_grid_benchmark(data_dir, out, kind: str, *args: str) -> pd.DataFrame:
     ]
     if data_dir is not None:
         argv += ["--data-dir", str(data_dir)]
-    _load_grid_benchmark().main(argv)
+    load_benchmark("grid_gpu").main(argv)
     return pd.read_csv(out)
 
 
@@ -290,18 +282,13 @@ def test_a_lever_that_fails_records_why_and_the_next_one_still_runs(shakespeare_
     assert pd.isna(table.error[1]) and table.wall_s[1] > 0
     assert table.max_loss_diff_graphs_vs_cpu.isna().all()
     with pytest.raises(SystemExit):
-        _load_grid_benchmark().main(["--levers", "graph", "--out", str(out)])
+        load_benchmark("grid_gpu").main(["--levers", "graph", "--out", str(out)])
 
 
 def test_seed_stacking_bench_times_one_seed_alone_and_a_native_stack(shakespeare_dir, tmp_path):
     """benchmarks/seed_stacking.py: S = 1 is a lone Trainer, S > 1 the native GPT stack, one row per S."""
-    path = BENCH.parent / "seed_stacking.py"
-    spec = importlib.util.spec_from_file_location("seed_stacking", path)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
     out = tmp_path / "seed_stacking.csv"
-    module.main(
+    load_benchmark("seed_stacking").main(
         ["--steps", "3", "--warmup", "1", "--seeds", "1", "2", "--rows", "ladder layer-norm rung", "--out", str(out)]
     )
     rows = pd.read_csv(out).to_dict("records")

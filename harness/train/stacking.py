@@ -90,6 +90,9 @@ class StackedTrainer:
             else CapturedStep(self._update, list(self.params.values()), self.graph_backend)
         )
         self.failed: dict[int, Exception] = {}
+        # How a step computes the seeds' losses: "pair-table" (a bigram or FFN: one logits table per seed),
+        # "native" (a GPT without dropout, harness/models/gpt_stack.py) or "vmap" (anything else).
+        self.path = "pair-table" if self.position_wise else "vmap"
         if self.position_wise:
             V = first.vocab  # seed s counts its pairs in table s of one (S * V * V) buffer
             self._table_offsets = torch.arange(self.seeds, device=self.device).view(-1, 1, 1) * (V * V)
@@ -100,6 +103,7 @@ class StackedTrainer:
                 )
             )
         elif isinstance(self.template, GPTLanguageModel) and gpt_stack.supports(self.template.config):
+            self.path = "native"
             model_config = self.template.config  # batched ops over the seed dimension (harness/models/gpt_stack.py)
             self._losses_of = lambda p, b, x, y: gpt_stack.stacked_losses(model_config, p, x, y).float()
         else:
