@@ -16,6 +16,10 @@ its evaluations. Both start from the same weights (the harness model's, copied h
 modules) and draw the same window starts, with dropout 0, so their per-step fp32 losses must agree: the first
 ``--compare-steps`` (50) steps are compared and ``max_loss_diff`` must stay below 1e-4.
 
+Timing: ``--rounds`` (3) rounds of both loops from fresh copies of the same weights, the order alternating.
+On a shared or throttled CPU a slow spell hits one loop of one round, so ``speedup`` is the median of the
+rounds' own ratios (``speedup_min`` and ``speedup_max`` their range), and the steps/s columns are medians.
+
 On a GPU the harness loop also runs with ``--precision bf16 --compile`` if asked, and the row reports MFU: model
 FLOPs per step (nanoGPT's estimate, 6 N + 12 L T C per token) times steps/s over the card's peak (``--peak-tflops``,
 989 for an H100 SXM's dense bf16).
@@ -207,21 +211,42 @@ def flops_per_step(row: GPTRow, n_params: int) -> float:
     return per_token * row.context_length * row.batch_size
 
 
+def one_round(row: GPTRow, corpus, data, device, steps: int, warmup: int, plain_first: bool):
+    """Both loops once, from the same fresh weights: (plain losses, plain steps/s, harness losses, steps/s)."""
+    trainer = new_trainer(row, corpus, device, steps)
+    lecture = LectureGPT(corpus.tokenizer.vocab_size, row.n_embd, row.n_head, row.n_layer, row.context_length)
+    copy_weights(trainer.model, lecture.to(device))
+
+    def plain():
+        return reference_loop(
+            lecture, data, row.batch_size, steps, warmup, device, block_size=row.context_length, lr=row.lr
+        )
+
+    if plain_first:
+        plain_losses, plain_speed = plain()
+        losses, speed = harness_loop(trainer, steps, warmup)
+    else:
+        losses, speed = harness_loop(trainer, steps, warmup)
+        plain_losses, plain_speed = plain()
+    return plain_losses, plain_speed, losses, speed, trainer
+
+
 def bench_row(row: GPTRow, corpus, device: torch.device, args) -> dict:
     steps = args.steps
     warmup = min(args.warmup, steps // 2)
     data = corpus.train.to(device)
-    trainer = new_trainer(row, corpus, device, steps)
-    lecture = LectureGPT(corpus.tokenizer.vocab_size, row.n_embd, row.n_head, row.n_layer, row.context_length).to(
-        device
-    )
-    copy_weights(trainer.model, lecture)
-
     compare = min(args.compare_steps, steps)
-    plain_losses, plain_speed = reference_loop(
-        lecture, data, row.batch_size, steps, warmup, device, block_size=row.context_length, lr=row.lr
-    )
-    losses, speed = harness_loop(trainer, steps, warmup)
+    # Rounds of both loops, the order alternating: a shared or throttled CPU slows whichever loop it lands on,
+    # so each round's ratio is its own, and the row gives their median (and range).
+    plain_speeds, harness_speeds = [], []
+    for round_ in range(args.rounds):
+        plain_losses, plain_speed, losses, speed, trainer = one_round(
+            row, corpus, data, device, steps, warmup, plain_first=round_ % 2 == 0
+        )
+        plain_speeds.append(plain_speed)
+        harness_speeds.append(speed)
+    ratios = torch.tensor(harness_speeds) / torch.tensor(plain_speeds)
+    speed, plain_speed = float(torch.tensor(harness_speeds).median()), float(torch.tensor(plain_speeds).median())
     n_params = count_parameters(trainer.model) - trainer.model.wpe.weight.numel()
     result = {
         "row": row.name,
@@ -237,7 +262,10 @@ def bench_row(row: GPTRow, corpus, device: torch.device, args) -> dict:
         "threads": torch.get_num_threads() if device.type == "cpu" else "",
         "plain_steps_per_s": plain_speed,
         "harness_steps_per_s": speed,
-        "speedup": speed / plain_speed,
+        "rounds": args.rounds,
+        "speedup": float(ratios.median()),  # the median of the rounds' own ratios
+        "speedup_min": float(ratios.min()),
+        "speedup_max": float(ratios.max()),
         "harness_tokens_per_s": speed * row.batch_size * row.context_length,
         "compare_steps": compare,
         "max_loss_diff": max_abs_diff(plain_losses[:compare], losses[:compare]),
@@ -267,6 +295,9 @@ def parse_args(argv):
         description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--steps", type=int, default=300, help="steps per loop and row (default %(default)s)")
+    parser.add_argument(
+        "--rounds", type=int, default=3, help="rounds of both loops, order alternating; medians (default 3)"
+    )
     parser.add_argument("--warmup", type=int, default=20, help="untimed first steps (at most half of the steps)")
     parser.add_argument(
         "--compare-steps", type=int, default=50, help="first steps whose losses must agree (default 50)"
@@ -305,7 +336,7 @@ def main(argv: list[str] | None = None) -> pd.DataFrame:
         print(
             f"{row.name:16} plain {result['plain_steps_per_s']:8.1f} steps/s  "
             f"harness {result['harness_steps_per_s']:8.1f} steps/s ({result['harness_tokens_per_s']:,.0f} tokens/s)  "
-            f"x{result['speedup']:.2f}  "
+            f"x{result['speedup']:.2f} (rounds {result['speedup_min']:.2f}-{result['speedup_max']:.2f})  "
             f"max |loss diff| over {result['compare_steps']} steps {result['max_loss_diff']:.2e}"
             + (f"  MFU {result['harness_mfu']:.1%}" if "harness_mfu" in result else "")
             + (

@@ -4,7 +4,7 @@ Rows: the ladder's LayerNorm rung (experiments/gpt-ladder.yaml, English) and exp
 (English), each at S = 1, 4, 8 and 16 seeds (seeds 1337, 1338, ...). S = 1 is ``Trainer.train_step``, a lone
 run's step; S > 1 is ``StackedTrainer.train_step``, the step ``harness run`` takes for the seeds of one variant
 (for a GPT without dropout, harness/models/gpt_stack.py: batched matmuls over the seed dimension, one
-``scaled_dot_product_attention`` over seeds x batch). Only steps are timed (no evaluations, no MLflow), after
+``causal_attention`` call over seeds x batch). Only steps are timed (no evaluations, no MLflow), after
 ``--warmup`` untimed steps; ``speedup`` is seed-steps/s over the lone seed's steps/s. ``path`` says which stack
 the trainer chose (``StackedTrainer.path``: ``native`` or ``vmap`` for a GPT).
 

@@ -30,12 +30,13 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from harness.models.attention import causal_attention
 from harness.models.base import CharLanguageModel
 from harness.models.config import ModelConfig
 
 
 class CausalSelfAttention(nn.Module):
-    """All heads at once: one fused q/k/v Linear, then ``scaled_dot_product_attention``."""
+    """All heads at once: one fused q/k/v Linear, then ``causal_attention`` (SDPA, or its short-context CPU form)."""
 
     def __init__(self, config: ModelConfig):
         super().__init__()
@@ -53,9 +54,7 @@ class CausalSelfAttention(nn.Module):
         B, T, C = x.shape
         q, k, v = self.c_attn(x).split(C, dim=2)
         q, k, v = (t.view(B, T, self.n_head, C // self.n_head).transpose(1, 2) for t in (q, k, v))  # (B, nh, T, hs)
-        y = F.scaled_dot_product_attention(
-            q, k, v, is_causal=True, dropout_p=self.dropout if self.training else 0.0, scale=self.scale
-        )
+        y = causal_attention(q, k, v, scale=self.scale, dropout_p=self.dropout if self.training else 0.0)
         y = y.transpose(1, 2).contiguous().view(B, T, C)  # the heads side by side, as torch.cat in the lecture
         if self.c_proj is not None:
             y = self.c_proj(y)

@@ -2,11 +2,12 @@
 
 ``stacked_losses(config, params, idx, targets)`` computes what ``GPTLanguageModel.forward`` computes for each
 seed ``s`` with the weights ``{name: params[name][s]}`` on ``idx[s]``, as batched ops: every Linear one
-``baddbmm`` over the seeds, attention one ``scaled_dot_product_attention`` call over seeds x batch (it runs on
-a CPU and on CUDA alike, where ``vmap`` of attention failed), the embeddings and LayerNorms per seed where a
-batched form would round differently from a lone run. ``params`` are ``torch.func.stack_module_state``'s:
-the model's own parameter names, each with a leading seed dimension. Dropout is not stacked (its draws would
-differ from a lone run's): ``supports(config)`` says when this path applies.
+``baddbmm`` over the seeds, attention one ``causal_attention`` call over seeds x batch (the lone model's
+own, SDPA or its short-context form; it runs on a CPU and on CUDA alike, where ``vmap`` of attention failed),
+the embeddings and LayerNorms per seed where a batched form would round differently from a lone run.
+``params`` are ``torch.func.stack_module_state``'s: the model's own parameter names, each with a leading seed
+dimension. Dropout is not stacked (its draws would differ from a lone run's): ``supports(config)`` says when
+this path applies.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from harness.models.attention import causal_attention
 from harness.models.config import ModelConfig
 
 
@@ -45,7 +47,7 @@ def _attention(x: torch.Tensor, params: dict[str, torch.Tensor], prefix: str, co
     q, k, v = _linear(x, params, f"{prefix}.c_attn").split(C, dim=2)  # (S, B*T, C) each
     q, k, v = (t.reshape(S * B, T, config.n_head, C // config.n_head).transpose(1, 2) for t in (q, k, v))
     scale = config.n_embd**-0.5 if config.attention_scale == "n_embd" else None
-    y = F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=scale)  # (S*B, nh, T, hs)
+    y = causal_attention(q, k, v, scale=scale)  # (S*B, nh, T, hs)
     y = y.transpose(1, 2).reshape(S, B * T, C)
     return _linear(y, params, f"{prefix}.c_proj") if config.residual else y
 
