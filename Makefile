@@ -85,7 +85,7 @@ lint: $(READY) ## ruff (rules in pyproject.toml) and the import contracts (lint-
 	$(dir $(PYTHON))lint-imports --no-cache
 
 bench: $(READY) ## speed: the write-up's and the lecture's loops vs the harness loop, seeds stacked, evaluation share and start-up
-	$(PYTHON) benchmarks/step_speed.py $(ARGS)
+	$(PYTHON) benchmarks/step_speed.py --threads 1 $(ARGS)
 	$(PYTHON) benchmarks/gpt_speed.py
 	$(PYTHON) benchmarks/seed_stacking.py
 	$(PYTHON) benchmarks/run_costs.py
