@@ -87,6 +87,7 @@ lint: $(READY) ## ruff (rules in pyproject.toml) and the import contracts (lint-
 bench: $(READY) ## speed: the write-up's and the lecture's loops vs the harness loop, seeds stacked, evaluation share and start-up
 	$(PYTHON) benchmarks/step_speed.py --threads 1 $(ARGS)
 	$(PYTHON) benchmarks/gpt_speed.py
+	$(PYTHON) benchmarks/attention_bound.py
 	$(PYTHON) benchmarks/seed_stacking.py
 	$(PYTHON) benchmarks/run_costs.py
 

@@ -288,10 +288,35 @@ def test_a_lever_that_fails_records_why_and_the_next_one_still_runs(shakespeare_
 def test_seed_stacking_bench_times_one_seed_alone_and_a_native_stack(shakespeare_dir, tmp_path):
     """benchmarks/seed_stacking.py: S = 1 is a lone Trainer, S > 1 the native GPT stack, one row per S."""
     out = tmp_path / "seed_stacking.csv"
+    import harness.models.attention as attention
+
+    short_context = attention.SHORT_CONTEXT
     load_benchmark("seed_stacking").main(
-        ["--steps", "3", "--warmup", "1", "--seeds", "1", "2", "--rows", "ladder layer-norm rung", "--out", str(out)]
+        ["--steps", "3", "--warmup", "1", "--seeds", "1", "2", "--rows", "ladder layer-norm rung"]
+        + ["--attention", "auto", "sdpa", "--out", str(out)]
     )
     rows = pd.read_csv(out).to_dict("records")
-    assert [(r["seeds"], r["path"]) for r in rows] == [(1, "alone"), (2, "native")]
-    assert rows[0]["speedup"] == 1.0 and all(r["seed_steps_per_s"] > 0 for r in rows)
+    assert [(r["seeds"], r["path"], r["attention"]) for r in rows] == [
+        (1, "alone", "auto"),
+        (1, "alone", "sdpa"),
+        (2, "native", "auto"),
+        (2, "native", "sdpa"),
+    ]
+    assert rows[0]["speedup"] == rows[1]["speedup"] == 1.0 and all(r["seed_steps_per_s"] > 0 for r in rows)
+    assert attention.SHORT_CONTEXT == short_context  # put back after the sdpa turns
     assert (rows[0]["n_layer"], rows[0]["n_embd"], rows[0]["context_length"], rows[0]["batch_size"]) == (3, 32, 8, 32)
+
+
+def test_attention_bound_times_four_settings_and_puts_attention_back(shakespeare_dir, tmp_path):
+    """benchmarks/attention_bound.py: one row per setting, the lecture's at ratio 1; afterwards the model's
+    attention is the real one again (the bound replaces it only while it is timed)."""
+    import harness.models.attention as attention
+    import harness.models.gpt as gpt
+
+    before = (gpt.causal_attention, attention.SHORT_CONTEXT)
+    out = tmp_path / "attention_bound.csv"
+    load_benchmark("attention_bound").main(["--rounds", "1", "--chunk", "2", "--out", str(out)])
+    table = pd.read_csv(out)
+    assert list(table.setting) == ["lecture", "harness", "harness, SDPA forced", "harness, no attention (bound)"]
+    assert table.ratio_to_lecture[0] == 1.0 and (table.ms_per_step > 0).all()
+    assert (gpt.causal_attention, attention.SHORT_CONTEXT) == before

@@ -7,11 +7,13 @@ or float64, without dropout, for contexts of at most ``SHORT_CONTEXT`` tokens (t
 written out too (one autograd node instead of SDPA's).
 
 Why: at the ladder's size (4 heads of 8 over 8 tokens) SDPA's CPU kernel and ``torch.softmax`` over a last
-dimension of 8 are bound by per-row overhead, not arithmetic. Measured on one CPU thread, forward and backward
-of (32, 4, 8, 8): SDPA 270-470 us, this one 200-260 us; at (12, 4, 64, 32) SDPA is faster (1.4 against 1.6 ms),
-hence the bound (``benchmarks/gpt_speed.py`` measures the whole step). The two agree to rounding: the
-same math in another order (float64: about 1e-15, ``tests/test_attention.py``). Which one ran is an execution
-detail, like the device: it is in no run's identity.
+dimension of 8 are bound by per-row overhead, not arithmetic, and a seed stack multiplies the rows. Measured on
+one CPU thread (``benchmarks/seed_stacking.py --attention auto sdpa``, results/bench/seed_stacking_attention.csv),
+the ladder's LayerNorm rung trains 12-13% more seed-steps/s in stacks of 4 to 16 seeds; a lone run is no faster
+(results/bench/attention_bound.csv). At 32 and 64 tokens SDPA was the faster of the two (forward and backward
+of one call), hence the bound of 16. The two agree to rounding, the same math in another order (float64: about
+1e-15, ``tests/test_attention.py``). Which one ran is an execution detail, like the device: it is in no run's
+identity.
 """
 
 from __future__ import annotations
