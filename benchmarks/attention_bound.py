@@ -1,7 +1,7 @@
 """How far attention keeps the GPT step from the lecture's: the ladder's last rung with three attentions and none.
 
 At the ladder's last rung (3 blocks x 4 heads, n_embd 32, block 8, batch 32; one CPU thread) this times the
-lecture's loop (``gpt_speed.LectureGPT``, ``step_speed.reference_loop``'s step) and the harness loop with
+lecture's loop (``gpt_speed.LectureGPT``, ``step_speed.reference_step``) and the harness loop (``harness_step``) with
 ``causal_attention`` as it is (SDPA, or the written-out short-context form at this block size), with SDPA forced
 (``SHORT_CONTEXT = 0``), and with attention replaced by ``v`` itself: no attention cost at all, an upper bound
 for any attention kernel (that model computes something else; its losses are not compared). The four settings
@@ -14,6 +14,7 @@ a shared CPU costs a chunk, not a setting.
 from __future__ import annotations
 
 import argparse
+import itertools
 import sys
 import time
 from pathlib import Path
@@ -25,7 +26,7 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 import pandas as pd  # noqa: E402
 import torch  # noqa: E402
 from gpt_speed import ROWS, LectureGPT, copy_weights, new_trainer  # noqa: E402
-from step_speed import write_csv  # noqa: E402
+from step_speed import harness_step, reference_step, write_csv  # noqa: E402
 
 import harness.models.attention as attention  # noqa: E402
 import harness.models.gpt as gpt  # noqa: E402
@@ -52,36 +53,23 @@ def main(argv: list[str] | None = None) -> pd.DataFrame:
     lecture = LectureGPT(corpus.tokenizer.vocab_size, row.n_embd, row.n_head, row.n_layer, row.context_length)
     copy_weights(trainer.model, lecture)
     optimizer = torch.optim.AdamW(lecture.parameters(), lr=row.lr)
-    data, T = corpus.train, row.context_length
     g = torch.Generator().manual_seed(1337)
-    step = [0]
+    harness_steps = itertools.count()  # the Trainer's step numbers, one draw of window starts each
 
-    def lecture_step():  # step_speed.reference_loop's body
-        ix = torch.randint(len(data) - T, (row.batch_size,), generator=g)
-        x = torch.stack([data[i : i + T] for i in ix])
-        y = torch.stack([data[i + 1 : i + T + 1] for i in ix])
-        _, loss = lecture(x, y)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-
-    def harness_step():  # step_speed.harness_loop's body
-        loss = trainer.step_loss(trainer.sample_starts(step[0]))
-        step[0] += 1
-        for p in trainer.params:
-            p.grad = None
-        loss.backward()
-        trainer.optimizer.step()
+    def one_step(setting: str) -> None:
+        if setting == "lecture":
+            reference_step(lecture, optimizer, corpus.train, row.batch_size, row.context_length, g)
+        else:
+            harness_step(trainer, next(harness_steps))
 
     as_it_is, short_context = gpt.causal_attention, attention.SHORT_CONTEXT
 
     def chunk_ms(setting: str) -> float:
         gpt.causal_attention = no_attention if setting.endswith("(bound)") else as_it_is
         attention.SHORT_CONTEXT = 0 if setting.endswith("SDPA forced") else short_context
-        run = lecture_step if setting == "lecture" else harness_step
         start = time.perf_counter()
         for _ in range(args.chunk):
-            run()
+            one_step(setting)
         return (time.perf_counter() - start) / args.chunk * 1e3
 
     best = dict.fromkeys(SETTINGS, float("inf"))

@@ -169,15 +169,20 @@ def reference_loop(
     clock = StepClock(device, warmup)
     for step in range(steps):
         clock.at_step(step)
-        ix = torch.randint(len(data) - block_size, (batch_size,), generator=g)
-        x = torch.stack([data[i : i + block_size] for i in ix])
-        y = torch.stack([data[i + 1 : i + block_size + 1] for i in ix])
-        logits, loss = model(x, y)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        losses[step] = loss.detach()
+        losses[step] = reference_step(model, optimizer, data, batch_size, block_size, g)
     return losses, clock.steps_per_s(steps)
+
+
+def reference_step(model, optimizer, data: torch.Tensor, batch_size: int, block_size: int, g) -> torch.Tensor:
+    """One step of the write-up's (and the lecture's) loop: get_batch, forward, zero_grad, backward, AdamW."""
+    ix = torch.randint(len(data) - block_size, (batch_size,), generator=g)
+    x = torch.stack([data[i : i + block_size] for i in ix])
+    y = torch.stack([data[i + 1 : i + block_size + 1] for i in ix])
+    logits, loss = model(x, y)
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+    return loss.detach()
 
 
 def harness_loop(trainer: Trainer, steps: int, warmup: int):
@@ -186,13 +191,18 @@ def harness_loop(trainer: Trainer, steps: int, warmup: int):
     clock = StepClock(trainer.device, warmup)
     for step in range(steps):
         clock.at_step(step)
-        loss = trainer.step_loss(trainer.sample_starts(step))
-        for p in trainer.params:
-            p.grad = None
-        loss.backward()
-        trainer.optimizer.step()
-        losses[step] = loss.detach()
+        losses[step] = harness_step(trainer, step)
     return losses, clock.steps_per_s(steps)
+
+
+def harness_step(trainer: Trainer, step: int) -> torch.Tensor:
+    """``Trainer.run``'s step ``step``: its window starts, the loss, grads to None, backward, fused AdamW."""
+    loss = trainer.step_loss(trainer.sample_starts(step))
+    for p in trainer.params:
+        p.grad = None
+    loss.backward()
+    trainer.optimizer.step()
+    return loss.detach()
 
 
 def new_model(row: Row, corpus: Corpus, device: torch.device):
