@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
-# Issue 9's GPU figures in one call of about 6 minutes, for a session that is lent a GPU machine (no network there):
+# Issue 9's and 18's GPU figures in one call of about 7 minutes, for a session that is lent a GPU machine (no network there):
 #   bash benchmarks/grid_gpu_device.sh            # from the repository root; writes under $OUT (default results/bench/gpu)
 # Where harness's dependencies are missing, carry them as wheels in .whl/ (see the device tool's README): they are
 # installed to /tmp/site first. The corpora: HARNESS_DATA_DIR, else .devdata/ if present.
 # Each step writes its own CSV and log and is cut at what is left of DEADLINE seconds, so a slow step costs only itself.
-START=$SECONDS; DEADLINE=${DEADLINE:-340}; OUT=${OUT:-results/bench/gpu}; mkdir -p "$OUT"
+START=$SECONDS; DEADLINE=${DEADLINE:-400}; OUT=${OUT:-results/bench/gpu}; mkdir -p "$OUT"
 left() { echo $(( DEADLINE - (SECONDS - START) )); }
 if [ -d .whl ]; then
   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
@@ -28,7 +28,9 @@ step goal_seed1 80 --levers '' --check-steps 0 --seeds 1337 --run-steps 50000 --
 # 3. the same with seeds 1337 and 1338 (16 runs, seeds stacked)
 step goal_seed2 120 --levers '' --check-steps 0 --seeds 1337 1338 --run-steps 50000 --jobs 8 --executors threads \
   --set train.cuda_graphs=true
-# 4. CUDA graphs on the GPT (gpt-cpu.yaml, 300 steps), alone and in threads
-step gpt 40 --spec experiments/gpt-cpu.yaml --seeds 1337 1338 --check-steps 0 --steps 300 --run-steps 0 \
-  --levers graphs,graphs+threads --set train.warmup_steps=10
+# 4. the GPT (gpt-cpu.yaml, 300 steps): its seeds as one native stack (harness/models/gpt_stack.py) against
+#    separate runs, eager and as CUDA graphs, alone and in threads; first 50 steps of each path against the CPU
+step gpt 110 --spec experiments/gpt-cpu.yaml --seeds 1337 1338 --check-steps 50 --steps 300 --run-steps 0 \
+  --levers sync-free,sync-free+stacked,graphs,graphs+stacked,graphs+threads,graphs+stacked+threads \
+  --set train.warmup_steps=10
 echo "total $((SECONDS-START))s"

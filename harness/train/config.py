@@ -59,12 +59,12 @@ class TrainConfig:
     checkpoint_interval: int = field(default=0, metadata=EXECUTION)  # steps between checkpoints; 0 = none
     # Variants that differ only in train.seed train as one stacked model (harness/train/stacking.py): true, false,
     # or null (the default) for "where it helps": on a GPU, where a step of these small models is launch-bound
-    # (not for a GPT there: vmap over CUDA attention failed on an H200), and on a CPU for a small GPT without
-    # dropout (see harness/sweep.py stacks_seeds).
+    # (a GPT there only without dropout: its native stack; vmap over CUDA attention failed on an H200), and on a
+    # CPU for a small GPT without dropout (see harness/sweep.py stacks_seeds).
     stack_seeds: bool | None = field(default=None, metadata=EXECUTION)
     # On a CUDA device, capture a whole training step as a CUDA graph and replay it (harness/train/graphs.py): one
-    # launch per step; 6.7x faster on the seed grid on an H200 (results/bench/grid_gpu.csv). Off by default until
-    # the path as fixed since (graphs captured on a thread's own stream) is measured there too; ignored elsewhere.
+    # launch per step; 6.7x faster on the seed grid on an H200 (results/bench/grid_gpu.csv). Off by default: the
+    # seed grid end to end with graphs in threads took 70.6 s there, over the 60 s set for a default; ignored elsewhere.
     cuda_graphs: bool = field(default=False, metadata=EXECUTION)
 
     def problems(self) -> list[tuple[str, str]]:
