@@ -1,13 +1,19 @@
-"""A new SQLite store is a copy of an empty one MLflow migrated once: the same schema, the same Default experiment."""
+"""A new SQLite store is a copy of an empty one MLflow migrated once: the same schema, the same Default experiment.
+Ctrl-C during a store write leaves the store unlocked."""
 
 from __future__ import annotations
 
+import signal
 import sqlite3
+import threading
 
+import pytest
+import sqlalchemy
+from mlflow.entities import Metric
 from mlflow.tracking import MlflowClient
 
 from harness.tracking.claims import open_store
-from harness.tracking.store import store_template_dir
+from harness.tracking.store import retrying, store_template_dir
 
 
 def schema(database) -> tuple[dict, list]:
@@ -49,3 +55,58 @@ def test_an_existing_store_is_opened_as_it_is(tmp_path, monkeypatch):
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     first = open_store(uri).create_experiment("kept")
     assert open_store(uri).get_experiment(first).name == "kept"
+
+
+def _ctrl_c_inside(statement_start: str):
+    """A listener that presses Ctrl-C once, inside the store's write transaction, just after a statement that
+    begins with ``statement_start`` ran: where the CI worker's interrupt landed (MLflow's log_batch selects the
+    latest metrics after inserting the points)."""
+    pressed = []
+
+    def listener(conn, cursor, statement, parameters, context, executemany):
+        if not pressed and statement.lstrip().startswith(statement_start):
+            pressed.append(statement)
+            signal.raise_signal(signal.SIGINT)  # the KeyboardInterrupt comes up through SQLAlchemy from here
+
+    return listener, pressed
+
+
+def test_ctrl_c_during_a_store_write_takes_effect_after_it_and_leaves_the_store_unlocked(tmp_path, monkeypatch):
+    """In CI a worker stopped inside a metrics flush kept SQLite's write lock while its KeyboardInterrupt lived,
+    and the writes closing the runs KILLED failed "database is locked" after MLflow's 20 s busy timeout."""
+    assert threading.current_thread() is threading.main_thread(), "signals are handled in the main thread only"
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    database = tmp_path / "mlflow.db"
+    client = open_store(f"sqlite:///{database}")
+    experiment = client.create_experiment("ctrl-c", artifact_location=str(tmp_path / "artifacts"))
+    run_id = client.create_run(experiment).info.run_id
+    client.log_batch(run_id, metrics=[Metric("train_loss", 4.2, 0, 0)])
+    listener, pressed = _ctrl_c_inside("SELECT latest_metrics")
+    sqlalchemy.event.listen(sqlalchemy.engine.Engine, "after_cursor_execute", listener)
+    try:
+        with pytest.raises(KeyboardInterrupt) as interrupted:  # kept alive, as run_variant's handler keeps it
+            retrying(lambda: client.log_batch(run_id, metrics=[Metric("train_loss", 3.9, 0, 1)]))
+    finally:
+        sqlalchemy.event.remove(sqlalchemy.engine.Engine, "after_cursor_execute", listener)
+    assert pressed and interrupted.value is not None
+    other_writer = sqlite3.connect(database, timeout=1.0)  # another process closing its run, say
+    other_writer.execute("UPDATE experiments SET name = 'renamed' WHERE name = 'ctrl-c'")
+    other_writer.commit()
+    other_writer.close()
+    client.set_terminated(run_id, status="KILLED")  # this process's own close
+    assert [m.value for m in client.get_metric_history(run_id, "train_loss")] == [4.2, 3.9], "the write completed"
+    assert client.get_run(run_id).info.status == "KILLED"
+
+
+def test_ctrl_c_during_a_call_to_a_tracking_server_is_not_held(monkeypatch):
+    """A server that stopped answering must not make Ctrl-C wait out MLflow's retries of the request."""
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:5000")
+    reached = []
+
+    def a_request_under_way():
+        signal.raise_signal(signal.SIGINT)
+        reached.append("after the interrupt")  # a held Ctrl-C would let the call go on to here
+
+    with pytest.raises(KeyboardInterrupt):
+        retrying(a_request_under_way)
+    assert reached == []

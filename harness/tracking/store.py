@@ -9,8 +9,10 @@ import functools
 import getpass
 import os
 import shutil
+import signal
 import sqlite3
 import subprocess
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -66,11 +68,56 @@ DATASET_RACE = "unique constraint failed: datasets"
 insert fail. Repeated, the call finds the row the other run wrote and links to it."""
 
 
+class InterruptsHeld:
+    """Ctrl-C (SIGINT) and SIGTERM that arrive during a store call take effect when the call returns.
+
+    A KeyboardInterrupt raised inside a SQLite write leaves the statement it interrupted open for as long as the
+    exception lives, and SQLAlchemy's close of that connection then leaves it open too (sqlite3_close_v2 waits for
+    open statements), holding the write lock. Every write that closes a run KILLED, this process's and any other's,
+    then waits for it (MLflow's busy timeout is 20 s) and fails "database is locked": in CI a worker stopped by
+    Ctrl-C inside a metrics flush printed MLflow's tracebacks of such failures. Signals are Python's to handle in
+    the main thread only; elsewhere this does nothing. Held one attempt at a time: ``retrying`` delivers them
+    between attempts. Not held where the store is a tracking server (``MLFLOW_TRACKING_URI=http...``): an
+    interrupted request locks nothing, and a server that stopped answering must not make Ctrl-C wait out
+    MLflow's retries of it."""
+
+    _active = False  # in the main thread, a store call is under way (calls nest: the outermost one holds)
+
+    def __enter__(self) -> InterruptsHeld:
+        self.previous: dict[int, Any] = {}
+        self.arrived: list[int] = []
+        if InterruptsHeld._active or threading.current_thread() is not threading.main_thread():
+            return self
+        if os.environ.get("MLFLOW_TRACKING_URI", "").startswith(("http://", "https://")):
+            return self
+        previous = {signum: signal.getsignal(signum) for signum in (signal.SIGINT, signal.SIGTERM)}
+        if any(handler is None for handler in previous.values()):  # set outside Python: cannot be put back
+            return self
+        for signum in previous:
+            signal.signal(signum, self._hold)
+        self.previous, InterruptsHeld._active = previous, True
+        return self
+
+    def _hold(self, signum: int, frame) -> None:
+        self.arrived.append(signum)
+
+    def __exit__(self, *exc_info) -> None:
+        if not self.previous:
+            return
+        for signum, handler in self.previous.items():
+            signal.signal(signum, handler)
+        InterruptsHeld._active = False
+        for signum in dict.fromkeys(self.arrived):  # each once, to the handler it came for
+            signal.raise_signal(signum)
+
+
 def retrying(call: Callable[[], Any], attempts: int = 8, races: tuple[str, ...] = LOST_WRITE_RACES) -> Any:
-    """Retry a store call that lost a race with another writer (by default, for SQLite's write lock)."""
+    """Retry a store call that lost a race with another writer (by default, for SQLite's write lock). Ctrl-C
+    during an attempt takes effect when the attempt returns (``InterruptsHeld``)."""
     for attempt in range(attempts):
         try:
-            return call()
+            with InterruptsHeld():
+                return call()
         except Exception as exc:  # MLflow wraps the sqlite error in its own exception types
             message = str(exc).lower()
             if not any(race in message for race in races) or attempt == attempts - 1:
