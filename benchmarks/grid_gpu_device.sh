@@ -2,7 +2,15 @@
 # Issue 9's and 18's GPU figures in one call of about 7 minutes, for a session that is lent a GPU machine (no network there):
 #   bash benchmarks/grid_gpu_device.sh            # from the repository root; writes under $OUT (default results/bench/gpu)
 # Where harness's dependencies are missing, carry them as wheels in .whl/ (see the device tool's README): they are
-# installed to /tmp/site first. The corpora: HARNESS_DATA_DIR, else .devdata/ if present.
+# installed to /tmp/site first. The corpora: HARNESS_DATA_DIR, else .devdata/ if present. On 2026-12-04 the H200's
+# image (Python 3.12, torch 2.11) lacked these, 29 MB of wheels, fetched here with the device README's
+# `pip download --no-deps --only-binary=:all: --python-version 3.12 ... -d .whl` (without cryptography, cffi and
+# pycparser the end-to-end rows fail at MLflow's SQLite store import):
+#   alembic cachetools cffi cryptography databricks-sdk fastapi gitdb gitpython google-auth greenlet
+#   importlib_metadata mako mlflow mlflow-skinny mlflow-tracing opentelemetry-api opentelemetry-proto
+#   opentelemetry-sdk opentelemetry-semantic-conventions pyasn1 pyasn1_modules pycparser pydantic pydantic_core
+#   python-dotenv smmap sqlalchemy sqlparse starlette typing-inspection annotated-types uvicorn
+#   (the versions of this checkout's .venv; one version of each)
 # Each step writes its own CSV and log and is cut at what is left of DEADLINE seconds, so a slow step costs only itself.
 START=$SECONDS; DEADLINE=${DEADLINE:-400}; OUT=${OUT:-results/bench/gpu}; mkdir -p "$OUT"
 left() { echo $(( DEADLINE - (SECONDS - START) )); }
