@@ -22,6 +22,7 @@ from pathlib import Path
 from harness.executors.base import ExecutorError
 from harness.spec.records import Variant
 from harness.tracking.recorded import VariantResult
+from harness.tracking.store import is_tracking_server
 
 CANCEL_GRACE_S = 60.0  # how long cancelled tasks get to close their runs KILLED before Ray shuts down
 _connected_here = False  # connect() started or joined Ray, so run_on_ray shuts it down when done
@@ -148,7 +149,7 @@ def run_on_ray(
     import ray
 
     uri = absolute_uri(uri)
-    if ray_address and not uri.startswith(("http://", "https://")):
+    if ray_address and not is_tracking_server(uri):
         print(
             f"warning: tracking URI {uri} is a local store; Ray workers on other machines cannot write to it "
             "(use an MLflow server: make server, MLFLOW_TRACKING_URI=http://HOST:PORT)",

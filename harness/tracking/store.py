@@ -46,9 +46,14 @@ def tracking_uri() -> str:
     return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{Path.cwd() / 'mlflow.db'}"
 
 
+def is_tracking_server(uri: str) -> bool:
+    """Whether ``uri`` names an MLflow tracking server (over HTTP) rather than a local store."""
+    return uri.startswith(("http://", "https://"))
+
+
 def check_tracking_reachable(uri: str, timeout_s: float = 5.0) -> None:
     """Fail in seconds, not after MLflow's minutes of retries, when a tracking server is down."""
-    if not uri.startswith(("http://", "https://")):
+    if not is_tracking_server(uri):
         return
     try:
         with urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=timeout_s) as response:
@@ -88,7 +93,7 @@ class InterruptsHeld:
         self.arrived: list[int] = []
         if InterruptsHeld._active or threading.current_thread() is not threading.main_thread():
             return self
-        if os.environ.get("MLFLOW_TRACKING_URI", "").startswith(("http://", "https://")):
+        if is_tracking_server(os.environ.get("MLFLOW_TRACKING_URI", "")):
             return self
         previous = {signum: signal.getsignal(signum) for signum in (signal.SIGINT, signal.SIGTERM)}
         if any(handler is None for handler in previous.values()):  # set outside Python: cannot be put back
