@@ -245,7 +245,30 @@ def _report(spec, overrides: dict, seeds: list[int] | None, results_dir: Path, d
     if not overrides and seeds is None:
         overrides, seeds = last_sweep_arguments(runs)
     variants = expand(with_seeds(spec, seeds), overrides)
-    report = write_report(uri, spec, variants, results_dir, runs, overrides=overrides, seeds=seeds, delta=delta)
+    tuning = untuned = None
+    if spec.tune is not None:  # the report is of each variant at its chosen point: the choice replayed from MLflow
+        from harness.tuning import resolve
+
+        tuned = resolve(spec, variants, uri, log=lambda line: None)
+        variants, tuning, untuned = tuned.decide, tuned.result, tuned.untuned or None
+        if not variants:
+            from harness.report.tables import ReportError
+
+            raise ReportError(
+                f"{spec.path}: no variant has finished its tuning yet; `harness run {spec.path}` trains what is left"
+            )
+    report = write_report(
+        uri,
+        spec,
+        variants,
+        results_dir,
+        runs,
+        overrides=overrides,
+        seeds=seeds,
+        delta=delta,
+        tuning=tuning,
+        untuned=untuned,
+    )
     print(format_table(report.runs))
     for warning in report.warnings:
         print(f"warning: {warning}", file=sys.stderr)
@@ -257,7 +280,7 @@ def _plan(spec, overrides: dict, seeds: list[int] | None, delta: float | None, m
     """Print Stein's plan from the pilot recorded in MLflow: each undecided effect's seeds and the one command."""
     from harness.report.tables import plan_from_store
 
-    for line in plan_from_store(spec, overrides, seeds, delta, max_seeds):
+    for line in plan_from_store(spec, overrides, seeds, delta, max_seeds, _tuned_adjust(spec)):
         print(line)
     return 0
 
@@ -276,7 +299,12 @@ def _run(spec, variants, overrides: dict, args, data_dir) -> int:
     if args.jobs < 1:
         print("error: --jobs must be >= 1", file=sys.stderr)
         return EXIT_BAD_INPUT
-    outcome = _sweep(spec, variants, overrides, args, data_dir)
+    if spec.tune is not None:
+        outcome = _tuned_sweeps(spec, variants, overrides, args, data_dir)
+        if outcome is None:  # phase 1 was interrupted or failed: nothing was decided
+            return EXIT_INTERRUPTED if _TUNE_STATE.get("interrupted") else EXIT_FAILED_VARIANTS
+    else:
+        outcome = _sweep(spec, variants, overrides, args, data_dir)
     delta = getattr(args, "delta", None)
     if getattr(args, "until_decided", False) and not outcome.interrupted and not outcome.failed:
         spec, outcome = _second_stage(spec, variants, overrides, args, data_dir, outcome)
@@ -306,11 +334,63 @@ def _run(spec, variants, overrides: dict, args, data_dir) -> int:
     return EXIT_FAILED_VARIANTS if outcome.failed else 0
 
 
-def _sweep(spec, variants, overrides: dict, args, data_dir):
-    """One sweep of ``variants``, its one-line account printed."""
+_TUNE_STATE: dict[str, bool] = {}
+
+
+def _tuned_adjust(spec):
+    """For a spec with ``tune``: variants -> each at its chosen point (replayed from MLflow); else None."""
+    if spec.tune is None:
+        return None
+    from harness.tracking.store import tracking_uri
+    from harness.tuning import resolve
+
+    def adjust(variants):
+        return resolve(spec, variants, tracking_uri(), log=lambda line: None).decide
+
+    return adjust
+
+
+def _tuned_sweeps(spec, variants, overrides: dict, args, data_dir):
+    """Phase 1 (tuning seeds, every point, extended at the edges), then phase 2 (the spec's seeds, each variant at
+    its choice) and, with compare_untuned, the spec's own settings on the same seeds. Returns phase 2's outcome,
+    or None when phase 1 stopped (Ctrl-C, or a run that failed for another reason than diverging)."""
+    from harness.sweep import left_to_train
+    from harness.tracking.store import tracking_uri
+    from harness.tuning import resolve
+
+    def train(tune_variants, label) -> bool:
+        todo = tune_variants if args.force else left_to_train(spec, tune_variants)
+        done = len(tune_variants) - len(todo)
+        print(f"{label}: {len(tune_variants)} tuning runs (variant x point x tuning seed), {done} already FINISHED")
+        if not todo:
+            return True
+        outcome = _sweep(spec, todo, overrides, args, data_dir, phase="tune", label=label, quiet=True)
+        _TUNE_STATE["interrupted"] = outcome.interrupted
+        for result in outcome.failed:
+            print(f"{result.status} {result.variant_id}: {result.error}", file=sys.stderr)
+        return not outcome.interrupted and not outcome.failed
+
+    tuned = resolve(spec, variants, tracking_uri(), train=train)
+    if tuned.stopped:
+        return None
+    for setting, why in tuned.result.incomplete.items():
+        print(f"tune: {setting}: {why}", file=sys.stderr)
+    print(f"decide: {len(tuned.decide)} runs, each variant at its chosen point")
+    outcome = _sweep(spec, tuned.decide, overrides, args, data_dir, phase="decide", label="decide")
+    if tuned.untuned and not outcome.interrupted:
+        print(f"untuned: {len(tuned.untuned)} runs at the spec's own settings (tune.compare_untuned)")
+        untuned = _sweep(spec, tuned.untuned, overrides, args, data_dir, phase="untuned", label="untuned")
+        outcome.interrupted = untuned.interrupted
+        outcome.results += [r for r in untuned.results if r.status != "FINISHED"]
+    return outcome
+
+
+def _sweep(spec, variants, overrides: dict, args, data_dir, phase=None, label="sweep", quiet=False):
+    """One sweep of ``variants``, its one-line account printed (``quiet``: not its variants, one line each)."""
     from harness.sweep import run_sweep
 
-    _print_variants(spec, variants)
+    if not quiet:
+        _print_variants(spec, variants)
     outcome = run_sweep(
         spec,
         variants,
@@ -324,6 +404,8 @@ def _sweep(spec, variants, overrides: dict, args, data_dir):
         checkpoint_dir=args.checkpoint_dir,
         checkpoint_store=args.checkpoint_store,
         show_progress=not args.no_progress,
+        phase=phase,
+        run_label=label,
     )
     finished = [r.variant_id for r in outcome.results if r.status == "FINISHED"]
     killed = [r for r in outcome.failed if r.status == "KILLED"]
@@ -344,13 +426,21 @@ def _second_stage(spec, variants, overrides: dict, args, data_dir, pilot_outcome
     from harness.tracking.store import tracking_uri
 
     pilot = list(spec.seeds)
-    found = pilot_plan(tracking_uri(), spec, overrides, pilot, args.delta, args.max_seeds or DEFAULT_MAX_SEEDS)
+    adjust = _tuned_adjust(spec)
+    found = pilot_plan(tracking_uri(), spec, overrides, pilot, args.delta, args.max_seeds or DEFAULT_MAX_SEEDS, adjust)
     for line in plan_lines(spec, found, args.max_seeds or DEFAULT_MAX_SEEDS):
         print(line)
     if len(found.seeds) <= len(pilot):
         return spec, pilot_outcome
     extended = with_seeds(spec, found.seeds)
-    return extended, _sweep(extended, expand(extended, overrides, data_dir), overrides, args, data_dir)
+    written = expand(extended, overrides, data_dir)
+    if adjust is None:
+        return extended, _sweep(extended, written, overrides, args, data_dir)
+    outcome = _sweep(extended, adjust(written), overrides, args, data_dir, phase="decide", label="decide")
+    if spec.tune.compare_untuned and not outcome.interrupted:
+        untuned = _sweep(extended, written, overrides, args, data_dir, phase="untuned", label="untuned")
+        outcome.interrupted = untuned.interrupted
+    return extended, outcome
 
 
 if __name__ == "__main__":

@@ -26,7 +26,7 @@ from harness.spec.records import Spec, Variant
 from harness.tracking import claims
 from harness.tracking.claims import SWEEP_TAG
 from harness.tracking.naming import run_names
-from harness.tracking.recorded import VariantResult
+from harness.tracking.recorded import PHASE_TAG, VariantResult
 from harness.tracking.store import (
     check_tracking_reachable,
     experiment_id_for,
@@ -135,6 +135,16 @@ def plan_sweep(client: MlflowClient, experiment_id: str, variants: list[Variant]
     return skip, elsewhere, todo
 
 
+def left_to_train(spec: Spec, variants: list[Variant]) -> list[Variant]:
+    """The ``variants`` the store holds no FINISHED run of (all of them in a new experiment)."""
+    client = claims.open_store(tracking_uri())
+    experiment = retrying(lambda: client.get_experiment_by_name(spec.name))
+    if experiment is None:
+        return list(variants)
+    _, elsewhere, todo = plan_sweep(client, experiment.experiment_id, variants, force=False)
+    return [v for v in variants if v in todo or v.id in elsewhere]
+
+
 CPU_STACK_MAX_ACTIVATIONS = 32_768
 """On a CPU a GPT's seeds stack by default while batch_size x context_length x n_embd (one seed's activations
 of one layer) is at most this. benchmarks/seed_stacking.py, one thread (results/bench/seed_stacking.csv): the
@@ -202,9 +212,14 @@ def run_sweep(
     checkpoint_dir: Path = DEFAULT_CHECKPOINT_DIR,
     checkpoint_store: str = "local",
     show_progress: bool = True,
+    phase: str | None = None,
+    run_label: str = "sweep",
     log=print,
 ) -> SweepOutcome:
-    """Train what is not FINISHED or live elsewhere; every variant this sweep trains ends in its own closed run."""
+    """Train what is not FINISHED or live elsewhere; every variant this sweep trains ends in its own closed run.
+
+    ``phase`` (tune, decide, untuned; harness/tuning.py) tags the parent run and, but for untuned, which is a
+    decide run too, every run it trains; ``run_label`` names the parent run ("<name> <run_label>")."""
     from tqdm.auto import tqdm
 
     uri = tracking_uri()
@@ -237,8 +252,9 @@ def run_sweep(
         **source_tags(),
         "mlflow.source.name": str(spec.path),  # a sweep's source is its spec
         **claims.owner_tags(),
+        **({PHASE_TAG: phase} if phase else {}),
     }
-    parent = retrying(lambda: client.create_run(experiment_id, run_name=f"{spec.name} sweep", tags=tags))
+    parent = retrying(lambda: client.create_run(experiment_id, run_name=f"{spec.name} {run_label}", tags=tags))
     parent_id = parent.info.run_id
     heartbeat = claims.Heartbeat(client, parent_id).start()
     # What `harness report SPEC` needs to rebuild exactly this sweep's table later.
@@ -267,6 +283,7 @@ def run_sweep(
         checkpoint_store=checkpoint_store,
         show_progress=show_progress,
         finished_before_ms=parent.info.start_time if force else None,
+        **({"phase": "decide" if phase == "untuned" else phase} if phase else {}),
     )
     units = plan_units(todo)
     if jobs > 1:

@@ -15,6 +15,7 @@ import os
 import re
 import shlex
 import tempfile
+from collections.abc import Callable
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -26,6 +27,7 @@ from mlflow.tracking import MlflowClient
 
 from harness.metrics import FINALS, mlflow_key
 from harness.report import analysis, tokenizers
+from harness.report import tuning as tuning_report
 from harness.spec.expansion import variant_id
 from harness.spec.keys import SEED_KEY
 from harness.spec.records import Spec, Variant
@@ -126,12 +128,23 @@ def experiment_runs(uri: str, spec: Spec) -> pd.DataFrame:
     return mlflow.search_runs(experiment_ids=[experiment.experiment_id], output_format="pandas")
 
 
+def _deciding_sweeps(runs: pd.DataFrame) -> pd.DataFrame:
+    """The sweep runs whose variants a report is of: not a tuning phase's, nor the untuned comparison's."""
+    sweeps = runs[runs[f"tags.{SWEEP_TAG}"].notna()]
+    if "tags.phase" in sweeps:
+        sweeps = sweeps[~sweeps["tags.phase"].isin(["tune", "untuned"])]
+    return sweeps
+
+
 def last_sweep_arguments(runs: pd.DataFrame) -> tuple[dict, list[int] | None]:
     """The overrides and seeds of the latest sweep, so that ``harness report SPEC`` needs no repeat of them."""
     column = f"tags.{SWEEP_TAG}"
     if runs.empty or column not in runs or runs[column].isna().all():
         return {}, None
-    latest = runs[runs[column].notna()].sort_values("start_time").iloc[-1]
+    sweeps = _deciding_sweeps(runs)
+    if sweeps.empty:
+        return {}, None
+    latest = sweeps.sort_values("start_time").iloc[-1]
     return _json_param(latest, "overrides", {}), _json_param(latest, "seeds", None)
 
 
@@ -246,7 +259,7 @@ def sweep_run(runs: pd.DataFrame, overrides: dict, seeds: list[int] | None) -> p
     column = f"tags.{SWEEP_TAG}"
     if runs.empty or column not in runs:
         return None
-    sweeps = runs[runs[column].notna()].sort_values("start_time", ascending=False)
+    sweeps = _deciding_sweeps(runs).sort_values("start_time", ascending=False)
     for _, run in sweeps.iterrows():
         if _json_param(run, "overrides", {}) == json.loads(json.dumps(overrides or {})) and _json_param(
             run, "seeds", None
@@ -622,10 +635,17 @@ def report_plan(
 
 
 def pilot_plan(
-    uri: str, spec: Spec, overrides: dict | None, pilot: list[int], delta: float | None, max_seeds: int
+    uri: str,
+    spec: Spec,
+    overrides: dict | None,
+    pilot: list[int],
+    delta: float | None,
+    max_seeds: int,
+    adjust: Callable[[list[Variant]], list[Variant]] | None = None,
 ) -> SeedPlan:
-    """Stein's plan from the pilot's runs that MLflow holds (the variants of ``pilot`` seeds with ``overrides``);
-    a ReportError when nothing of them is recorded."""
+    """Stein's plan from the pilot's runs that MLflow holds (the variants of ``pilot`` seeds with ``overrides``;
+    ``adjust`` turns them into the variants that ran, e.g. each at its tuned point); a ReportError when nothing
+    of them is recorded."""
     from harness.spec.expansion import expand, with_seeds
 
     database = uri[len("sqlite:///") :] if uri.startswith("sqlite:///") else None
@@ -640,6 +660,8 @@ def pilot_plan(
     if max_seeds < len(pilot):
         raise ReportError(f"--max-seeds {max_seeds} is below the pilot's {len(pilot)} seeds")
     variants = expand(with_seeds(spec, pilot), overrides)
+    if adjust is not None:
+        variants = adjust(variants)
     table = runs_table(runs, variants)
     if not (table["status"] == analysis.FINISHED).any():
         raise ReportError(
@@ -696,7 +718,12 @@ def plan_lines(spec: Spec, found: SeedPlan, max_seeds: int) -> list[str]:
 
 
 def plan_from_store(
-    spec: Spec, overrides: dict | None, seeds: list[int] | None, delta: float | None, max_seeds: int
+    spec: Spec,
+    overrides: dict | None,
+    seeds: list[int] | None,
+    delta: float | None,
+    max_seeds: int,
+    adjust: Callable[[list[Variant]], list[Variant]] | None = None,
 ) -> list[str]:
     """``harness plan``: the pilot (the spec's own seeds, else the last sweep's) and overrides (the last sweep's
     unless given) read from MLflow, and Stein's plan from it."""
@@ -710,7 +737,7 @@ def plan_from_store(
     if not overrides and seeds is None:
         overrides, seeds = last_sweep_arguments(runs)
     pilot = list(spec.seeds) if len(spec.seeds or []) >= 2 else list(seeds or [])
-    return plan_lines(spec, pilot_plan(uri, spec, overrides, pilot, delta, max_seeds), max_seeds)
+    return plan_lines(spec, pilot_plan(uri, spec, overrides, pilot, delta, max_seeds, adjust), max_seeds)
 
 
 def duration_text(seconds: float) -> str:
@@ -977,6 +1004,42 @@ def render_markdown(
     return "\n".join(lines)
 
 
+def _tuning_files(
+    tuning: tuning_report.TuningResult,
+    frame: pd.DataFrame,
+    seed: str | None,
+    spec: Spec,
+    factors: list[str],
+    seeds: list[int] | None,
+    delta: float | None,
+    runs: pd.DataFrame,
+    untuned: list[Variant] | None,
+    out: Path,
+    report: Report,
+) -> list[str]:
+    """tuning.csv, tuning.png and (compare_untuned) effects_untuned.csv in ``out``; the Tuning section's lines.
+    The fresh seeds' values come from ``frame`` (phase 2's runs), the untuned verdicts from ``untuned``'s runs."""
+    done = analysis.finished(frame)
+    metric = tuning.metric
+    tuning.fresh = {
+        setting: [float(v) for v in rows[metric] if pd.notna(v)] for setting, rows in done.groupby("setting")
+    }
+    if untuned:
+        table = runs_table(runs, untuned)
+        untuned_frame, untuned_factors, untuned_seed = factor_table(table, spec, untuned)
+        tuning.untuned_effects, _, _ = verdict_effects(untuned_frame, spec, untuned_factors, untuned_seed, seeds, delta)
+        tuning.untuned_effects.to_csv(out / "effects_untuned.csv", index=False)
+        report.files.append(out / "effects_untuned.csv")
+    tuning.csv().to_csv(out / "tuning.csv", index=False)
+    report.files.append(out / "tuning.csv")
+    figure_name = None
+    if len(tuning.points):
+        tuning_report.tuning_figure(tuning).savefig(out / "tuning.png")
+        report.files.append(out / "tuning.png")
+        figure_name = "tuning.png"
+    return tuning_report.tuning_markdown(tuning, report.effects, figure_name)
+
+
 def write_report(
     uri: str,
     spec: Spec,
@@ -987,10 +1050,14 @@ def write_report(
     seeds: list[int] | None = None,
     log_to_mlflow: bool = True,
     delta: float | None = None,
+    tuning: tuning_report.TuningResult | None = None,
+    untuned: list[Variant] | None = None,
 ) -> Report:
     """Everything in results/<name>/ (or its overrides-<hash>/ folder) from MLflow alone; the files also go to
     the matching sweep run (under ``report/``). Sweep-wide figures go on that parent run only, not on each child.
-    ``delta``: δ of the verdicts (default: the spec's ``practical_difference``)."""
+    ``delta``: δ of the verdicts (default: the spec's ``practical_difference``). ``tuning``: what the spec's
+    tuning phase found (``variants`` are then each at its chosen point), with tuning.csv, its figure and the
+    Tuning section; ``untuned``: the same variants at the spec's own settings, whose verdicts it sets beside."""
     from harness.report import plots
 
     runs = experiment_runs(uri, spec) if runs is None else runs
@@ -1030,6 +1097,9 @@ def write_report(
     for name, content in (("summary.csv", report.summary), ("effects.csv", report.effects)):
         content.to_csv(out / name, index=False)
         report.files.append(out / name)
+    tuning_lines = None
+    if tuning is not None:
+        tuning_lines = _tuning_files(tuning, frame, seed, spec, factors, seeds, delta, runs, untuned, out, report)
     tokenizer_view = tokenizers.tokenizer_table(frame) if tokenizers.varies_tokenizer(frame) else None
     if tokenizer_view is not None:
         tokenizer_view.to_csv(out / "tokenizers.csv", index=False)
@@ -1088,7 +1158,7 @@ def write_report(
         data=data,
         refs=references,
         ladders=ladders,
-        verdict_lines=verdicts_section(report.effects, family, pilot, used, plan),
+        verdict_lines=verdicts_section(report.effects, family, pilot, used, plan) + (tuning_lines or []),
         tokenizer_view=tokenizer_view,
     )
     (out / "report.md").write_text(markdown, encoding="utf-8")

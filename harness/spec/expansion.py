@@ -40,6 +40,12 @@ def with_seeds(spec: Spec, seeds: list[int] | None) -> Spec:
         raise SpecError(f"{spec.path}: --seeds conflicts with the spec's own axis over {SEED_KEY}")
     if len(set(seeds)) != len(seeds):
         raise SpecError(f"--seeds: repeated seed in {seeds}")
+    shared = sorted(set(seeds) & set(spec.tune.seeds)) if spec.tune else []
+    if shared:
+        raise SpecError(
+            f"{spec.where('tune', 'seeds')}: --seeds {' '.join(map(str, shared))}: also tuning seeds (tune.seeds); "
+            "the seeds that decide must be fresh ones"
+        )
     return replace(spec, seeds=list(seeds))
 
 
@@ -56,6 +62,46 @@ def parse_overrides(items: list[str]) -> dict[str, Any]:
         except yaml.YAMLError as exc:
             raise SpecError(f"override {item!r}: value is not valid YAML ({exc})") from exc
     return out
+
+
+def setting_id(variant: Variant) -> str:
+    """A variant's id without its seed: what its seeds share (a point of grid/zip)."""
+    return variant_id({k: v for k, v in variant.axes.items() if k != SEED_KEY})
+
+
+def with_values(variant: Variant, values: dict[str, Any], seed: int | None = None, label: bool = False) -> Variant:
+    """``variant`` with ``values`` set (dotted key -> typed value; a key for another model kind is left out)
+    and, given one, another seed; its config checked again (a SpecError names what is wrong). ``label``: the
+    values and the seed become axes of its id, as a tuning run's do; otherwise the id stays (a variant at its
+    chosen point is still that variant)."""
+    config = variant.config
+    changes: dict[str, dict[str, Any]] = {}
+    applied = {}
+    for key, value in values.items():
+        kinds = config_field(key).metadata.get("kinds")
+        if kinds and config.model.kind not in kinds:
+            continue
+        section, name = key.split(".")
+        changes.setdefault(section, {})[name] = value
+        applied[key] = value
+    if seed is not None:
+        changes.setdefault("train", {})["seed"] = seed
+    sections = {s: replace(getattr(config, s), **c) for s, c in changes.items()}
+    found = [f"{section}.{name}: {why}" for section, obj in sections.items() for name, why in obj.problems()]
+    if found:
+        raise SpecError(f"variant {variant.id} with {_format_point(applied)}: {'; '.join(found)}")
+    axes = dict(variant.axes)
+    if label:
+        axes = {k: v for k, v in axes.items() if k != SEED_KEY}
+        axes.update(applied)
+        if seed is not None:
+            axes[SEED_KEY] = seed
+    origins = {**variant.origins, **{k: "tune" for k in applied}}
+    return Variant(variant_id(axes), axes, replace(config, **sections), None, origins)
+
+
+def _format_point(values: dict[str, Any]) -> str:
+    return ", ".join(f"{k}={_format_value(v)}" for k, v in values.items()) or "its own settings"
 
 
 # --- expansion ----------------------------------------------------------------------------------------------

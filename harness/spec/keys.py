@@ -29,9 +29,17 @@ TOP_LEVEL_KEYS = (
     "seeds",
     "references",
     "practical_difference",
+    "tune",
 )
 PRACTICAL_DIFFERENCE = 0.01  # nats: the default δ of the report's verdicts (a report setting, never in a run's hash)
 REFERENCE_KEYS = ("match", "metric", "value", "source")
+# The `tune` section: its own options beside the dotted keys it tunes (harness/tuning.py).
+TUNE_OPTIONS = ("seeds", "metric", "extend", "search", "trials", "compare_untuned")
+TUNE_METRICS = ("final_val_loss", "final_val_bpc", "final_train_loss", "final_train_bpc")  # lower is better
+TUNE_SECTIONS = ("train", "model")  # what a tune key may set
+TUNE_SEARCHES = ("grid", "tpe")
+TUNE_EXTEND = 2  # default of tune.extend
+RANGE_KEYS = ("low", "high", "log")
 SEED_KEY = "train.seed"
 IDENTITY_VERSION = 2  # recorded as the `identity_version` tag beside `config_hash`
 NAME_PATTERN = r"[A-Za-z0-9][A-Za-z0-9_.-]*"  # `name` becomes a folder under results/: no slashes, no ".."

@@ -12,18 +12,25 @@ from harness.spec.keys import (
     AXIS_NAME_PATTERN,
     NAME_PATTERN,
     PRACTICAL_DIFFERENCE,
+    RANGE_KEYS,
     REFERENCE_KEYS,
     REFERENCE_METRICS,
     SECTIONS,
     SEED_KEY,
     TOP_LEVEL_KEYS,
+    TUNE_EXTEND,
+    TUNE_METRICS,
+    TUNE_OPTIONS,
+    TUNE_SEARCHES,
+    TUNE_SECTIONS,
     _yaml11_float,
+    is_identity,
     key_problem,
     type_value,
 )
 from harness.spec.problems import SpecError, suggest
 from harness.spec.reading import _read_yaml
-from harness.spec.records import Problems, Reference, Spec
+from harness.spec.records import Problems, Range, Reference, Spec, Tune
 
 
 def load_spec(path: str | Path) -> Spec:
@@ -72,6 +79,7 @@ def load_spec(path: str | Path) -> Spec:
     raw_references = raw.get("references")
     _parse_references(raw_references, spec, problems)
     _parse_practical_difference(raw, spec, problems)
+    _parse_tune(raw.get("tune"), "tune" in raw, spec, problems)
 
     # The values of every variant, as written (keys already reported are not reported again), and the
     # variants that the references select.
@@ -402,3 +410,177 @@ def _parse_match(raw: Any, spec: Spec, path: tuple, name: str, problems: Problem
             continue
         match[key] = typed
     return match if len(match) == len(raw) else None
+
+
+def _parse_tune(raw: Any, present: bool, spec: Spec, problems: Problems) -> None:
+    """The ``tune`` section: dotted train.*/model.* keys with their values (a list; a range for TPE) and the
+    options in ``TUNE_OPTIONS``. Every problem is reported at its line; nothing trains with a bad one."""
+    if not present:
+        return
+    if not isinstance(raw, dict) or not raw:
+        problems.at(
+            ("tune",),
+            "tune",
+            "expected a mapping of dotted train.*/model.* keys -> list of values, and the options "
+            f"{', '.join(TUNE_OPTIONS)}; got {raw!r}",
+        )
+        return
+    search = raw.get("search", "grid")
+    if search not in TUNE_SEARCHES:
+        problems.at(
+            ("tune", "search"),
+            "tune.search",
+            f"unknown search {search!r}; choices: {', '.join(TUNE_SEARCHES)}{suggest(search, TUNE_SEARCHES)}",
+        )
+        search = None
+    varied = {k for k in spec.grid if k not in spec.levels} | {k for g in spec.zip_groups for k in g}
+    space: dict[str, list | Range] = {}
+    for key, values in raw.items():
+        if key in TUNE_OPTIONS:
+            continue
+        path, name = ("tune", key), f"tune.{key}"
+        bad_key = key_problem(key)
+        if bad_key:
+            problems.key(
+                path,
+                str(key),
+                f"{bad_key}; or one of the options {', '.join(TUNE_OPTIONS)}{suggest(key, TUNE_OPTIONS)}",
+            )
+            continue
+        if key.split(".")[0] not in TUNE_SECTIONS or key == SEED_KEY or not is_identity(key):
+            why = (
+                "the seed is what tuning averages over (tune.seeds)"
+                if key == SEED_KEY
+                else "it changes no run's math (an execution key)"
+                if not is_identity(key)
+                else f"only {' and '.join(s + '.*' for s in TUNE_SECTIONS)} keys are tuned"
+            )
+            problems.key(path, name, f"{key} cannot be tuned: {why}")
+            continue
+        if key in varied:
+            problems.key(path, name, f"{key} is also a grid or zip axis; an axis is compared, not tuned: keep one")
+            continue
+        if isinstance(values, dict) and search == "tpe":
+            found = _parse_range(key, values, path, problems)
+            if found is not None:
+                space[key] = found
+            continue
+        if not isinstance(values, list) or not values:
+            expected = "a non-empty list of values" + (" or a range {low, high, log}" if search == "tpe" else "")
+            problems.at(path, name, f"expected {expected}, got {values!r}")
+            continue
+        typed_values, ok = [], True
+        for i, value in enumerate(values):
+            typed, bad = type_value(key, value)
+            if not bad and isinstance(typed, float) and not math.isfinite(typed):
+                bad = f"expected a finite number, got {value!r}"
+            if bad:
+                problems.at(path + (i,), name, bad)
+                ok = False
+            elif typed in typed_values:
+                problems.at(path + (i,), name, f"duplicate value {value!r} (item {typed_values.index(typed) + 1})")
+                ok = False
+            typed_values.append(typed)
+        if ok:
+            space[key] = typed_values
+    keys = [k for k in raw if k not in TUNE_OPTIONS]
+    if not keys:
+        problems.at(("tune",), "tune", "tunes nothing: give at least one dotted train.*/model.* key with its values")
+
+    seeds = raw.get("seeds")
+    tune_seeds: list[int] = []
+    if seeds is None:
+        problems.at(("tune",), "tune.seeds", "missing: the tuning seeds, disjoint from the spec's `seeds`")
+    elif not isinstance(seeds, list) or not seeds:
+        problems.at(("tune", "seeds"), "tune.seeds", f"expected a non-empty list of integers, got {seeds!r}")
+    else:
+        for i, seed in enumerate(seeds):
+            if not isinstance(seed, int) or isinstance(seed, bool):
+                problems.at(("tune", "seeds", i), "tune.seeds", f"expected integers, got {seed!r}")
+            elif seed in tune_seeds:
+                problems.at(("tune", "seeds", i), "tune.seeds", f"seed {seed} is repeated")
+            elif seed in spec.seeds:
+                problems.at(
+                    ("tune", "seeds", i),
+                    "tune.seeds",
+                    f"seed {seed} is also one of the spec's `seeds`: tuning seeds choose, the spec's seeds decide, "
+                    "and a seed used for both would let the choice bias the verdict",
+                )
+            else:
+                tune_seeds.append(seed)
+    if not spec.seeds:
+        problems.at(
+            ("tune",),
+            "seeds",
+            "a spec with `tune` needs its own `seeds` (fresh seeds that decide, disjoint from tune.seeds)",
+        )
+
+    metric = raw.get("metric", "final_val_loss")
+    if metric not in TUNE_METRICS:
+        problems.at(
+            ("tune", "metric"),
+            "tune.metric",
+            f"unknown metric {metric!r}; choices (lower is better): {', '.join(TUNE_METRICS)}"
+            f"{suggest(metric, TUNE_METRICS)}",
+        )
+    extend = raw.get("extend", TUNE_EXTEND)
+    if not isinstance(extend, int) or isinstance(extend, bool) or not 0 <= extend <= 10:
+        problems.at(
+            ("tune", "extend"),
+            "tune.extend",
+            f"expected a whole number from 0 to 10 (steps beyond an end of a list), got {extend!r}",
+        )
+    trials = raw.get("trials")
+    if search == "tpe":
+        if trials is None:
+            problems.at(("tune",), "tune.trials", "search: tpe needs `trials` (trials per variant, e.g. 8)")
+        elif not isinstance(trials, int) or isinstance(trials, bool) or not 1 <= trials <= 1000:
+            problems.at(("tune", "trials"), "tune.trials", f"expected a whole number from 1 to 1000, got {trials!r}")
+        if "extend" in raw:
+            problems.key(("tune", "extend"), "tune.extend", "goes with search: grid (TPE samples inside its ranges)")
+    elif trials is not None and search == "grid":
+        problems.key(("tune", "trials"), "tune.trials", "goes with search: tpe (a grid tries every point)")
+    compare = raw.get("compare_untuned", False)
+    if not isinstance(compare, bool):
+        problems.at(("tune", "compare_untuned"), "tune.compare_untuned", f"expected true/false, got {compare!r}")
+    if problems.lines:
+        return
+    spec.tune = Tune(space, tune_seeds, metric, extend, search, trials, compare)
+
+
+def _parse_range(key: str, raw: dict, path: tuple, problems: Problems) -> Range | None:
+    """A TPE range ``{low, high, log}`` of a number key: finite, low < high, low > 0 on a log scale."""
+    name = f"tune.{key}"
+    ok = True
+    for k in raw:
+        if k not in RANGE_KEYS:
+            problems.key(path + (k,), f"{name}.{k}", f"unknown key {k!r}; a range has {', '.join(RANGE_KEYS)}")
+            ok = False
+    bounds = {}
+    for k in ("low", "high"):
+        if k not in raw:
+            problems.at(path, name, f"a range needs {k!r}")
+            ok = False
+            continue
+        typed, bad = type_value(key, raw[k])
+        if not bad and (isinstance(typed, bool) or not isinstance(typed, (int, float))):
+            bad = f"a range is of numbers; {key} takes {typed!r}"
+        if not bad and not math.isfinite(typed):
+            bad = f"expected a finite number, got {raw[k]!r}"
+        if bad:
+            problems.at(path + (k,), f"{name}.{k}", bad)
+            ok = False
+        bounds[k] = typed
+    log = raw.get("log", False)
+    if not isinstance(log, bool):
+        problems.at(path + ("log",), f"{name}.log", f"expected true/false, got {log!r}")
+        ok = False
+    if not ok:
+        return None
+    if bounds["low"] >= bounds["high"]:
+        problems.at(path + ("low",), f"{name}.low", f"low {bounds['low']!r} must be below high {bounds['high']!r}")
+        return None
+    if log and bounds["low"] <= 0:
+        problems.at(path + ("low",), f"{name}.low", f"a log range needs low > 0, got {bounds['low']!r}")
+        return None
+    return Range(bounds["low"], bounds["high"], log)

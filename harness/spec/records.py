@@ -51,6 +51,38 @@ class Reference:
         return True
 
 
+# --- the tune section ---------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Range:
+    """A range TPE samples a number from: ``{low, high, log}`` (log: sampled on a log scale)."""
+
+    low: float
+    high: float
+    log: bool = False
+
+
+@dataclass(frozen=True)
+class Tune:
+    """The spec's ``tune`` section: what every variant tries before it is decided (harness/tuning.py).
+
+    ``space``: dotted key -> a list of values (grid search; their product is tried) or a ``Range`` (TPE).
+    The choice minimises ``metric``'s mean over ``seeds``, which are disjoint from the spec's own seeds."""
+
+    space: dict[str, list | Range]
+    seeds: list[int]
+    metric: str = "final_val_loss"
+    extend: int = 2  # grid: steps beyond an end of a numeric list when the choice lands on it
+    search: str = "grid"  # grid | tpe
+    trials: int | None = None  # tpe: trials per variant
+    compare_untuned: bool = False  # also train the spec's seeds at its own settings, for verdicts side by side
+
+    @property
+    def keys(self) -> list[str]:
+        return list(self.space)
+
+
 # --- the spec -----------------------------------------------------------------------------------------------
 
 
@@ -70,6 +102,7 @@ class Spec:
     levels: dict[str, dict[str, dict[str, Any]]] = field(default_factory=dict)
     references: list[Reference] = field(default_factory=list)
     practical_difference: float = PRACTICAL_DIFFERENCE  # δ (nats) of the report's verdicts; no run's identity
+    tune: Tune | None = None  # each variant at its own best point, chosen on tuning seeds (harness/tuning.py)
     marks: dict[tuple, str] = field(default_factory=dict, repr=False, compare=False)
 
     @property

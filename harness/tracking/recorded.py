@@ -43,13 +43,15 @@ from harness.tracking.store import (
 )
 from harness.train.device import pick_device
 from harness.train.graphs import graph_status
-from harness.train.trainer import Trainer
+from harness.train.trainer import DivergedError, Trainer
 
 log = logging.getLogger(__name__)
 
 # Held from ``torch.manual_seed`` to the built model and Trainer, so that runs trained by threads of one process
 # (--executor threads) each start from exactly the weights their seed gives alone.
 SEEDED_BUILD = threading.Lock()
+PHASE_TAG = "phase"  # tune: a run that chose a variant's point; decide: a run whose metric the verdicts use
+DIVERGED_TAG = "diverged"  # a tuning run whose loss became NaN or inf: FINISHED, its value the worst
 
 
 SYSTEM_METRICS_INTERVAL_S = 5.0  # MLflow's MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL wins
@@ -177,6 +179,7 @@ class _VariantRun:
         show_progress: bool = True,
         names: dict[str, str] | None = None,
         should_stop: Callable[[], bool] | None = None,
+        phase: str | None = None,
     ):
         from harness.tracking.checkpoints import checkpoint_store as make_checkpoint_store
 
@@ -203,6 +206,9 @@ class _VariantRun:
         if parent_run_id:
             self.tags[PARENT_TAG] = parent_run_id
             self.tags[claims.DRIVER_TAG] = parent_run_id
+        self.phase = phase
+        if phase:  # tune (choosing a variant's point) or decide (its verdicts): filter on tags.phase in the UI
+            self.tags[PHASE_TAG] = phase
         self.store = (
             make_checkpoint_store(checkpoint_store, self.client, checkpoint_dir)
             if self.config.train.checkpoint_interval
@@ -353,12 +359,29 @@ class _VariantRun:
         return VariantResult(self.variant.id, run_id, "FINISHED", final)
 
     def fail(self, exc: BaseException) -> VariantResult:
-        """Close the run FAILED with why (and the traceback as error.txt)."""
+        """Close the run FAILED with why (and the traceback as error.txt). A tuning run that diverged is a
+        result, not a failure: it closes FINISHED with the tag ``diverged`` (a rerun does not train it again)."""
+        if self.phase == "tune" and isinstance(exc, DivergedError):
+            return self.diverged(exc)
         stop_system_metrics(self.monitor)
         reason = f"{type(exc).__name__}: {exc}"
         details = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
         _close(self.client, self.metrics, self.run_id, "FAILED", reason, details)
         return VariantResult(self.variant.id, self.run_id, "FAILED", {}, reason)
+
+    def diverged(self, exc: DivergedError) -> VariantResult:
+        stop_system_metrics(self.monitor)
+        client, run_id = self.client, self.run_id
+        self.metrics.flush()
+        retrying(
+            lambda: client.log_batch(
+                run_id, tags=[RunTag(DIVERGED_TAG, "true"), RunTag("error", f"diverged: {exc}"[:5000])]
+            )
+        )
+        retrying(lambda: client.set_terminated(run_id, status="FINISHED"))
+        if self.store is not None:
+            self.store.discard(run_id, self.variant)
+        return VariantResult(self.variant.id, run_id, "FINISHED", {}, f"diverged: {exc}")
 
     def kill(self) -> None:
         stop_system_metrics(self.monitor)
