@@ -485,12 +485,12 @@ def _parse_tune(raw: Any, present: bool, spec: Spec, problems: Problems) -> None
             space[key] = typed_values
     keys = [k for k in raw if k not in TUNE_OPTIONS]
     if not keys:
-        problems.at(("tune",), "tune", "tunes nothing: give at least one dotted train.*/model.* key with its values")
+        problems.key(("tune",), "tune", "tunes nothing: give at least one dotted train.*/model.* key with its values")
 
     seeds = raw.get("seeds")
     tune_seeds: list[int] = []
     if seeds is None:
-        problems.at(("tune",), "tune.seeds", "missing: the tuning seeds, disjoint from the spec's `seeds`")
+        problems.key(("tune",), "tune.seeds", "missing: the tuning seeds, disjoint from the spec's `seeds`")
     elif not isinstance(seeds, list) or not seeds:
         problems.at(("tune", "seeds"), "tune.seeds", f"expected a non-empty list of integers, got {seeds!r}")
     else:
@@ -509,7 +509,7 @@ def _parse_tune(raw: Any, present: bool, spec: Spec, problems: Problems) -> None
             else:
                 tune_seeds.append(seed)
     if not spec.seeds:
-        problems.at(
+        problems.key(
             ("tune",),
             "seeds",
             "a spec with `tune` needs its own `seeds` (fresh seeds that decide, disjoint from tune.seeds)",
@@ -533,7 +533,7 @@ def _parse_tune(raw: Any, present: bool, spec: Spec, problems: Problems) -> None
     trials = raw.get("trials")
     if search == "tpe":
         if trials is None:
-            problems.at(("tune",), "tune.trials", "search: tpe needs `trials` (trials per variant, e.g. 8)")
+            problems.key(("tune",), "tune.trials", "search: tpe needs `trials` (trials per variant, e.g. 8)")
         elif not isinstance(trials, int) or isinstance(trials, bool) or not 1 <= trials <= 1000:
             problems.at(("tune", "trials"), "tune.trials", f"expected a whole number from 1 to 1000, got {trials!r}")
         if "extend" in raw:

@@ -17,6 +17,10 @@ from harness.spec.keys import (
     REFERENCE_KEYS,
     REFERENCE_METRICS,
     SECTIONS,
+    TUNE_EXTEND,
+    TUNE_METRICS,
+    TUNE_SEARCHES,
+    TUNE_SECTIONS,
     _adapter,
     all_dotted_keys,
     config_field,
@@ -63,6 +67,34 @@ def json_schema() -> dict[str, Any]:
     values = {k: {"$ref": f"#/$defs/{k}"} for k in keys}  # each key's schema once, used by base, grid, zip
     settings = {"type": "object", "properties": values, "additionalProperties": False}
     axis_values = {k: {"type": "array", "minItems": 1, "items": v} for k, v in values.items()}
+    numeric_range = {
+        "type": "object",
+        "additionalProperties": False,
+        "required": ["low", "high"],
+        "description": "search: tpe: a range to sample from",
+        "properties": {
+            "low": _yaml11_numbers({"type": "number"}),
+            "high": _yaml11_numbers({"type": "number"}),
+            "log": {"type": "boolean", "default": False},
+        },
+    }
+    tunable = [k for k in keys if k.split(".")[0] in TUNE_SECTIONS and k != "train.seed"]
+    tune = {
+        "type": "object",
+        "additionalProperties": False,
+        "required": ["seeds"],
+        "description": "each variant at its own best point: these keys tried on tuning seeds, the verdicts "
+        "decided on the spec's own seeds (harness/tuning.py)",
+        "properties": {
+            **{k: {"anyOf": [axis_values[k], numeric_range]} for k in tunable},
+            "seeds": {"type": "array", "minItems": 1, "items": {"type": "integer"}, "uniqueItems": True},
+            "metric": {"enum": list(TUNE_METRICS), "default": "final_val_loss"},
+            "extend": {"type": "integer", "minimum": 0, "maximum": 10, "default": TUNE_EXTEND},
+            "search": {"enum": list(TUNE_SEARCHES), "default": "grid"},
+            "trials": {"type": "integer", "minimum": 1, "maximum": 1000},
+            "compare_untuned": {"type": "boolean", "default": False},
+        },
+    }
     named_axis = {
         "type": "object",
         "minProperties": 1,
@@ -127,6 +159,7 @@ def json_schema() -> dict[str, Any]:
                 "description": "δ in nats: the smallest difference in loss that matters; the report's verdicts "
                 "(better, worse, equivalent within ±δ, undecided) use it; not part of any run's identity",
             },
+            "tune": tune,
             "references": {
                 "type": "array",
                 "items": {
