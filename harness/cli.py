@@ -176,6 +176,8 @@ def _main(argv: list[str] | None) -> int:
 
             preflight(variants, data_dir)
             _print_variants(spec, variants)
+            if spec.tune is not None:
+                print(_tune_line(spec, variants))
             return 0
         return _run(spec, variants, overrides, args, data_dir)
     except SpecError as exc:
@@ -335,6 +337,28 @@ def _run(spec, variants, overrides: dict, args, data_dir) -> int:
 
 
 _TUNE_STATE: dict[str, bool] = {}
+
+
+def _tune_line(spec, variants) -> str:
+    """What tuning adds to the runs listed: phase 1's runs, and the untuned comparison's."""
+    from harness.spec.expansion import setting_id
+
+    tune = spec.tune
+    settings = len({setting_id(v) for v in variants})
+    points = math.prod(len(v) for v in tune.space.values()) if tune.search == "grid" else tune.trials
+    how = (
+        f"a grid, extended up to {tune.extend} step(s) beyond an end it chooses"
+        if tune.search == "grid"
+        else "TPE trials"
+    )
+    line = (
+        f"tune ({', '.join(tune.keys)}): {settings} variant(s) x {points} point(s) x {len(tune.seeds)} tuning seed(s) "
+        f"= {settings * points * len(tune.seeds)} tuning runs first ({how}); the runs above then train at each "
+        "variant's choice"
+    )
+    if tune.compare_untuned:
+        line += f", and again at the spec's own settings (compare_untuned: {len(variants)} more)"
+    return line
 
 
 def _tuned_adjust(spec):
