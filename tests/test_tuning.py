@@ -362,3 +362,9 @@ def test_the_committed_tuned_ladder_is_a_valid_tuned_spec():
     assert spec.tune is not None and spec.tune.compare_untuned
     assert not set(spec.tune.seeds) & set(spec.seeds)
     assert textwrap.dedent(spec.path.read_text()).count("Run: harness run experiments/gpt-ladder-tuned.yaml") == 1
+
+
+def test_a_plan_for_a_tuned_spec_passes_over_the_tuning_seeds():
+    from harness.report.tables import extend_seeds
+
+    assert extend_seeds([1, 2], 6, avoid=[3, 5]) == [1, 2, 4, 6, 7, 8]

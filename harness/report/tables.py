@@ -546,12 +546,14 @@ def stein_pilot(spec: Spec, seeds: list[int] | None) -> list[int] | None:
     return pilot if len(pilot) >= 2 and len(seeds) > len(pilot) and seeds[: len(pilot)] == pilot else None
 
 
-def extend_seeds(seeds: list[int], total: int) -> list[int]:
-    """``seeds`` continued with max(seeds) + 1, + 2, ... up to ``total`` seeds."""
+def extend_seeds(seeds: list[int], total: int, avoid: list[int] | None = None) -> list[int]:
+    """``seeds`` continued with max(seeds) + 1, + 2, ... up to ``total`` seeds, passing over ``avoid`` (a tuned
+    spec's tuning seeds: the seeds that decide must be fresh)."""
     seeds = list(seeds)
     nxt = max(seeds) + 1 if seeds else 1
     while len(seeds) < total:
-        seeds.append(nxt)
+        if nxt not in set(avoid or []):
+            seeds.append(nxt)
         nxt += 1
     return seeds
 
@@ -618,7 +620,7 @@ def report_plan(
     its stack's time)."""
     delta = spec.practical_difference if delta is None else delta
     plan = analysis.seed_plan(effects, delta, len(pilot), max_seeds)
-    seeds = extend_seeds(pilot, plan.seeds)
+    seeds = extend_seeds(pilot, plan.seeds, spec.tune.seeds if getattr(spec, "tune", None) else None)
     extra = len([s for s in seeds if s not in set(trained or pilot)])
     done = analysis.finished(frame)
     settings = frame["setting"].nunique() if "setting" in frame else 0
