@@ -55,7 +55,7 @@ def parse_overrides(items: list[str]) -> dict[str, Any]:
         key, text = item.split("=", 1)
         check_dotted_key(key.strip(), f"override {item!r}")
         try:
-            out[key.strip()] = load_yaml_text(text, f"override {item!r}") if text.strip() else ""
+            out[key.strip()] = load_yaml_text(text, f"override {key.strip()}") if text.strip() else ""
         except yaml.YAMLError as exc:
             raise SpecError(f"override {item!r}: value is not valid YAML ({exc})") from exc
     return out

@@ -94,6 +94,19 @@ class _BoundedLoader(yaml.SafeLoader):
         return found
 
 
+def _construct_int(loader: _BoundedLoader, node) -> int:
+    """PyYAML's int, but an integer of thousands of digits is a problem at its line, not a ValueError."""
+    try:
+        return yaml.SafeLoader.construct_yaml_int(loader, node)
+    except ValueError as exc:  # Python refuses str -> int past sys.get_int_max_str_digits() (4,300 digits)
+        raise SpecError(
+            f"{loader._at(node.start_mark)}: an integer of {len(node.value):,} digits; no key takes more than 19"
+        ) from exc
+
+
+_BoundedLoader.add_constructor("tag:yaml.org,2002:int", _construct_int)
+
+
 def load_yaml_text(text: str, label: str) -> Any:
     """``yaml.safe_load`` of a short text (an override's value) within the same bounds as a spec file."""
     loader = _BoundedLoader(text, label)
