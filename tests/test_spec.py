@@ -665,3 +665,14 @@ def test_a_catalog_corpus_missing_from_the_data_folder_is_reported_at_its_line(t
         f"{path}:7:18: data.dataset: dataset 'tinyshakespeare': {empty}/tinyshakespeare.txt not found"
     )
     assert lines[1].startswith(f"{path}:7:35: data.dataset: dataset 'korean-chatbot'")
+
+
+def test_the_json_schema_lets_editors_accept_a_korean_name_and_flag_a_path():
+    jsonschema = pytest.importorskip("jsonschema")
+    import json
+
+    schema = json.loads((EXPERIMENTS / "spec.schema.json").read_text(encoding="utf-8"))
+    jsonschema.validate({"name": "한국어-실험"}, schema)
+    for bad in ("../x", "a/b", ".hidden", "sp ace", "-x"):
+        with pytest.raises(jsonschema.ValidationError):
+            jsonschema.validate({"name": bad}, schema)
