@@ -4,8 +4,9 @@ Each input is validated by ``python -m harness validate SPEC`` in a fresh proces
 that child's own ``ru_maxrss`` (``os.wait4``). The baseline row is a legitimate one-variant spec: the harness's
 own cost (Python, torch, MLflow imports), which every row pays; ``above_baseline`` columns are what the input
 adds. ``in_process_s`` is ``load_spec`` + ``expand`` of the input in this process, imports excluded: the spec
-work alone. Rows run in rounds, in turn, and keep their best (fewest seconds, least memory), as the machine is
-shared.
+work alone. CPU seconds (the child's user + system time; ``process_time`` here) are given beside wall seconds:
+on a shared machine the wall time grows with the load (``load_avg_1min``), CPU time far less. Rows run in
+rounds, in turn, and keep their best (fewest seconds, least memory).
 
 Inputs: the alias bomb ("billion laughs", 12 lines, 9^9 strings expanded), a grid of eight axes of ten values
 (10^8 variants), a legitimate grid of 10,000 variants (four axes of ten), a 2 MB file, a file just under the 1 MiB
@@ -77,8 +78,8 @@ def inputs() -> dict[str, tuple[str, list[str]]]:
     }
 
 
-def validate_process(spec: Path, words: list[str], data_dir: Path | None) -> tuple[int, float, float, str]:
-    """(exit code, wall s, peak RSS MB, first line of stderr) of ``python -m harness validate``."""
+def validate_process(spec: Path, words: list[str], data_dir: Path | None) -> tuple[int, float, float, float, str]:
+    """(exit code, wall s, CPU s, peak RSS MB, first line of stderr) of ``python -m harness validate``."""
     command = [sys.executable, "-m", "harness", "validate", str(spec), *words]
     if data_dir is not None:
         command += ["--data-dir", str(data_dir)]
@@ -90,16 +91,18 @@ def validate_process(spec: Path, words: list[str], data_dir: Path | None) -> tup
         proc.returncode = os.waitstatus_to_exitcode(status)
         err.seek(0)
         first = err.read().decode("utf-8", "replace").splitlines()[:1]
-    return proc.returncode, wall, usage.ru_maxrss / 1024, (first[0] if first else "")
+    cpu = usage.ru_utime + usage.ru_stime
+    return proc.returncode, wall, cpu, usage.ru_maxrss / 1024, (first[0] if first else "")
 
 
-def in_process(spec: Path, words: list[str], data_dir: Path | None) -> float:
-    start = time.perf_counter()
+def in_process(spec: Path, words: list[str], data_dir: Path | None) -> tuple[float, float]:
+    """(wall s, CPU s) of ``load_spec`` + ``expand`` here."""
+    start, cpu = time.perf_counter(), time.process_time()
     try:
         expand(load_spec(spec), parse_overrides(words), data_dir)
     except SpecError:
         pass
-    return time.perf_counter() - start
+    return time.perf_counter() - start, time.process_time() - cpu
 
 
 def main(argv: list[str] | None = None) -> pd.DataFrame:
@@ -115,6 +118,7 @@ def main(argv: list[str] | None = None) -> pd.DataFrame:
         wanted = {"baseline", *args.rows.split(",")}
         chosen = {k: v for k, v in chosen.items() if k in wanted}
     best: dict[str, dict] = {}
+    load = os.getloadavg()[0]
     with tempfile.TemporaryDirectory() as tmp:
         paths = {}
         for row, (text, _) in chosen.items():
@@ -122,24 +126,30 @@ def main(argv: list[str] | None = None) -> pd.DataFrame:
             paths[row].write_text(text, encoding="utf-8")
         for _ in range(args.repeats):
             for row, (_, words) in chosen.items():
-                code, wall, rss, message = validate_process(paths[row], words, data_dir)
-                seconds = in_process(paths[row], words, data_dir)
-                old = best.get(row)
+                code, wall, cpu, rss, message = validate_process(paths[row], words, data_dir)
+                seconds, cpu_here = in_process(paths[row], words, data_dir)
+                measured = {
+                    "wall_s": wall,
+                    "cpu_s": cpu,
+                    "peak_rss_mb": rss,
+                    "in_process_s": seconds,
+                    "in_process_cpu_s": cpu_here,
+                }
+                old = best.get(row, measured)
                 best[row] = {
                     "input": row,
                     "file_bytes": paths[row].stat().st_size,
                     "exit_code": code,
-                    "wall_s": min(wall, old["wall_s"]) if old else wall,
-                    "peak_rss_mb": min(rss, old["peak_rss_mb"]) if old else rss,
-                    "in_process_s": min(seconds, old["in_process_s"]) if old else seconds,
+                    **{k: min(v, old[k]) for k, v in measured.items()},
                     "message": message.replace(str(paths[row]), f"{row}.yaml")[:160],
                 }
     table = pd.DataFrame(best.values())
     base = table.set_index("input").loc["baseline"]
-    table.insert(5, "wall_above_baseline_s", table["wall_s"] - base["wall_s"])
-    table.insert(6, "rss_above_baseline_mb", table["peak_rss_mb"] - base["peak_rss_mb"])
+    table.insert(6, "cpu_above_baseline_s", table["cpu_s"] - base["cpu_s"])
+    table.insert(7, "rss_above_baseline_mb", table["peak_rss_mb"] - base["peak_rss_mb"])
     table["repeats"] = args.repeats
     table["cpus"] = os.cpu_count()
+    table["load_avg_1min"] = load  # the machine is shared: wall times grow with its load, CPU seconds far less
     table = table.round(3)
     write_csv(table, args.out)
     with pd.option_context("display.width", 250, "display.max_colwidth", 70):
