@@ -320,3 +320,25 @@ def test_attention_bound_times_four_settings_and_puts_attention_back(shakespeare
     assert list(table.setting) == ["lecture", "harness", "harness, SDPA forced", "harness, no attention (bound)"]
     assert table.ratio_to_lecture[0] == 1.0 and (table.ms_per_step > 0).all()
     assert (gpt.causal_attention, attention.SHORT_CONTEXT) == before
+
+
+@pytest.mark.slow  # two `python -m harness validate` processes: ~12 s here
+def test_spec_hostile_bench_times_validate_of_a_hostile_input_against_the_baseline(shakespeare_dir, tmp_path):
+    bench = load_benchmark("spec_hostile")
+    out = tmp_path / "spec_hostile.csv"
+    bench.main(["--repeats", "1", "--rows", "alias-bomb", "--data-dir", str(shakespeare_dir), "--out", str(out)])
+    table = pd.read_csv(out).set_index("input")
+    assert list(table.index) == ["baseline", "alias-bomb"]
+    assert list(table["exit_code"]) == [0, 2]
+    assert table.loc["baseline", "cpu_above_baseline_s"] == 0 and table.loc["baseline", "peak_rss_mb"] > 0
+    assert table.loc["alias-bomb", "message"].startswith("alias-bomb.yaml:7:8: the spec grows past 100,000 values")
+    assert set(bench.inputs()) == {
+        "baseline",
+        "alias-bomb",
+        "grid-10^8",
+        "grid-10000",
+        "file-2MB",
+        "values-1MiB",
+        "lr-.inf",
+        "override-lr=.inf",
+    }

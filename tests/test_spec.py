@@ -504,8 +504,8 @@ def test_a_spec_with_five_problems_reports_all_five_with_their_lines(tmp_path, c
     with pytest.raises(SpecError) as caught:
         load_spec(path)
     assert caught.value.problems == [
-        f"{path}:1:7: name: '../outside': use letters, digits and -_. only, starting with a letter or digit "
-        "(it names a folder under results/)",
+        f"{path}:1:7: name: '../outside' has a path separator; a name is one folder name (it names the MLflow "
+        "experiment and a folder under results/)",
         f"{path}:3:19: data.dataset: unknown value 'tinyshakespear'; choices: tinyshakespeare, korean-chatbot, file "
         "(did you mean 'tinyshakespeare'?)",
         f"{path}:4:18: train.steps: expected integer, got 'many' (str)",
@@ -558,10 +558,76 @@ def test_one_key_in_two_zip_groups_or_in_zip_and_grid_is_an_error(tmp_path):
     assert f"{zip_and_grid}:10:6: train.lr: is varied by grid and by zip group 0" in load_spec_error(zip_and_grid)
 
 
-@pytest.mark.parametrize("name", ["../../x", "a/b", "..", "sp ace", ""])
-def test_name_is_a_safe_folder_name(tmp_path, name):
-    path = write_spec(tmp_path, BASE.replace("name: t", f"name: '{name}'"))
-    assert "use letters, digits and -_. only" in load_spec_error(path)
+@pytest.mark.parametrize(
+    "name, why",
+    [
+        ("../../x", "has a path separator"),
+        ("a/b", "has a path separator"),
+        ("a\\\\b", "has a path separator"),
+        ("..", "starts with a dot"),
+        (".hidden", "starts with a dot"),
+        ("-x", "must start with a letter or digit"),
+        ("sp ace", "has ' ' (U+0020 SPACE)"),
+        ("tab\\tname", "has '\\t' (U+0009"),
+        ("bell\\x07", "has '\\x07' (U+0007"),
+        ("a\\u202eb", "(U+202E RIGHT-TO-LEFT OVERRIDE)"),
+        ("", "is empty"),
+        ("가" * 67, "is 201 bytes of UTF-8, over 200"),
+    ],
+)
+def test_name_is_a_safe_folder_name(tmp_path, name, why):
+    path = write_spec(tmp_path, BASE.replace("name: t", f'name: "{name}"'))
+    assert f"{path}:2:7: name: " in load_spec_error(path)
+    assert why in load_spec_error(path)
+
+
+@pytest.mark.parametrize("name", ["한국어-실험", "日本語", "Ελληνικά", "हिन्दी", "١٢٣-run", "ablation_v2.1"])
+def test_a_name_may_be_letters_and_digits_of_any_script(tmp_path, name):
+    path = write_spec(tmp_path, BASE.replace("name: t", f"name: {name}"))
+    assert load_spec(path).name == name
+
+
+def test_a_name_not_in_nfc_is_refused_with_its_nfc_spelling(tmp_path):
+    import unicodedata
+
+    decomposed = unicodedata.normalize("NFD", "한국어")  # 8 jamo (ㅎㅏㄴ ㄱㅜㄱ ㅇㅓ): what some macOS tools write
+    path = write_spec(tmp_path, BASE.replace("name: t", f"name: {decomposed}"))
+    assert f"{path}:2:7: name: {decomposed!r} is not in Unicode NFC (composed) form: 8 code points where NFC has 3" in (
+        load_spec_error(path)
+    )
+    assert "write it as '한국어'" in load_spec_error(path)
+
+
+def test_level_names_may_be_korean_but_not_twins_under_nfc(tmp_path):
+    import unicodedata
+
+    korean = write_spec(
+        tmp_path,
+        BASE
+        + """
+    grid:
+      size:
+        작은: {train.batch_size: 8}
+        큰: {train.batch_size: 16}
+    """,
+    )
+    assert [v.id for v in expand(load_spec(korean))] == ["size=작은", "size=큰"]
+    nfd = unicodedata.normalize("NFD", "작은")
+    twins = write_spec(
+        tmp_path,
+        BASE.replace("name: t", "name: 한국어-실험")
+        + f"""
+    grid:
+      size:
+        작은: {{train.batch_size: 8}}
+        {nfd}: {{train.batch_size: 16}}
+        ../up: {{train.batch_size: 32}}
+    """,
+        name="twins.yaml",
+    )
+    message = load_spec_error(twins)
+    assert f"{twins}:10:5: size: level name {nfd!r} differs from level '작은' only by Unicode normalisation" in message
+    assert f"{twins}:11:5: size: level name '../up' has a path separator" in message
 
 
 # --- the JSON Schema --------------------------------------------------------------------------------------
@@ -599,3 +665,14 @@ def test_a_catalog_corpus_missing_from_the_data_folder_is_reported_at_its_line(t
         f"{path}:7:18: data.dataset: dataset 'tinyshakespeare': {empty}/tinyshakespeare.txt not found"
     )
     assert lines[1].startswith(f"{path}:7:35: data.dataset: dataset 'korean-chatbot'")
+
+
+def test_the_json_schema_lets_editors_accept_a_korean_name_and_flag_a_path():
+    jsonschema = pytest.importorskip("jsonschema")
+    import json
+
+    schema = json.loads((EXPERIMENTS / "spec.schema.json").read_text(encoding="utf-8"))
+    jsonschema.validate({"name": "한국어-실험"}, schema)
+    for bad in ("../x", "a/b", ".hidden", "sp ace", "-x"):
+        with pytest.raises(jsonschema.ValidationError):
+            jsonschema.validate({"name": bad}, schema)

@@ -5,6 +5,8 @@ checked, with its identity.
 from __future__ import annotations
 
 import itertools
+import math
+import os
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -24,6 +26,7 @@ from harness.spec.keys import (
     type_value,
 )
 from harness.spec.problems import SpecError
+from harness.spec.reading import load_yaml_text
 from harness.spec.records import Problems, Spec, Variant
 
 
@@ -58,7 +61,7 @@ def parse_overrides(items: list[str]) -> dict[str, Any]:
         key, text = item.split("=", 1)
         check_dotted_key(key.strip(), f"override {item!r}")
         try:
-            out[key.strip()] = yaml.safe_load(text) if text.strip() else ""
+            out[key.strip()] = load_yaml_text(text, f"override {key.strip()}") if text.strip() else ""
         except yaml.YAMLError as exc:
             raise SpecError(f"override {item!r}: value is not valid YAML ({exc})") from exc
     return out
@@ -140,6 +143,44 @@ def expand(spec: Spec, overrides: dict[str, Any] | None = None, data_dir: Path |
     return variants
 
 
+MAX_VARIANTS = 100_000  # default bound on grid x named axes x zip groups x seeds, counted before anything expands
+MAX_VARIANTS_ENV = "HARNESS_MAX_VARIANTS"
+
+
+def max_variants() -> int:
+    """The bound on a spec's variants: ``HARNESS_MAX_VARIANTS``, else ``MAX_VARIANTS``.
+
+    An environment variable rather than a flag: every command that expands the spec (validate, run, report,
+    plan, the second stage of --until-decided) and every library call must agree on it, or ``report`` would
+    refuse the sweep that ``run`` trained.
+    """
+    text = os.environ.get(MAX_VARIANTS_ENV, "").strip()
+    if not text:
+        return MAX_VARIANTS
+    try:
+        value = int(text.replace("_", "").replace(",", ""))
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise SpecError(f"{MAX_VARIANTS_ENV}={text!r}: expected a whole number of variants >= 1, e.g. 200000")
+    return value
+
+
+def _check_variant_count(spec: Spec, sizes: list[tuple[str, tuple, int]]) -> None:
+    """Refuse a spec whose axes multiply past ``max_variants()``, from the axes' sizes alone (nothing expanded)."""
+    count = math.prod(size for _, _, size in sizes)
+    limit = max_variants()
+    if count <= limit:
+        return
+    section = sizes[0][1][0] if sizes else "grid"  # the section's own line: `grid:`, `zip:` or `seeds:`
+    where = spec.marks.get((section, "<key>")) or spec.where(section)
+    factors = " x ".join(f"{label} ({size:,})" for label, _, size in sizes)
+    raise SpecError(
+        f"{where}: {count:,} variants before exclude, past the limit of {limit:,}: {factors}; shrink an axis, "
+        f"or set {MAX_VARIANTS_ENV}={count} to allow it"
+    )
+
+
 def _override_where(key: str, value: Any) -> str:
     return f"override {key}={_format_value(value)}"
 
@@ -157,6 +198,15 @@ def _expand(
             problems.add(_override_where(key, value), key, bad)
         else:
             typed_overrides[key] = typed
+
+    sizes = [(key, ("grid", key), len(values)) for key, values in spec.grid.items() if key not in typed_overrides]
+    for g, group in enumerate(spec.zip_groups):
+        kept = [k for k in group if k not in typed_overrides]
+        if kept:
+            sizes.append((f"zip group {g} ({', '.join(kept)})", ("zip", g), len(group[kept[0]])))
+    if spec.seeds and SEED_KEY not in typed_overrides:
+        sizes.append(("seeds", ("seeds",), len(spec.seeds)))
+    _check_variant_count(spec, sizes)
 
     # Each axis is a list of points: (axis value for the id, {dotted key: (typed value, where)}).
     axes: list[list[tuple[dict[str, Any], dict[str, tuple[Any, str]]]]] = []

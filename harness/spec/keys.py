@@ -42,9 +42,12 @@ TUNE_EXTEND = 2  # default of tune.extend
 RANGE_KEYS = ("low", "high", "log")
 SEED_KEY = "train.seed"
 IDENTITY_VERSION = 2  # recorded as the `identity_version` tag beside `config_hash`
-NAME_PATTERN = r"[A-Za-z0-9][A-Za-z0-9_.-]*"  # `name` becomes a folder under results/: no slashes, no ".."
+# What an editor can check of a name (JSON Schema's regex has no \p{L} everywhere): no separator, space, control
+# character or leading dot, -, _. harness.spec.names.name_problem checks the rest (letters of any script, NFC).
+NAME_PATTERN = r"[^\s/\\.\-_\x00-\x1f\x7f][^\s/\\\x00-\x1f\x7f]*"
 AXIS_NAME_PATTERN = r"[A-Za-z_][A-Za-z0-9_-]*"
 REFERENCE_METRICS = tuple(FINALS)  # the runs.csv metric columns
+INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
 
 # Keys whose value is one of a fixed set: checked here with a "did you mean", and enums in the JSON Schema.
 CHOICES: dict[str, tuple[str, ...]] = {
@@ -157,8 +160,10 @@ def _pydantic_type(annotation):
     if origin is tuple:
         inner = _pydantic_type(typing.get_args(annotation)[0])
         return Annotated[tuple[inner, ...], pydantic.BeforeValidator(_as_tuple)]
-    if annotation is float:
-        return Annotated[float, pydantic.BeforeValidator(_yaml11_float)]
+    if annotation is float:  # NaN and ±inf (`.nan`, `.inf`, `1e999`) are no setting of any float key
+        return Annotated[float, pydantic.BeforeValidator(_yaml11_float), pydantic.AllowInfNan(False)]
+    if annotation is int:  # torch, numpy and MLflow's step and param columns hold 64-bit integers
+        return Annotated[int, pydantic.Field(ge=INT64_MIN, le=INT64_MAX)]
     return annotation
 
 
@@ -181,7 +186,17 @@ def type_value(key: str, value: Any) -> tuple[Any, str | None]:
     """``(typed value, None)`` or ``(value, message)``: the value checked against the key's type and choices."""
     try:
         typed = _adapter(key).validate_python(value)
-    except pydantic.ValidationError:
+    except pydantic.ValidationError as exc:
+        kinds = {error["type"] for error in exc.errors()}
+        if kinds == {"finite_number"}:
+            return (
+                value,
+                f"expected a finite number, got {value!r} (NaN and ±inf are refused: .nan, .inf, -.inf, 1e999)",
+            )
+        if kinds <= {"less_than_equal", "greater_than_equal"}:
+            return value, (
+                f"expected an integer from -2**63 to 2**63 - 1 (64 bits, what torch and MLflow store), got {value!r}"
+            )
         name = _type_name(_annotation(key))
         return value, f"expected {name}, got {value!r} ({type(value).__name__})"
     choices = CHOICES.get(key)

@@ -10,7 +10,6 @@ from typing import Any
 from harness.spec.expansion import _expand
 from harness.spec.keys import (
     AXIS_NAME_PATTERN,
-    NAME_PATTERN,
     PRACTICAL_DIFFERENCE,
     RANGE_KEYS,
     REFERENCE_KEYS,
@@ -28,6 +27,7 @@ from harness.spec.keys import (
     key_problem,
     type_value,
 )
+from harness.spec.names import name_problem, nfc_twins
 from harness.spec.problems import SpecError, suggest
 from harness.spec.reading import _read_yaml
 from harness.spec.records import Problems, Range, Reference, Spec, Tune
@@ -55,12 +55,11 @@ def load_spec(path: str | Path) -> Spec:
         problems.add(f"{path}:1:1", "name", "missing 'name' (the MLflow experiment name and the results/ folder)")
     elif not isinstance(raw["name"], str):
         problems.at(("name",), "name", f"expected a string, got {raw['name']!r} ({type(raw['name']).__name__})")
-    elif not re.fullmatch(NAME_PATTERN, raw["name"]):
+    elif name_problem(raw["name"]):
         problems.at(
             ("name",),
             "name",
-            f"{raw['name']!r}: use letters, digits and -_. only, starting with a letter "
-            "or digit (it names a folder under results/)",
+            f"{name_problem(raw['name'])} (it names the MLflow experiment and a folder under results/)",
         )
     else:
         spec.name = raw["name"]
@@ -143,13 +142,16 @@ def _typed_list(values: Any, key: str, path: tuple, problems: Problems) -> list 
     if not isinstance(values, list) or not values:
         problems.at(path, key, f"an axis of {path[0]} must be a non-empty list of values, got {values!r}")
         return None
+    before = len(problems.lines)
     out = []
     for i, value in enumerate(values):
         typed, bad = type_value(key, value)
         if bad:
             problems.at(path + (i,), key, bad)
         out.append(typed)
-    return out
+    # An axis with a value of the wrong type is left out: the variants are still expanded (their other
+    # problems reported), and a config never holds a value its own checks cannot compare.
+    return None if len(problems.lines) > before else out
 
 
 def _parse_grid(raw: Any, spec: Spec, problems: Problems) -> None:
@@ -183,10 +185,22 @@ def _parse_named_axis(axis: str, raw_levels: dict, spec: Spec, problems: Problem
         problems.at(path, axis, "a named axis needs at least one level (level name -> settings)")
         return
     levels: dict[str, dict[str, Any]] = {}
+    twins = nfc_twins(raw_levels)
     for level, settings in raw_levels.items():
         where = path + (level,)
-        if not isinstance(level, str) or not re.fullmatch(NAME_PATTERN, level):
-            problems.key(where, axis, f"level name {level!r}: use letters, digits and -_.")
+        if not isinstance(level, str):
+            problems.key(where, axis, f"level name {level!r}: expected a name (text), got a {type(level).__name__}")
+            continue
+        if level in twins:
+            problems.key(
+                where,
+                axis,
+                f"level name {level!r} differs from level {twins[level]!r} only by Unicode normalisation "
+                "(NFC); they would be one name in ids, run names and reports",
+            )
+            continue
+        if name_problem(level):
+            problems.key(where, axis, f"level name {name_problem(level)}")
             continue
         settings = {} if settings is None else settings  # an empty level: the base as it is
         if not isinstance(settings, dict):
@@ -201,6 +215,7 @@ def _parse_named_axis(axis: str, raw_levels: dict, spec: Spec, problems: Problem
             typed, bad = type_value(key, value)
             if bad:
                 problems.at(where + (key,), key, bad)
+                continue
             levels[level][key] = typed
     spec.levels[axis] = levels
     spec.grid[axis] = list(levels)
@@ -349,6 +364,9 @@ def _parse_references(raw: Any, spec: Spec, problems: Problems) -> None:
         value = _yaml11_float(value)
         if "value" in entry and (isinstance(value, bool) or not isinstance(value, (int, float))):
             problems.at(path + ("value",), f"{name}.value", f"expected a number, got {value!r}")
+            ok = False
+        elif "value" in entry and not math.isfinite(value):
+            problems.at(path + ("value",), f"{name}.value", f"expected a finite number, got {value!r}")
             ok = False
         if "source" in entry and (not isinstance(source, str) or not source.strip()):
             problems.at(path + ("source",), f"{name}.source", "expected a text saying where the number comes from")
