@@ -106,8 +106,9 @@ def _parser() -> argparse.ArgumentParser:
         type=Path,
         default=None,
         metavar="RUNS_CSV",
-        help="rebuild from a report's runs.csv instead of MLflow (e.g. a committed results/<name>/runs.csv): the "
-        "statistics and tables anew; the loss curves and samples, which runs.csv lacks, kept from the report there",
+        help="rebuild the report in a runs.csv's folder from it instead of MLflow (e.g. a committed "
+        "results/<name>/runs.csv): the statistics and tables anew; the loss curves and samples, which runs.csv lacks, "
+        "kept from the report there; overrides and seeds read off the table unless given",
     )
 
     plan = sub.add_parser(

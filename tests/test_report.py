@@ -393,7 +393,7 @@ def _effect(**values) -> dict:
         "n_pairs": 6,
         "n_seeds": 3,
         "mean_difference": -0.0693,
-        "mean_difference_bits": -0.1,
+        "mean_difference_bits": -0.0693 / math.log(2),  # one token a character: bits = nats / ln 2
         "level_steps": 300.0,
         "baseline_steps": 300.0,
         "near_convergence": True,
@@ -410,7 +410,9 @@ def test_each_effect_is_one_plain_sentence_with_verdict_size_n_and_budget():
         "(0.1000 bits per character), n = 6 pairs from 3 seeds, at 300 steps."
     )
     moving = analysis.effect_sentence(
-        _effect(verdict="undecided", mean_difference=0.002, mean_difference_bits=0.0029, near_convergence=False)
+        _effect(
+            verdict="undecided", mean_difference=0.002, mean_difference_bits=0.002 / math.log(2), near_convergence=False
+        )
     )
     assert moving == (
         "Undecided: ffn vs bigram (model.kind, dataset=tinyshakespeare): final val loss 0.0020 nats higher "
@@ -432,6 +434,9 @@ def test_each_effect_is_one_plain_sentence_with_verdict_size_n_and_budget():
     # A bits-per-character metric: 0.5 bits = 0.5 x ln 2 = 0.3466 nats per character.
     bits = analysis.effect_sentence(_effect(metric="final_val_bpc", mean_difference=-0.5, verdict="better"))
     assert "final val loss per character 0.3466 nats lower (0.5000 bits per character)" in bits
+    # Across tokenizers a loss in nats per token is not one per character: bits x ln 2 leads, per token follows.
+    mixed = analysis.effect_sentence(_effect(mean_difference=-0.3059, mean_difference_bits=-0.8873))
+    assert "final val loss 0.6150 nats lower (0.8873 bits per character; -0.3059 nats per token, across" in mixed
     corpora = analysis.effect_sentence(
         _effect(
             kind="different data",
@@ -441,7 +446,7 @@ def test_each_effect_is_one_plain_sentence_with_verdict_size_n_and_budget():
             baseline="tinyshakespeare",
             verdict="",
             mean_difference=0.4374,
-            mean_difference_bits=0.631,
+            mean_difference_bits=0.4374 / math.log(2),
             n_pairs=4,
             n_seeds=1,
         )
@@ -462,6 +467,11 @@ def test_verdict_counts_add_up_and_leave_corpora_out():
     assert text == (
         "Of 8 effects of a treatment: 2 better, 0 worse, 0 equivalent, 6 undecided (4 of them not measured: no "
         "pairs). 2 comparisons between corpora are measurements of different data, with no verdict."
+    )
+    corpora_only = analysis.verdict_counts(pd.DataFrame(rows[-2:]))  # gpt-cpu.yaml: two corpora, one model
+    assert corpora_only == (
+        "This sweep varies no treatment, only the data, so nothing gets a verdict. 2 comparisons between corpora "
+        "are measurements of different data, with no verdict."
     )
     one = analysis.verdict_counts(pd.DataFrame([_effect(verdict="equivalent")]))
     assert one == "Of 1 effect of a treatment: 0 better, 0 worse, 1 equivalent, 0 undecided."
@@ -859,3 +869,40 @@ def test_report_with_one_seed_says_no_interval(sweep):
     # Below a pilot of 3 seeds: no plan, the pilot's command, reusing seed 1.
     assert "No seed plan from 1 seed per variant" in found and "--seeds 1 2 3" in found
     assert not re.search(r"needs [0-9,]+ seeds", found)
+
+
+def test_a_report_rebuilds_from_its_runs_csv_without_a_store(sweep, monkeypatch):
+    # A clone has results/<name>/ but no MLflow store: the report rebuilds from runs.csv in its folder, with the
+    # overrides and seeds read off the table, the same statistics, and the curves and samples of the report there.
+    out, _, root = sweep
+    copy = root / "from-csv" / out.name
+    shutil.copytree(out, copy)
+    before = {name: pd.read_csv(out / name) for name in ("runs.csv", "summary.csv", "effects.csv")}
+    curves = (copy / "curves_model_kind.png").read_bytes()
+    for name in ("summary.csv", "effects.csv", "final_val_loss.png"):
+        (copy / name).unlink()
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{root / 'absent' / 'none.db'}")  # no store to read
+    assert main(["report", str(SMOKE), "--from-csv", str(copy / "runs.csv")]) == 0
+    assert not (root / "absent").exists()
+    for name, frame in before.items():
+        pd.testing.assert_frame_equal(pd.read_csv(copy / name), frame, obj=name)
+    assert (copy / "curves_model_kind.png").read_bytes() == curves and (copy / "final_val_loss.png").exists()
+    text = (copy / "report.md").read_text(encoding="utf-8")
+    original = (out / "report.md").read_text(encoding="utf-8")
+    assert (
+        text[text.index("## Samples") :].split("## Appendix")[0]
+        == original[original.index("## Samples") :].split("## Appendix")[0]
+    )
+    # The overrides that changed something, beside experiments/smoke.yaml's values (eval_interval=10 and device=cpu
+    # are its own already; threads is 0 by default).
+    assert (
+        "**Overrides applied**: train.steps=40 (the spec: 30); train.context_length=16 (the spec: 128); "
+        "train.threads=1 (the spec: 0); sample.max_new_tokens=30 (the spec: 50); seeds 1, 2 (the spec: one run "
+        "per variant at train.seed 1337)" in text
+    )
+    assert "- Rebuild this report: `harness report experiments/smoke.yaml --from-csv " in text
+    assert "(no MLflow store at hand)" in text and "- Sweep: `harness run experiments/smoke.yaml" in text
+    # A runs.csv of another spec is refused, naming the file.
+    other = root / "from-csv" / "other.csv"
+    before["runs.csv"].assign(config_hash="0123456789abcdef").to_csv(other, index=False)
+    assert main(["report", str(SMOKE), *TINY, "--seeds", "1", "2", "--from-csv", str(other)]) == 2

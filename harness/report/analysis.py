@@ -662,24 +662,29 @@ def _steps_of(effect) -> str:
 
 
 def _size(effect) -> str:
-    """'final val loss 0.0123 nats lower (0.0177 bits per character)': both units, whichever the metric is in."""
+    """'final val loss 0.0123 nats lower (0.0177 bits per character)': both units per character, whichever the
+    metric is in. Where the tokenizer varies, a loss in nats per token is not one per character: then the nats per
+    character (bits x ln 2) lead and the nats per token follow."""
     metric = effect["metric"]
     words = METRIC_WORDS.get(metric, metric)
     if metric in BITS_OF.values():  # measured in bits per character: nats per character = bits x ln 2
-        bits, nats = float(effect["mean_difference"]), float(effect["mean_difference"]) * math.log(2)
+        bits, per_token = float(effect["mean_difference"]), None
     else:
-        nats, bits = float(effect["mean_difference"]), float(effect["mean_difference_bits"])
+        bits, per_token = float(effect["mean_difference_bits"]), float(effect["mean_difference"])
+    nats = bits * math.log(2) if math.isfinite(bits) else per_token
     if nats == 0:
         return f"{words} unchanged (0 nats)"
-    return f"{words} {abs(nats):.4f} nats {'lower' if nats < 0 else 'higher'} ({abs(bits):.4f} bits per character)"
+    text = f"{words} {abs(nats):.4f} nats {'lower' if nats < 0 else 'higher'} ({abs(bits):.4f} bits per character"
+    if per_token is not None and not math.isclose(per_token, nats, rel_tol=1e-6, abs_tol=1e-9):
+        text += f"; {per_token:+.4f} nats per token, across tokenizers"
+    return text + ")"
 
 
 def _n_text(effect) -> str:
     n, seeds = int(effect["n_pairs"]), effect.get("n_seeds", math.nan)
     pairs = _plural(n, "pair")
-    if pd.isna(seeds) or int(seeds) == 0:
-        return f"n = {pairs}" + (" (no interval from one)" if n == 1 else "")
-    return f"n = {pairs} from {_plural(int(seeds), 'seed')}"
+    text = f"n = {pairs}" if pd.isna(seeds) or int(seeds) == 0 else f"n = {pairs} from {_plural(int(seeds), 'seed')}"
+    return text + (" (no interval from one)" if n == 1 else "")
 
 
 def effect_sentence(effect, alpha: float = ALPHA) -> str:
@@ -720,6 +725,8 @@ def verdict_counts(effects: pd.DataFrame) -> str:
     text = f"Of {_plural(len(treatments), 'effect')} of a treatment: " + ", ".join(
         f"{counts.get(v, 0)} {v}" for v in verdicts.VERDICTS
     )
+    if treatments.empty:
+        text = "This sweep varies no treatment, only the data, so nothing gets a verdict"
     missing = len(unmeasured(effects))
     if missing:
         text += f" ({missing} of them not measured: no pairs)"

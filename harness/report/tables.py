@@ -925,7 +925,7 @@ def findings_section(parts: ReportParts) -> Section:
         + (
             f" δ = ±{family.delta:g} nats (the spec's `practical_difference`): a smaller difference counts as none. "
             f"The chance of any false verdict in this report is held at {family.alpha:.0%} (how: the appendix)."
-            if family is not None
+            if family is not None and (effects["kind"] == "treatment").any()
             else ""
         ),
         "",
@@ -989,8 +989,8 @@ def _seeds_lines(parts: ReportParts) -> list[str]:
     if not plan.new_runs:
         return [*lines, f"**Next**: {text} Nothing more to train for it.", ""]
     lines += [
-        f"**Next**: {text} From the pilot's spreads, every effect's (the plan must not look at the means); "
-        f"{plan.new_runs} more runs, {at_one_job(plan.seconds)}:",
+        f"**Next**: {text} It uses every effect's pilot spread and never the means (a look at them would spend "
+        f"the pilot twice); {plan.new_runs} more runs, {at_one_job(plan.seconds)}:",
         "",
         f"    {plan.command}",
         "",
@@ -1444,9 +1444,9 @@ def write_report(
     """Everything in results/<name>/ (or its overrides-<hash>/ folder) from MLflow alone; the files also go to
     the matching sweep run (under ``report/``). Sweep-wide figures go on that parent run only, not on each child.
     ``delta``: δ of the verdicts (default: the spec's ``practical_difference``). ``from_csv``: built from a runs.csv
-    instead (no store): the statistics, tables and bar chart are rebuilt; the loss curves and samples, which
-    runs.csv does not hold, are kept from the report being replaced."""
-    out = report_directory(results_dir, spec, overrides, seeds)
+    instead (no store), written in its folder: the statistics, tables and bar chart are rebuilt; the loss curves and
+    samples, which runs.csv does not hold, are kept from the report being replaced."""
+    out = report_directory(results_dir, spec, overrides, seeds) if from_csv is None else Path(from_csv).parent
     carried_sweep, carried_samples = _previous_report(out / "report.md") if from_csv is not None else (None, None)
     if from_csv is None:
         runs = experiment_runs(uri, spec) if runs is None else runs
