@@ -906,3 +906,24 @@ def test_a_report_rebuilds_from_its_runs_csv_without_a_store(sweep, monkeypatch)
     other = root / "from-csv" / "other.csv"
     before["runs.csv"].assign(config_hash="0123456789abcdef").to_csv(other, index=False)
     assert main(["report", str(SMOKE), *TINY, "--seeds", "1", "2", "--from-csv", str(other)]) == 2
+
+
+def test_a_stage_of_its_own_inserts_its_section_where_it_says():
+    from harness.report.tables import Section, insert_section, join_sections
+
+    sections = [Section("header", ["# x", ""]), Section("findings", ["## Found", ""]), Section("effects", ["## E"])]
+    tuned = insert_section(sections, Section("tuning", ["## Tuning", ""]), after="findings")
+    assert [s.key for s in tuned] == ["header", "findings", "tuning", "effects"]
+    assert [s.key for s in insert_section(sections, Section("end", ["z"]), after="absent")][-1] == "end"
+    assert join_sections(tuned) == "# x\n\n## Found\n\n## Tuning\n\n## E"
+
+
+def test_the_effects_table_says_over_1000_seeds_in_words():
+    from harness.report.tables import _effects_view
+
+    rows = [
+        _effect(verdict="undecided", seeds_needed=57, adj_ci_low=-0.1, adj_ci_high=0.1, ci_low=-0.1, ci_high=0.1),
+        _effect(verdict="undecided", seeds_needed=4050, adj_ci_low=-0.1, adj_ci_high=0.1, ci_low=-0.1, ci_high=0.1),
+    ]
+    frame = pd.DataFrame(rows).assign(ci_excludes_zero=False, ci_low_bits=-0.1, ci_high_bits=0.1)
+    assert list(_effects_view(frame)["seeds needed"]) == ["57", "over 1,000"]

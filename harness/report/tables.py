@@ -387,7 +387,12 @@ def _effects_view(effects: pd.DataFrame) -> pd.DataFrame:
                 for lo, hi in zip(effects["adj_ci_low"], effects["adj_ci_high"], strict=True)
             ],
         )
-        view.insert(at + 2, "seeds needed", ["-" if pd.isna(n) else str(int(n)) for n in effects["seeds_needed"]])
+        cap = analysis.verdicts.PRACTICAL_MAX_SEEDS
+        view.insert(
+            at + 2,
+            "seeds needed",
+            ["-" if pd.isna(n) else f"over {cap:,}" if n > cap else str(int(n)) for n in effects["seeds_needed"]],
+        )
     return view
 
 
@@ -1440,12 +1445,14 @@ def write_report(
     log_to_mlflow: bool = True,
     delta: float | None = None,
     from_csv: Path | None = None,
+    extra_sections: list[tuple[str, Section]] = (),
 ) -> Report:
     """Everything in results/<name>/ (or its overrides-<hash>/ folder) from MLflow alone; the files also go to
     the matching sweep run (under ``report/``). Sweep-wide figures go on that parent run only, not on each child.
     ``delta``: δ of the verdicts (default: the spec's ``practical_difference``). ``from_csv``: built from a runs.csv
     instead (no store), written in its folder: the statistics, tables and bar chart are rebuilt; the loss curves and
-    samples, which runs.csv does not hold, are kept from the report being replaced."""
+    samples, which runs.csv does not hold, are kept from the report being replaced. ``extra_sections``: (the key of
+    the section to follow, a Section) pairs a stage of its own adds to report.md (``insert_section``)."""
     out = report_directory(results_dir, spec, overrides, seeds) if from_csv is None else Path(from_csv).parent
     carried_sweep, carried_samples = _previous_report(out / "report.md") if from_csv is not None else (None, None)
     if from_csv is None:
@@ -1550,7 +1557,10 @@ def write_report(
         applied=applied_overrides(spec, overrides, seeds),
         spec_steps=spec_steps,
     )
-    (out / "report.md").write_text(render_markdown(parts), encoding="utf-8")
+    sections = report_sections(parts)
+    for after, section in extra_sections:
+        sections = insert_section(sections, section, after)
+    (out / "report.md").write_text(join_sections(sections), encoding="utf-8")
     report.files.append(out / "report.md")
 
     if log_to_mlflow and parent is not None:  # only the report of a recorded sweep goes into MLflow
