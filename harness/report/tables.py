@@ -1288,7 +1288,7 @@ def _display_value(value) -> str:
     if isinstance(value, int):
         return f"{value:,}"
     if isinstance(value, (list, tuple)):
-        return "x".join(map(str, value))
+        return f"[{', '.join(map(str, value))}]"  # as an override is written: model.hidden_sizes=[16,4]
     return str(value)
 
 
@@ -1377,7 +1377,9 @@ def recorded_arguments(spec: Spec, recorded: pd.DataFrame) -> tuple[dict, list[i
                 f"runs.csv differs from {spec.path} in {key} with several values ({', '.join(sorted(values))}): "
                 "give the overrides the sweep used, e.g. `harness report SPEC key=value --from-csv ...`"
             )
-        overrides[key] = _cell_override(recorded[key].iloc[0])
+        value = recorded[key].iloc[0]
+        listed = any(isinstance(flat.get(key), (list, tuple)) for flat in written.values())
+        overrides[key] = [yaml.safe_load(v) for v in str(value).split(",")] if listed else _cell_override(value)
     return overrides, seeds
 
 
