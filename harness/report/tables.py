@@ -531,7 +531,7 @@ def ladder_view(
 
 # -- verdicts and the seeds that would decide the undecided ----------------------------------------------------
 
-UNCAPPED = 1_000_000  # a report says how many seeds each effect needs, whatever a --max-seeds would allow
+UNCAPPED = 1_000_000  # a report's plan is cut by no --max-seeds (needs past PRACTICAL_MAX_SEEDS: in words)
 
 
 def stein_pilot(spec: Spec, seeds: list[int] | None) -> list[int] | None:
