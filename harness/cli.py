@@ -101,6 +101,15 @@ def _parser() -> argparse.ArgumentParser:
     )
     add_spec(report)
     report.add_argument("--results-dir", type=Path, default=Path("results"))
+    report.add_argument(
+        "--from-csv",
+        type=Path,
+        default=None,
+        metavar="RUNS_CSV",
+        help="rebuild the report in a runs.csv's folder from it instead of MLflow (e.g. a committed "
+        "results/<name>/runs.csv): the statistics and tables anew; the loss curves and samples, which runs.csv lacks, "
+        "kept from the report there; overrides and seeds read off the table unless given",
+    )
 
     plan = sub.add_parser(
         "plan",
@@ -163,6 +172,8 @@ def _main(argv: list[str] | None) -> int:
         data_dir = resolve_data_dir(args.data_dir)
         overrides = parse_overrides(args.overrides)
         if args.command == "report":
+            if args.from_csv is not None:
+                return _report_from_csv(spec, overrides, args.seeds, args.results_dir, args.from_csv)
             return _report(spec, overrides, args.seeds, args.results_dir)
         if args.command == "plan":
             return _plan(spec, overrides, args.seeds, args.delta, args.max_seeds or DEFAULT_MAX_SEEDS)
@@ -211,14 +222,16 @@ def _plan_problem(args) -> str | None:
 
 
 def _check_pilot(spec, args) -> None:
-    """--until-decided needs a pilot of 2 seeds or more, and a --max-seeds not below it (a SpecError: exit 2)."""
+    """--until-decided needs a pilot of MIN_PILOT_SEEDS seeds or more, and a --max-seeds not below it (a SpecError:
+    exit 2)."""
+    from harness.report.verdicts import MIN_PILOT_SEEDS
     from harness.spec.problems import SpecError
 
     pilot = list(spec.seeds or [])
-    if len(pilot) < 2:
+    if len(pilot) < MIN_PILOT_SEEDS:
         raise SpecError(
-            f"{spec.path}: --until-decided needs a pilot of at least 2 seeds, the spec's `seeds` (it has "
-            f"{len(pilot) or 'none'}: no spread, so no plan)"
+            f"{spec.path}: --until-decided needs a pilot of at least {MIN_PILOT_SEEDS} seeds, the spec's `seeds` "
+            f"(it has {len(pilot) or 'none'}: too few to plan from)"
         )
     max_seeds = args.max_seeds or DEFAULT_MAX_SEEDS
     if max_seeds < len(pilot):
@@ -275,6 +288,25 @@ def _report(spec, overrides: dict, seeds: list[int] | None, results_dir: Path, d
     for warning in report.warnings:
         print(f"warning: {warning}", file=sys.stderr)
     print(f"wrote {report.directory}/: {', '.join(path.name for path in report.files)}")
+    return 0
+
+
+def _report_from_csv(spec, overrides: dict, seeds: list[int] | None, results_dir: Path, path: Path) -> int:
+    """Rebuild a report from its runs.csv (no MLflow store): overrides and seeds as given, else read off the table."""
+    from harness.report.tables import ReportError, format_table, read_runs_csv, recorded_arguments, write_report
+    from harness.spec.expansion import expand, with_seeds
+
+    if spec.tune is not None:
+        raise ReportError(
+            f"{spec.path} tunes its variants: their choices and tuning runs live in MLflow, not in runs.csv; "
+            f"rebuild its report with `harness report {spec.path}` from the store"
+        )
+    if not overrides and seeds is None:
+        overrides, seeds = recorded_arguments(spec, read_runs_csv(path))
+    variants = expand(with_seeds(spec, seeds), overrides)
+    report = write_report("", spec, variants, results_dir, overrides=overrides, seeds=seeds, from_csv=path)
+    print(format_table(report.runs))
+    print(f"wrote {report.directory}/: {', '.join(p.name for p in report.files)}")
     return 0
 
 

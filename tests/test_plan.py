@@ -125,12 +125,23 @@ def test_two_axes_get_a_verdict_each_in_effects_csv_and_report(mlflow_store, tmp
         assert "still improving at 20 steps; more steps may change the order" in effect["reason"]
 
     text = (out / "report.md").read_text(encoding="utf-8")
-    assert "## Verdicts" in text and "Holm's step-down over a family of 4 hypotheses" in text
-    assert "alpha = 0.05" in text and "±δ = ±0.01 nats" in text
+    found = text[text.index("## What the sweep found") : text.index("## Effects")]
+    counts = effects[effects["kind"] == "treatment"]["verdict"].value_counts()
+    assert (
+        f"Of 4 effects of a treatment: {counts.get('better', 0)} better, {counts.get('worse', 0)} worse, "
+        f"{counts.get('equivalent', 0)} equivalent, {counts.get('undecided', 0)} undecided (2 of them not measured"
+    ) in found
+    appendix = text[text.index("## Appendix: how the verdicts are drawn") :]
+    assert "Holm's step-down over a family of 4 hypotheses" in appendix
+    assert "alpha = 0.05" in appendix and "±δ = ±0.01 nats" in appendix
+    assert "TOST" in appendix and "Stein" in appendix
     assert "| verdict" in text and "| adjusted CI" in text and "| in bits/char" in text
-    assert "TOST" in text and "Stein" in text
-    if (effects["verdict"] == "undecided").any() and effects["seeds_needed"].notna().any():
-        assert "harness run two-axes.yaml --until-decided --max-seeds" in text or "--seeds 1 2 3 4" in text
+    open_ = effects[(effects["verdict"] == "undecided") & effects["seeds_needed"].notna()]
+    if (open_["seeds_needed"] <= 1000).any():  # a plan within reach: its command
+        assert "harness run two-axes.yaml --until-decided --max-seeds" in found or "--seeds 1 2 3 4" in found
+    elif len(open_):  # beyond 1,000 seeds: in words, no number
+        assert "more than 1,000 seeds per variant" in found
+        assert not any(f"{int(n)}" in found for n in open_["seeds_needed"])
 
 
 def test_plan_and_until_decided_train_the_planned_seeds_then_stein_verdicts(mlflow_store, tmp_path, data_dir, capsys):
@@ -215,6 +226,7 @@ def test_plan_and_until_decided_train_the_planned_seeds_then_stein_verdicts(mlfl
     "words, extra, seeds",
     [
         (["run", "--until-decided"], "", "[1]"),  # one seed: no spread, no plan
+        (["run", "--until-decided"], "", "[1, 2]"),  # a pilot of 2 seeds: too few to plan from
         (["run", "--until-decided"], "", None),  # no seeds axis at all
         (["run", "--until-decided", "--max-seeds", "2"], "", "[1, 2, 3]"),  # cap below the pilot
         (["run", "--until-decided", "--delta", "0"], "", "[1, 2, 3]"),
@@ -263,27 +275,53 @@ def test_the_plans_wall_time_counts_a_stacked_seed_as_its_share_of_the_stack(tmp
     from harness.report.tables import report_plan
     from harness.spec.parsing import load_spec
 
-    spec = load_spec(_spec(tmp_path, "times", "{train.lr: [0.01, 0.1]}", seeds="[1, 2]"))
-    # Setting a trained alone (10 s and 12 s: 11 s a seed); setting b as one stack of 2 seeds, each run recording
-    # the stack's 30 s (15 s a seed).
+    spec = load_spec(_spec(tmp_path, "times", "{train.lr: [0.01, 0.1]}", seeds="[1, 2, 3]"))
+    # Setting a trained alone (10, 12 and 14 s: 12 s a seed); setting b as one stack of 3 seeds, each run recording
+    # the stack's 45 s (15 s a seed).
     frame = pd.DataFrame(
         {
-            "setting": ["a", "a", "b", "b"],
-            "status": ["FINISHED"] * 4,
-            "train_time_s": [10.0, 12.0, 30.0, 30.0],
-            "stacked_seeds": [1, 1, 2, 2],
+            "setting": ["a"] * 3 + ["b"] * 3,
+            "status": ["FINISHED"] * 6,
+            "train_time_s": [10.0, 12.0, 14.0, 45.0, 45.0, 45.0],
+            "stacked_seeds": [1, 1, 1, 3, 3, 3],
         }
     )
     effects = pd.DataFrame(
         {
             "metric": ["final_val_loss"],
             "kind": ["treatment"],
-            "n_pairs": [2],
-            "n_seeds": [2],
+            "n_pairs": [3],
+            "n_seeds": [3],
             "mean_difference": [-0.1],
-            "std": [0.5],  # Stein asks far more than the cap: the plan is the cap, 4 seeds, 2 more per setting
+            # Stein: (t_0.9875,2 * 0.01 / 0.005)^2 = (6.2053 * 2)^2 = 154.02, so 155 seeds (t from the closed form):
+            # within reach but over the cap, so the plan is the cap, 5 seeds, 2 more per setting
+            "std": [0.01],
         }
     )
-    found = report_plan(frame, effects, spec, None, [1, 2], 0.01, 4)
-    assert found.plan.seeds == 4 and found.seeds == [1, 2, 3, 4]
-    assert found.seconds == pytest.approx((11 + 15) * 2)  # not (11 + 30) * 2
+    assert math.ceil((_t2(1 - 0.05 / 2 / 2) * 0.01 / 0.005) ** 2) == 155
+    found = report_plan(frame, effects, spec, None, [1, 2, 3], 0.01, 5)
+    assert found.plan.seeds == 5 and found.seeds == [1, 2, 3, 4, 5] and found.plan.needed == (155,)
+    assert found.seconds == pytest.approx((12 + 15) * 2)  # not (12 + 45) * 2
+
+
+def test_a_two_seed_spec_gets_the_pilot_to_run_not_a_plan(mlflow_store, tmp_path, data_dir, capsys):
+    # The case: a 2-seed spec of one's own was told "--max-seeds 6282 (12560 more runs, about 86.0 h)".
+    # Batch 8 vs 9 at 20 steps: a difference of noise, undecided from 2 seeds (and δ too small for equivalence).
+    spec = _spec(
+        tmp_path, "two-seeds", "{train.batch_size: [8, 9]}", seeds="[1, 2]", extra="practical_difference: 1e-6\n"
+    )
+    assert main(["run", str(spec), *_data(data_dir), "--no-progress"]) == 0
+    text = Path("results/two-seeds/report.md").read_text(encoding="utf-8")
+    found = text[text.index("## What the sweep found") : text.index("## Effects")]
+    assert "No seed plan from 2 seeds per variant: a plan is built on the spread of a pilot of 3 seeds" in found
+    assert "Run the pilot first (2 more runs, about" in found  # seed 3 of the 2 settings
+    assert "    harness run two-seeds.yaml --seeds 1 2 3\n" in found
+    assert "--max-seeds" not in found and "seeds needed" not in found.lower()
+    effects = pd.read_csv("results/two-seeds/effects.csv")
+    assert effects["seeds_needed"].isna().all()
+    capsys.readouterr()
+    assert main(["plan", str(spec)]) == 0
+    printed = capsys.readouterr().out
+    assert (
+        "No seed plan from 2 seeds per variant" in printed and "  harness run two-seeds.yaml --seeds 1 2 3" in printed
+    )

@@ -375,10 +375,126 @@ def test_findings_with_one_run_say_no_interval():
     table = table[(table["train.seed"] == 1) & (table["train.batch_size"] == 32)]
     summary = analysis.summarize(table, ["model.kind"])
     answers = analysis.findings(table, summary, ["model.kind"], None)
-    ffn, batch, floor = answers.values()
+    ffn, floor = answers.values()  # no batch axis, so no batch question (not a "not answerable" either)
     assert "n=1, so no interval is possible" in ffn[0] and "the single pair says the FFN is worse" in ffn[0]
-    assert "not answerable" in batch[0]
+    assert "Does a larger batch oscillate less (loss_noise)?" not in answers
     assert all("n=1, so no interval is possible" in s for s in floor[:-1])
+
+
+def _effect(**values) -> dict:
+    """One row of effects.csv with verdict columns, as a reader would build it by hand."""
+    row = {
+        "metric": "final_val_loss",
+        "kind": "treatment",
+        "data": "dataset=tinyshakespeare",
+        "axis": "model.kind",
+        "level": "ffn",
+        "baseline": "bigram",
+        "n_pairs": 6,
+        "n_seeds": 3,
+        "mean_difference": -0.0693,
+        "mean_difference_bits": -0.0693 / math.log(2),  # one token a character: bits = nats / ln 2
+        "level_steps": 300.0,
+        "baseline_steps": 300.0,
+        "near_convergence": True,
+        "verdict": "better",
+        "adj_p_equivalence": 1.0,
+    }
+    return {**row, **values}
+
+
+def test_each_effect_is_one_plain_sentence_with_verdict_size_n_and_budget():
+    sentence = analysis.effect_sentence(_effect())
+    assert sentence == (
+        "Better: ffn vs bigram (model.kind, dataset=tinyshakespeare): final val loss 0.0693 nats lower "
+        "(0.1000 bits per character), n = 6 pairs from 3 seeds, at 300 steps."
+    )
+    moving = analysis.effect_sentence(
+        _effect(
+            verdict="undecided", mean_difference=0.002, mean_difference_bits=0.002 / math.log(2), near_convergence=False
+        )
+    )
+    assert moving == (
+        "Undecided: ffn vs bigram (model.kind, dataset=tinyshakespeare): final val loss 0.0020 nats higher "
+        "(0.0029 bits per character), n = 6 pairs from 3 seeds, at 300 steps: neither a difference nor "
+        "equivalence within ±δ is shown yet; its runs are still improving, so more steps may change it."
+    )
+    # A ladder's rungs run different budgets; a small real difference says it is below δ.
+    rung = analysis.effect_sentence(
+        _effect(
+            axis="rung",
+            level="mlp",
+            baseline="table",
+            level_steps=5000.0,
+            baseline_steps=3000.0,
+            adj_p_equivalence=0.01,
+        )
+    )
+    assert rung.endswith("at 5,000 vs 3,000 steps, a real difference but smaller than δ.")
+    # A bits-per-character metric: 0.5 bits = 0.5 x ln 2 = 0.3466 nats per character.
+    bits = analysis.effect_sentence(_effect(metric="final_val_bpc", mean_difference=-0.5, verdict="better"))
+    assert "final val loss per character 0.3466 nats lower (0.5000 bits per character)" in bits
+    # Across tokenizers a loss in nats per token is not one per character: bits x ln 2 leads, per token follows.
+    mixed = analysis.effect_sentence(_effect(mean_difference=-0.3059, mean_difference_bits=-0.8873))
+    assert "final val loss 0.6150 nats lower (0.8873 bits per character; -0.3059 nats per token, across" in mixed
+    corpora = analysis.effect_sentence(
+        _effect(
+            kind="different data",
+            data="",
+            axis="data.dataset",
+            level="korean-chatbot",
+            baseline="tinyshakespeare",
+            verdict="",
+            mean_difference=0.4374,
+            mean_difference_bits=0.4374 / math.log(2),
+            n_pairs=4,
+            n_seeds=1,
+        )
+    )
+    assert corpora == (
+        "Different data, not a treatment: korean-chatbot vs tinyshakespeare (data.dataset): final val loss 0.4374 "
+        "nats higher (0.6310 bits per character), n = 4 pairs from 1 seed, at 300 steps."
+    )
+
+
+def test_verdict_counts_add_up_and_leave_corpora_out():
+    # The seed-ablations grid at 300 steps: 4 val-loss effects (2 better, 2 undecided), 4 loss_noise effects without
+    # a pair (too short to measure: undecided), and 2 comparisons of corpora (no verdict). 2 + 0 + 0 + 6 = 8.
+    rows = [_effect(verdict=v) for v in ("better", "undecided", "better", "undecided")]
+    rows += [_effect(metric="loss_noise", n_pairs=0, verdict="undecided") for _ in range(4)]
+    rows += [_effect(kind="different data", verdict="", n_pairs=n) for n in (4, 0)]
+    text = analysis.verdict_counts(pd.DataFrame(rows))
+    assert text == (
+        "Of 8 effects of a treatment: 2 better, 0 worse, 0 equivalent, 6 undecided (4 of them not measured: no "
+        "pairs). 2 comparisons between corpora are measurements of different data, with no verdict."
+    )
+    corpora_only = analysis.verdict_counts(pd.DataFrame(rows[-2:]))  # gpt-cpu.yaml: two corpora, one model
+    assert corpora_only == (
+        "This sweep varies no treatment, only the data, so nothing gets a verdict. 2 comparisons between corpora "
+        "are measurements of different data, with no verdict."
+    )
+    one = analysis.verdict_counts(pd.DataFrame([_effect(verdict="equivalent")]))
+    assert one == "Of 1 effect of a treatment: 0 better, 0 worse, 1 equivalent, 0 undecided."
+
+
+def test_the_write_ups_questions_appear_only_with_their_axes():
+    table = _grid_table().assign(**{"data.dataset": "tinyshakespeare"})
+    everything = analysis.findings(table, analysis.summarize(table, FACTORS), FACTORS, "train.seed")
+    assert list(everything) == [
+        "Is the FFN worse than the bigram on each corpus?",
+        "Does a larger batch oscillate less (loss_noise)?",
+        "How far is each variant from the bigram floor (excess_loss)?",
+    ]
+    # A dropout sweep of one model: none of the write-up's questions is about it.
+    one_model = table[(table["model.kind"] == "ffn") & (table["train.batch_size"] == 32)]
+    dropout = pd.concat(
+        [
+            one_model.assign(**{"model.dropout": 0.0, "setting": "dropout=0.0"}),
+            one_model.assign(**{"model.dropout": 0.2, "setting": "dropout=0.2", "final_val_loss": 3.5}),
+        ]
+    )
+    summary = analysis.summarize(dropout, ["model.dropout"])
+    assert analysis.findings(dropout, summary, ["model.dropout"], "train.seed") == {}
 
 
 def test_samples_are_escaped_and_keep_blank_lines():
@@ -494,8 +610,19 @@ def test_report_reads_stores_with_old_and_new_metric_names(mlflow_store, tmp_pat
     # The val curve moved 0.001 over the last 100 of 1,000 steps: near convergence, so a verdict is drawn.
     assert runs["near_convergence"].all() and list(runs["val_change_last_10pct"]) == pytest.approx([-0.001] * 4)
     text = (report.directory / "report.md").read_text(encoding="utf-8")
-    answers = text[text.index("## Answers") : text.index("## Summary")]
+    answers = text[text.index("## The write-up's questions") : text.index("## Effects")]
     assert "too short to judge" not in answers and "still improving" not in answers
+    # The opening: the counts (loss_noise is 0.01 in every run: a zero difference, equivalent), one sentence per
+    # effect (FFN - bigram = -0.105 nats = -0.105 / ln 2 = -0.1515 bits), and, from 2 seeds, the pilot to run first.
+    found = text[text.index("## What the sweep found") : text.index("## The write-up's questions")]
+    assert "Of 2 effects of a treatment: 0 better, 0 worse, 1 equivalent, 1 undecided." in found
+    assert (
+        "- **Undecided**: ffn vs bigram (model.kind, dataset=tinyshakespeare): final val loss 0.1050 nats lower "
+        "(0.1515 bits per character), n = 2 pairs from 2 seeds, at 1,000 steps: neither a difference nor "
+        "equivalence within ±δ is shown yet." in found
+    )
+    assert "No seed plan from 2 seeds per variant" in found and "    harness run names.yaml --seeds 1 2 3" in found
+    assert "2 more runs" in found
     # Two seeds: t = 0.105 / (0.00707 / sqrt 2) = 21 on 1 df, p = 1 - 2 atan(21) / pi = 0.0303. The family is 4
     # hypotheses (val loss and loss_noise, a difference and an equivalence each); loss_noise is equal in every run
     # (p 1 and 0), so Holm multiplies 0.0303 by 3: 0.0909 > 0.05, undecided, and the verdict says so.
@@ -633,7 +760,12 @@ def test_report_md_has_provenance_tables_answers_and_korean_samples(sweep):
     out, _, root = sweep
     text = (out / "report.md").read_text(encoding="utf-8")
     assert "harness report experiments/smoke.yaml train.steps=40" in text and "--seeds 1 2" in text
-    assert "Steps actually run: 40 (spec: 40)" in text and "## How verdicts are drawn" in text
+    # The overrides that applied, beside the spec's own values; the method in the appendix, after the tables.
+    assert "**Overrides applied**: train.steps=40 (the spec: 30); train.eval_interval=10 (the spec: 10)" in text
+    assert "seeds 1, 2 (the spec: one run per variant at train.seed 1337)" in text
+    assert "Steps actually run: 40 (the spec as written: 30)" in text
+    assert text.index("## What the sweep found") < text.index("## Effects") < text.index("## Appendix: how the")
+    assert text.index("## Samples") < text.index("Holm 1979") and "Stein 1945" in text
     assert "FFN minus the bigram" in text and "On korean-chatbot" in text and "n=4 pairs" in text
     assert "nats above its bigram floor" in text and "n=2 seeds" in text
     assert "| korean-chatbot  | shuffled-rows" in text and "| tinyshakespeare | position" in text
@@ -664,7 +796,7 @@ def test_a_300_step_run_is_too_short_to_judge(mlflow_store, data_dir):
     )
     (out,) = Path("results/smoke").glob("overrides-*")
     text = (out / "report.md").read_text(encoding="utf-8")
-    answers = text[text.index("## Answers") : text.index("## Summary")]
+    answers = text[text.index("## The write-up's questions") : text.index("## Effects")]
     assert "Steps actually run: 300" in text
     assert "too short to judge" in answers and "still moving" in answers and "300 steps" in answers
     # The budget is part of the verdict: given at the steps run, with the note; only the limit waits for convergence.
@@ -727,4 +859,71 @@ def test_report_with_one_seed_says_no_interval(sweep):
     summary = pd.read_csv(out / "summary.csv")
     assert (summary["n"] == 1).all() and summary["final_val_loss_ci_low"].isna().all()
     text = (out / "report.md").read_text(encoding="utf-8")
-    assert "no interval is possible" in text and "One run per variant" in text
+    # What is said about n is true of the rows beside it: the summary's n = 1, the effects' pairs across other axes.
+    summary_part = text[text.index("## Summary") : text.index("## Data")]
+    assert "One seed per setting: n = 1 in every row below, so no interval here" in summary_part
+    found = text[text.index("## What the sweep found") : text.index("## The write-up's questions")]
+    assert "One seed per variant: an effect's n counts its pairs matched on the other axes" in found
+    assert "n = 2 pairs from 1 seed" in found and "no interval is possible" not in found
+    assert "One run per variant (no seeds)" not in text
+    # Below a pilot of 3 seeds: no plan, the pilot's command, reusing seed 1.
+    assert "No seed plan from 1 seed per variant" in found and "--seeds 1 2 3" in found
+    assert not re.search(r"needs [0-9,]+ seeds", found)
+
+
+def test_a_report_rebuilds_from_its_runs_csv_without_a_store(sweep, monkeypatch):
+    # A clone has results/<name>/ but no MLflow store: the report rebuilds from runs.csv in its folder, with the
+    # overrides and seeds read off the table, the same statistics, and the curves and samples of the report there.
+    out, _, root = sweep
+    copy = root / "from-csv" / out.name
+    shutil.copytree(out, copy)
+    before = {name: pd.read_csv(out / name) for name in ("runs.csv", "summary.csv", "effects.csv")}
+    curves = (copy / "curves_model_kind.png").read_bytes()
+    for name in ("summary.csv", "effects.csv", "final_val_loss.png"):
+        (copy / name).unlink()
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{root / 'absent' / 'none.db'}")  # no store to read
+    assert main(["report", str(SMOKE), "--from-csv", str(copy / "runs.csv")]) == 0
+    assert not (root / "absent").exists()
+    for name, frame in before.items():
+        pd.testing.assert_frame_equal(pd.read_csv(copy / name), frame, obj=name)
+    assert (copy / "curves_model_kind.png").read_bytes() == curves and (copy / "final_val_loss.png").exists()
+    text = (copy / "report.md").read_text(encoding="utf-8")
+    original = (out / "report.md").read_text(encoding="utf-8")
+    assert (
+        text[text.index("## Samples") :].split("## Appendix")[0]
+        == original[original.index("## Samples") :].split("## Appendix")[0]
+    )
+    # The overrides that changed something, beside experiments/smoke.yaml's values (eval_interval=10 and device=cpu
+    # are its own already; threads is 0 by default).
+    assert (
+        "**Overrides applied**: train.steps=40 (the spec: 30); train.context_length=16 (the spec: 128); "
+        "train.threads=1 (the spec: 0); sample.max_new_tokens=30 (the spec: 50); seeds 1, 2 (the spec: one run "
+        "per variant at train.seed 1337)" in text
+    )
+    assert "- Rebuild this report: `harness report experiments/smoke.yaml --from-csv " in text
+    assert "(no MLflow store at hand)" in text and "- Sweep: `harness run experiments/smoke.yaml" in text
+    # A runs.csv of another spec is refused, naming the file.
+    other = root / "from-csv" / "other.csv"
+    before["runs.csv"].assign(config_hash="0123456789abcdef").to_csv(other, index=False)
+    assert main(["report", str(SMOKE), *TINY, "--seeds", "1", "2", "--from-csv", str(other)]) == 2
+
+
+def test_a_stage_of_its_own_inserts_its_section_where_it_says():
+    from harness.report.tables import Section, insert_section, join_sections
+
+    sections = [Section("header", ["# x", ""]), Section("findings", ["## Found", ""]), Section("effects", ["## E"])]
+    tuned = insert_section(sections, Section("tuning", ["## Tuning", ""]), after="findings")
+    assert [s.key for s in tuned] == ["header", "findings", "tuning", "effects"]
+    assert [s.key for s in insert_section(sections, Section("end", ["z"]), after="absent")][-1] == "end"
+    assert join_sections(tuned) == "# x\n\n## Found\n\n## Tuning\n\n## E"
+
+
+def test_the_effects_table_says_over_1000_seeds_in_words():
+    from harness.report.tables import _effects_view
+
+    rows = [
+        _effect(verdict="undecided", seeds_needed=57, adj_ci_low=-0.1, adj_ci_high=0.1, ci_low=-0.1, ci_high=0.1),
+        _effect(verdict="undecided", seeds_needed=4050, adj_ci_low=-0.1, adj_ci_high=0.1, ci_low=-0.1, ci_high=0.1),
+    ]
+    frame = pd.DataFrame(rows).assign(ci_excludes_zero=False, ci_low_bits=-0.1, ci_high_bits=0.1)
+    assert list(_effects_view(frame)["seeds needed"]) == ["57", "over 1,000"]

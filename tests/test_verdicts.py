@@ -257,3 +257,46 @@ def test_pairs_per_seed_turn_stein_pairs_into_seeds():
     assert (plan.seeds, plan.needed, plan.capped) == (53, (53,), (False,))
     with pytest.raises(ValueError, match="pairs_per_seed"):
         decide_family([(6, 0.0, 0.02)], DELTA, 0.10, pairs_per_seed=[2, 2])
+
+
+def test_no_seed_plan_below_a_pilot_of_three_seeds():
+    # n=2, mean 0.004, std 0.01: undecided (t = 0.57 on 1 df). Stein from 1 df would be (t_0.975,1 = 12.706 *
+    # 0.01 / 0.005)^2 = 646 seeds: a number nobody can follow, so there is none.
+    decision = one((2, 0.004, 0.01))
+    assert decision.verdict == "undecided" and decision.seeds_needed is None
+    assert "no seed plan from 2 seeds per variant (a plan needs a pilot of 3)" in decision.reason
+    assert "646" not in decision.reason
+    # 4 pairs from 2 seeds (paired on another axis of 2 levels): still a pilot of 2 seeds per variant.
+    paired = decide_family([(4, 0.004, 0.01)], DELTA, 0.10, pairs_per_seed=[2]).decisions[0]
+    assert paired.seeds_needed is None and "from 2 seeds per variant" in paired.reason
+    # One seed, paired across 2 levels of another axis (a sweep without seeds): 2 pairs, 1 seed.
+    single = decide_family([(2, 0.004, 0.01)], DELTA, 0.10, pairs_per_seed=[2]).decisions[0]
+    assert single.seeds_needed is None and "from 1 seed per variant" in single.reason
+    with pytest.raises(ValueError, match="pilot of at least 3 seeds"):
+        plan_seeds([(2, 0.0, 0.01)], DELTA, pilot_n=2, max_seeds=10)
+
+
+def test_a_need_beyond_1000_seeds_is_said_in_words():
+    # n=5, mean 0.004, std 0.1, one effect (a = 0.10 / 2): Stein's N = (t_0.975,4 * 0.1 / 0.005)^2 = (2.776 * 20)^2,
+    # about 3,083 seeds. The reason gives the difference against the noise (0.004 / 0.1 = 0.04 of it), not the N.
+    decision = one((5, 0.004, 0.1))
+    assert decision.verdict == "undecided" and decision.seeds_needed > 1000  # effects.csv keeps the number
+    assert str(decision.seeds_needed) not in decision.reason
+    assert "its difference, +0.0040 nats, is a small fraction of the noise of its pairs (sd 0.1000 nats)" in (
+        decision.reason
+    )
+    assert "more than 1,000 seeds per variant" in decision.reason
+
+
+def test_a_plan_leaves_out_what_is_beyond_reach_and_says_why():
+    # As test_plan_cap (a = 0.05, pilot 4, t_0.975,3 = 3.182, δ 0.02): std 0.027 needs 74. A second effect, mean 0.5,
+    # std 0.2: (3.182 * 0.2 / 0.01)^2 = 63.64^2 = 4,050 seeds, beyond 1,000: left out, so the plan is 74, not 4,050.
+    plan = plan_seeds([(4, -0.01, 0.027), (4, 0.5, 0.2)], 0.02, 0.2, pilot_n=4, max_seeds=10_000)
+    assert plan.seeds == 74 and plan.beyond == (False, True) and plan.capped == (False, False)
+    text = plan.describe(["lr", "batch"])
+    assert text.startswith("Stein's two-stage plan: train 74 seeds per variant.")
+    assert "Beyond reach, left out of the plan: batch: its difference, +0.5000 nats, is 2.5 times the noise" in text
+    assert "4050" not in text and "4,050" not in text and "more than 1,000 seeds per variant" in text
+    # Only the far one: the pilot is all the plan can use.
+    alone = plan_seeds([(4, 0.5, 0.2)], 0.02, 0.1, pilot_n=4, max_seeds=10_000)
+    assert alone.seeds == 4 and "the pilot's seeds are all it needs" in alone.describe(["batch"])

@@ -127,7 +127,7 @@ CONVERGENCE_RULE = (
     f'whose runs are still moving says "still improving at N steps; more steps may change the order". Only questions '
     f"about the limit (closest to the floor, whether the FFN's capacity is too large for the data) need every run "
     f'they use near convergence; otherwise they say "too short to judge" and why, and show the numbers. '
-    f"The CIs below are over seeds, whatever the convergence."
+    f"The intervals are over the pairs and seeds each row states, whatever the convergence."
 )
 
 
@@ -247,7 +247,7 @@ def paired_differences(
     usable = finished(table)
     values = pd.to_numeric(usable[metric], errors="coerce").astype("float64")
     usable = usable[np.isfinite(values)]
-    carried = pair_on + [metric] + [c for c in ("near_convergence", "run_id") if c in usable]
+    carried = pair_on + [metric] + [c for c in ("near_convergence", "run_id", "steps_run") if c in usable]
     treated = usable[usable[factor] == level][carried]
     control = usable[usable[factor] == baseline][carried]
     if pair_on:
@@ -304,6 +304,8 @@ EFFECT_COLUMNS = [
     "ci_low_bits",
     "ci_high_bits",
     "n_seeds",
+    "level_steps",
+    "baseline_steps",
 ]
 PILOT_COLUMNS = ["pilot_pairs", "pilot_std"]  # effects of a Stein second stage: the pilot's pairs and their sd
 
@@ -355,7 +357,8 @@ def _compare(
         baseline = values[i - 1] if chain else values[0]
         pairs = paired_differences(table, factor, level, baseline, metric, [k for k in pair_on if k != factor])
         interval = mean_ci(pairs["difference"])
-        seeds = int(pairs[seed].nunique()) if seed and seed in pairs else interval.n
+        # Without a seed axis every pair comes from the one seed of the base config.
+        seeds = int(pairs[seed].nunique()) if seed and seed in pairs else min(interval.n, 1)
         extra = {}
         if pilot is not None:
             in_pilot = pairs[seed].isin(pilot) if seed and seed in pairs else pd.Series(True, index=pairs.index)
@@ -390,10 +393,18 @@ def _compare(
                 "ci_low_bits": bits.low,
                 "ci_high_bits": bits.high,
                 "n_seeds": seeds,
+                "level_steps": _most_steps(pairs, "steps_run"),
+                "baseline_steps": _most_steps(pairs, "steps_run_baseline"),
                 **extra,
             }
         )
     return rows
+
+
+def _most_steps(pairs: pd.DataFrame, column: str) -> float:
+    """The most steps any of these runs ran (NaN when unknown): the budget an effect is judged at."""
+    steps = pd.to_numeric(pairs[column], errors="coerce") if column in pairs else pd.Series(dtype=float)
+    return float(steps.max()) if steps.notna().any() else math.nan
 
 
 def effects(
@@ -627,14 +638,104 @@ def _value(value) -> str:
     return str(int(value)) if isinstance(value, float) and value.is_integer() else str(value)
 
 
-def verdict_sentences(effects: pd.DataFrame, metric: str = "final_val_loss") -> list[str]:
-    """One sentence per treatment effect on ``metric``: its verdict and why (every axis of the spec)."""
-    if "verdict" not in effects:
-        return []
-    rows = effects[(effects["metric"] == metric) & (effects["kind"] == "treatment")]
-    return [
-        f"{effect_label(e)}: {e['verdict']}. {e['reason'][0].upper()}{e['reason'][1:]}." for _, e in rows.iterrows()
-    ] or [f"No treatment effect on {metric} in this sweep."]
+METRIC_WORDS = {
+    "final_val_loss": "final val loss",
+    "final_train_loss": "final train loss",
+    "final_val_bpc": "final val loss per character",
+    "final_train_bpc": "final train loss per character",
+    "loss_noise": "loss noise (the minibatch loss's wiggle)",
+}
+
+
+def _plural(count: int, word: str) -> str:
+    return f"{count} {word}{'' if count == 1 else 's'}"
+
+
+def _steps_of(effect) -> str:
+    """'at 300 steps', or 'at 5,000 vs 3,000 steps' when the level and its baseline ran different budgets."""
+    level, baseline = (effect.get(k, math.nan) for k in ("level_steps", "baseline_steps"))
+    if pd.isna(level) and pd.isna(baseline):
+        return "at an unknown number of steps"
+    if pd.isna(level) or pd.isna(baseline) or level == baseline:
+        return f"at {int(level if not pd.isna(level) else baseline):,} steps"
+    return f"at {int(level):,} vs {int(baseline):,} steps"
+
+
+def _size(effect) -> str:
+    """'final val loss 0.0123 nats lower (0.0177 bits per character)': both units per character, whichever the
+    metric is in. Where the tokenizer varies, a loss in nats per token is not one per character: then the nats per
+    character (bits x ln 2) lead and the nats per token follow."""
+    metric = effect["metric"]
+    words = METRIC_WORDS.get(metric, metric)
+    if metric in BITS_OF.values():  # measured in bits per character: nats per character = bits x ln 2
+        bits, per_token = float(effect["mean_difference"]), None
+    else:
+        bits, per_token = float(effect["mean_difference_bits"]), float(effect["mean_difference"])
+    nats = bits * math.log(2) if math.isfinite(bits) else per_token
+    if nats == 0:
+        return f"{words} unchanged (0 nats)"
+    text = f"{words} {abs(nats):.4f} nats {'lower' if nats < 0 else 'higher'} ({abs(bits):.4f} bits per character"
+    if per_token is not None and not math.isclose(per_token, nats, rel_tol=1e-6, abs_tol=1e-9):
+        text += f"; {per_token:+.4f} nats per token, across tokenizers"
+    return text + ")"
+
+
+def _n_text(effect) -> str:
+    n, seeds = int(effect["n_pairs"]), effect.get("n_seeds", math.nan)
+    pairs = _plural(n, "pair")
+    text = f"n = {pairs}" if pd.isna(seeds) or int(seeds) == 0 else f"n = {pairs} from {_plural(int(seeds), 'seed')}"
+    return text + (" (no interval from one)" if n == 1 else "")
+
+
+def effect_sentence(effect, alpha: float = ALPHA) -> str:
+    """One plain sentence on an effect with a size: its verdict word, the size in nats and in bits per character, n
+    and the budget. 'Better: ffn vs bigram (model.kind, dataset=tinyshakespeare): final val loss 2.1612 nats lower
+    (3.1180 bits per character), n = 4 pairs from 2 seeds, at 300 steps.' Lower is better for every metric."""
+    where = ", ".join(str(x) for x in (effect["axis"], effect["data"]) if isinstance(x, str) and x)
+    subject = f"{_value(effect['level'])} vs {_value(effect['baseline'])} ({where})"
+    body = f"{subject}: {_size(effect)}, {_n_text(effect)}, {_steps_of(effect)}"
+    if effect["kind"] != "treatment":
+        return f"Different data, not a treatment: {body}."
+    verdict = effect["verdict"]
+    if verdict == "equivalent":
+        return f"Equivalent within ±δ: {body}."
+    extra = ""
+    if verdict in ("better", "worse") and effect.get("adj_p_equivalence", math.nan) < alpha:
+        extra = ", a real difference but smaller than δ"
+    if verdict == "undecided":
+        extra = ": neither a difference nor equivalence within ±δ is shown yet"
+    moving = effect.get("near_convergence")
+    if moving is not None and not pd.isna(moving) and not bool(moving):
+        extra += "; its runs are still improving, so more steps may change it"
+    return f"{verdict.capitalize()}: {body}{extra}."
+
+
+def unmeasured(effects: pd.DataFrame) -> pd.DataFrame:
+    """Treatment effects without a single pair (e.g. a loss_noise of runs too short to measure it): undecided,
+    with nothing to say about their size."""
+    return effects[(effects["kind"] == "treatment") & (effects["n_pairs"] == 0)]
+
+
+def verdict_counts(effects: pd.DataFrame) -> str:
+    """The counts, which add up: 'Of 8 effects of a treatment: 2 better, 0 worse, 0 equivalent, 6 undecided (4 of
+    them not measured: no pairs). 2 comparisons between corpora are measurements of different data, with no
+    verdict.'"""
+    treatments = effects[effects["kind"] == "treatment"]
+    counts = treatments["verdict"].value_counts()
+    text = f"Of {_plural(len(treatments), 'effect')} of a treatment: " + ", ".join(
+        f"{counts.get(v, 0)} {v}" for v in verdicts.VERDICTS
+    )
+    if treatments.empty:
+        text = "This sweep varies no treatment, only the data, so nothing gets a verdict"
+    missing = len(unmeasured(effects))
+    if missing:
+        text += f" ({missing} of them not measured: no pairs)"
+    text += "."
+    others = len(effects) - len(treatments)
+    if others:
+        are = "is a measurement" if others == 1 else "are measurements"
+        text += f" {_plural(others, 'comparison')} between corpora {are} of different data, with no verdict."
+    return text
 
 
 def _effect_row(effects: pd.DataFrame | None, metric: str, axis: str, level, baseline, data: str | None = None):
@@ -946,16 +1047,24 @@ def findings(
     data: list[str] | None = None,
     effects: pd.DataFrame | None = None,
 ) -> dict[str, list[str]]:
-    """The report's answers: question -> sentences, each with its interval and n. With ``effects`` (verdict
-    columns) the write-up's questions are named cases of the report's verdicts, and every axis gets its own."""
+    """The write-up's questions that this sweep can answer: question -> sentences, each with its interval and n.
+    A question appears only when the sweep has the axes it is about: the FFN against the bigram needs a model axis
+    over both, the batch's oscillation a batch axis, the distance from the bigram floor an axis over the model, the
+    corpora a data axis. With ``effects`` (verdict columns) the answers are named cases of the report's verdicts."""
     answers = {}
-    if effects is not None and "verdict" in effects:
-        answers["What did each change do to final val loss?"] = verdict_sentences(effects)
-    answers |= {
-        "Is the FFN worse than the bigram on each corpus?": ffn_vs_bigram(table, factors, seed, effects=effects),
-        "Does a larger batch oscillate less (loss_noise)?": batch_noise(table, factors, seed, effects=effects),
-        "How far is each variant from the bigram floor (excess_loss)?": floor_distance(summary, table, factors, label),
-    }
+    model, batch = "model.kind", "train.batch_size"
+    if model in factors and {"bigram", "ffn"} <= set(levels(table, model)):
+        answers["Is the FFN worse than the bigram on each corpus?"] = ffn_vs_bigram(
+            table, factors, seed, effects=effects
+        )
+    if batch in factors and len(levels(table, batch)) > 1:
+        answers["Does a larger batch oscillate less (loss_noise)?"] = batch_noise(table, factors, seed, effects=effects)
+    if model in table and any(
+        model in f.split("+") or _varies_within(table, f, factors, seed, [model]) for f in factors
+    ):
+        answers["How far is each variant from the bigram floor (excess_loss)?"] = floor_distance(
+            summary, table, factors, label
+        )
     if data:
         answers["How far apart are the corpora?"] = between_corpora(table, factors, seed, data)
     return answers

@@ -32,6 +32,12 @@ METHOD = (
 
 Row = tuple[int, float, float, int]  # n, mean, std, degrees of freedom of std (n - 1, or n0 - 1 for a Stein row)
 VERDICTS = ("better", "worse", "equivalent", "undecided")
+# Plans a person can follow. Below a pilot of MIN_PILOT_SEEDS seeds per variant no plan is made: the pilot's sd
+# has too few degrees of freedom (t(1) at alpha/2m is in the hundreds, so a 2-seed pilot asks for thousands of
+# seeds whatever the truth). A need beyond PRACTICAL_MAX_SEEDS seeds per variant is said in words (the difference
+# against the noise), never as a number to train, and leaves the rest of the plan alone.
+MIN_PILOT_SEEDS = 3
+PRACTICAL_MAX_SEEDS = 1000
 
 
 @dataclass(frozen=True)
@@ -226,16 +232,28 @@ def _decide(row: Row, adj: np.ndarray, delta: float, alpha: float, divisor: int,
             reason += "; the adjusted interval still reaches past ±δ (TOST is one-sided at each bound)"
     else:
         verdict = "undecided"
-        needed = math.ceil(stein_total_seeds(std, df + 1, delta, alpha, divisor) / per_seed)
-        plug_in = math.ceil(seeds_needed(std, delta, alpha, divisor) / per_seed)
         reason = (
             f"undecided: neither a difference (adjusted p {adj_difference:.2g}) nor equivalence within "
-            f"±{delta:g} (adjusted TOST p {adj_equivalence:.2g}) is shown; Stein's two-stage plan from this "
-            f"spread needs {needed} seeds (about {plug_in} if the spread were exactly {std:.4g})"
+            f"±{delta:g} (adjusted TOST p {adj_equivalence:.2g}) is shown"
         )
-        if per_seed > 1:
-            reason += f" ({per_seed} pairs per seed)"
-        reason += "; a 2-seed pilot has 1 degree of freedom: 4 seeds plan far fewer" if df == 1 else ""
+        pilot_seeds = (df + 1) // per_seed
+        if pilot_seeds < MIN_PILOT_SEEDS:
+            reason += (
+                f"; no seed plan from {pilot_seeds} seed{'s' if pilot_seeds != 1 else ''} per variant (a plan "
+                f"needs a pilot of {MIN_PILOT_SEEDS})"
+            )
+        else:
+            needed = math.ceil(stein_total_seeds(std, df + 1, delta, alpha, divisor) / per_seed)
+            if needed > PRACTICAL_MAX_SEEDS:
+                reason += f"; {out_of_reach(mean, std, delta)}"
+            else:
+                plug_in = math.ceil(seeds_needed(std, delta, alpha, divisor) / per_seed)
+                reason += (
+                    f"; Stein's two-stage plan from this spread needs {needed} seeds (about {plug_in} if the "
+                    f"spread were exactly {std:.4g})"
+                )
+                if per_seed > 1:
+                    reason += f" ({per_seed} pairs per seed)"
     return Decision(
         verdict,
         n,
@@ -252,6 +270,30 @@ def _decide(row: Row, adj: np.ndarray, delta: float, alpha: float, divisor: int,
         needed,
         reason,
     )
+
+
+def out_of_reach(mean: float, std: float, delta: float) -> str:
+    """Why an effect needs more than ``PRACTICAL_MAX_SEEDS`` seeds, in words: its difference against the noise of
+    its pairs (their sd), and the ±δ/2 its interval would have to shrink to (which decides it either way)."""
+    ratio = abs(mean) / std if std > 0 else math.inf
+    size = f"its difference, {mean:+.4f} nats, is {_times(ratio)} the noise of its pairs (sd {std:.4f} nats)"
+    pin = f"pinning it within ±δ/2 = ±{delta / 2:g} nats would take more than {PRACTICAL_MAX_SEEDS:,} seeds per variant"
+    if ratio >= 3:
+        return f"{size}: its sign is clear, but {pin}"
+    return (
+        f"{size}: {pin}, so at δ = {delta:g} it is below what this setup resolves at a practical cost (a larger δ, "
+        "or less noise, would decide it)"
+    )
+
+
+def _times(ratio: float) -> str:
+    if ratio < 0.095:
+        return "a small fraction of"
+    if ratio < 0.95:
+        return f"{ratio:.1f} times"
+    if ratio < 1.05:
+        return "about as large as"
+    return f"{ratio:.2g} times" if ratio < 10 else f"{ratio:,.0f} times"
 
 
 def seeds_needed(std: float, delta, alpha: float = 0.05, family_size: int = 1) -> int:
@@ -302,34 +344,64 @@ def stein_interval(values, pilot_n: int, alpha: float = 0.05, family_size: int =
 
 @dataclass(frozen=True)
 class Plan:
-    """Seeds to train per variant (the largest need, capped) and each effect's Stein total (None: no spread)."""
+    """Seeds to train per variant (the largest need within reach, capped), each effect's Stein total (None: no
+    spread), whether --max-seeds cut it short, and whether it is beyond any practical number of seeds."""
 
     seeds: int
     needed: tuple[int | None, ...]
     capped: tuple[bool, ...]
     family_size: int
     max_seeds: int
+    beyond: tuple[bool, ...] = ()
+    rows: tuple[Row, ...] = ()  # the pilot rows (nats), for the words of an effect beyond reach
+    delta: float = math.nan
+    pilot_n: int = 0
 
     def describe(self, labels: list[str] | None = None) -> str:
+        """The plan in words: the seeds per variant, the effects --max-seeds cuts short (with their need), and those
+        beyond ``PRACTICAL_MAX_SEEDS`` (in words, no number)."""
         labels = labels or [f"effect {i}" for i in range(len(self.needed))]
         over = [f"{label} ({need})" for label, need, cap in zip(labels, self.needed, self.capped, strict=True) if cap]
         capped = f"; capped at --max-seeds {self.max_seeds}, short for {', '.join(over)}" if over else ""
-        return f"Stein's two-stage plan: train {self.seeds} seeds per variant{capped}."
+        text = f"Stein's two-stage plan: train {self.seeds} seeds per variant{capped}."
+        if self.seeds <= self.pilot_n:
+            text = "Stein's two-stage plan: the pilot's seeds are all it needs."
+        far = [(label, row) for label, row, b in zip(labels, self.rows, self.beyond, strict=False) if b]
+        if far:
+            text += (
+                " Beyond reach, left out of the plan: "
+                + "; ".join(f"{label}: {out_of_reach(row[1], row[2], self.delta)}" for label, row in far)
+                + "."
+            )
+        return text
 
 
 def plan_seeds(
-    rows, delta, alpha: float = 0.05, *, pilot_n: int, max_seeds: int, method: str = "holm", pairs_per_seed=None
+    rows,
+    delta,
+    alpha: float = 0.05,
+    *,
+    pilot_n: int,
+    max_seeds: int,
+    method: str = "holm",
+    pairs_per_seed=None,
+    practical_max: int = PRACTICAL_MAX_SEEDS,
 ) -> Plan:
     """The second stage from the pilot rows: Stein's N per effect at a = alpha / family size (the family the final
-    decisions are adjusted over), and the seeds to train: the largest N over every effect, at most ``max_seeds``.
+    decisions are adjusted over), and the seeds to train: the largest N of the effects within ``practical_max``, at
+    most ``max_seeds``.
 
     Every effect, not just those the pilot left undecided: a plan that depends on the pilot's means is a second look
     at them, which Stein's exact coverage does not allow (and a pilot verdict would spend alpha once more). So the
     pilot's verdicts are provisional and the final ones come from ``decide_family`` on ``stein_row``s of all N seeds.
-    ``pairs_per_seed`` (one per row; default 1): a row's n counts pairs, k per seed, so its N pairs are ceil(N / k)
-    seeds (k * ceil(N / k) >= N pairs: the final half-width is still at most δ/2).
+    An effect whose N is beyond ``practical_max`` is left out of the plan (``beyond``): that depends on its pilot's
+    spread alone, not its mean, so the others keep Stein's guarantee. ``pairs_per_seed`` (one per row; default 1):
+    a row's n counts pairs, k per seed, so its N pairs are ceil(N / k) seeds (k * ceil(N / k) >= N pairs: the final
+    half-width is still at most δ/2). A pilot below ``MIN_PILOT_SEEDS`` seeds is refused.
     """
     delta, alpha = _check(delta, alpha)
+    if pilot_n < MIN_PILOT_SEEDS:
+        raise ValueError(f"a plan needs a pilot of at least {MIN_PILOT_SEEDS} seeds per variant, got {pilot_n}")
     if max_seeds < pilot_n:
         raise ValueError(f"--max-seeds ({max_seeds}) is below the pilot's {pilot_n} seeds")
     rows = _rows(rows)
@@ -339,6 +411,8 @@ def plan_seeds(
         max(pilot_n, math.ceil(stein_total_seeds(r[2], r[3] + 1, delta, alpha, size) / k)) if _testable(r) else None
         for r, k in zip(rows, per_seed, strict=True)
     )
-    capped = tuple(need is not None and need > max_seeds for need in needed)
-    seeds = min(max_seeds, max([pilot_n, *(need for need in needed if need is not None)]))
-    return Plan(seeds, needed, capped, size, max_seeds)
+    beyond = tuple(need is not None and need > practical_max for need in needed)
+    capped = tuple(need is not None and need > max_seeds and not far for need, far in zip(needed, beyond, strict=True))
+    within = [need for need, far in zip(needed, beyond, strict=True) if need is not None and not far]
+    seeds = min(max_seeds, max([pilot_n, *within]))
+    return Plan(seeds, needed, capped, size, max_seeds, beyond, tuple(rows), delta, pilot_n)
