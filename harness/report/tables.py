@@ -554,6 +554,11 @@ def stein_pilot(spec: Spec, seeds: list[int] | None) -> list[int] | None:
     return pilot if len(pilot) >= 2 and len(seeds) > len(pilot) and seeds[: len(pilot)] == pilot else None
 
 
+def _tuning_seeds(spec: Spec) -> list[int]:
+    """A tuned spec's tuning seeds, which a plan's fresh seeds pass over."""
+    return list(spec.tune.seeds) if getattr(spec, "tune", None) else []
+
+
 def extend_seeds(seeds: list[int], total: int, avoid: list[int] | None = None) -> list[int]:
     """``seeds`` continued with max(seeds) + 1, + 2, ... up to ``total`` seeds, passing over ``avoid`` (a tuned
     spec's tuning seeds: the seeds that decide must be fresh)."""
@@ -648,7 +653,7 @@ def report_plan(
     (one job; a stacked seed's share of its stack's time)."""
     delta = spec.practical_difference if delta is None else delta
     plan = analysis.seed_plan(effects, delta, len(pilot), max_seeds)
-    seeds = extend_seeds(pilot, plan.seeds, spec.tune.seeds if getattr(spec, "tune", None) else None)
+    seeds = extend_seeds(pilot, plan.seeds, _tuning_seeds(spec))
     extra = len([s for s in seeds if s not in set(trained or pilot)])
     settings = frame["setting"].nunique() if "setting" in frame else 0
     until = shlex.join(
@@ -697,7 +702,7 @@ def pilot_advice(frame: pd.DataFrame, spec: Spec, overrides: dict | None, have: 
     """The seeds to run before anything can be planned: ``have`` (the seeds trained) continued to a pilot of
     ``MIN_PILOT_SEEDS``, and the command. A sweep without a seed axis ran the base config's ``train.seed``: the
     pilot starts from it, so that run is reused."""
-    seeds = extend_seeds(have, analysis.verdicts.MIN_PILOT_SEEDS)
+    seeds = extend_seeds(have, analysis.verdicts.MIN_PILOT_SEEDS, _tuning_seeds(spec))
     extra = len(seeds) - len(have)
     settings = frame["setting"].nunique() if "setting" in frame else 0
     return PilotAdvice(
