@@ -26,7 +26,7 @@ from harness.spec.records import Spec, Variant
 from harness.tracking import claims
 from harness.tracking.claims import SWEEP_TAG
 from harness.tracking.naming import run_names
-from harness.tracking.recorded import VariantResult
+from harness.tracking.recorded import VariantResult, progress_off
 from harness.tracking.store import (
     check_tracking_reachable,
     experiment_id_for,
@@ -254,7 +254,12 @@ def run_sweep(
     retrying(lambda: client.log_artifact(parent_id, str(spec.path)))
     outcome = SweepOutcome(parent_id, skipped=skip, elsewhere=elsewhere)
     overall = tqdm(
-        total=len(todo), desc=f"{spec.name}", position=0, disable=not show_progress, unit="variant", dynamic_ncols=True
+        total=len(todo),
+        desc=f"{spec.name}",
+        position=0,
+        disable=progress_off(show_progress),
+        unit="variant",
+        dynamic_ncols=True,
     )
     names = run_names({v.id: v.axes for v in variants})  # names of the whole sweep, so that they differ early
     train_kwargs = dict(
