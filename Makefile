@@ -10,7 +10,7 @@ TESTS ?=
 TEST_WORKERS ?= auto
 PORT ?= 5000
 EXTRAS ?= dev
-TEST_EXTRAS ?= dev,ray,ui
+TEST_EXTRAS ?= dev,ray,ui,docs
 TORCH_VERSION ?= 2.13.0
 # torch: on Linux without an NVIDIA GPU (no working nvidia-smi) the CPU-only wheel from PyTorch's CPU index, found
 # beside PyPI's CUDA build (a "+cpu" version ranks above it), so no CUDA libraries come down; with an NVIDIA GPU,
@@ -40,7 +40,7 @@ else
 PYTHON ?= $(VENV)/bin/python
 # One stamp per set of extras: `make test EXTRAS=dev,ray` installs Ray once, then finds it there.
 READY := $(VENV)/.installed-$(subst $(comma),-,$(EXTRAS))
-# The tests need Ray (tests/test_ray.py) and playwright (tests/test_ui.py) too.
+# The tests need Ray (tests/test_ray.py), playwright (tests/test_ui.py) and mkdocs (tests/test_docs.py) too.
 TEST_READY := $(VENV)/.installed-$(subst $(comma),-,$(TEST_EXTRAS))
 endif
 
@@ -136,10 +136,10 @@ schema: $(READY) ## regenerate what is derived from the spec's keys: experiments
 # -- the documentation site (docs/, mkdocs.yml) --------------------------------------------------------
 docs: $(READY) ## build the documentation site into site/ and serve it on 127.0.0.1:$(DOCS_PORT) (mkdocs-material)
 	@$(PYTHON) -c "import material" 2>/dev/null || $(PYTHON) -m pip install -e ".[docs]"
-	$(PYTHON) -m mkdocs build --strict
-	$(PYTHON) -m mkdocs serve --dev-addr 127.0.0.1:$(DOCS_PORT)
+	NO_MKDOCS_2_WARNING=1 $(PYTHON) -m mkdocs build --strict
+	NO_MKDOCS_2_WARNING=1 $(PYTHON) -m mkdocs serve --dev-addr 127.0.0.1:$(DOCS_PORT)
 
 docs-check: $(READY) ## what CI runs: the spec reference is current and the site builds with --strict (no broken link, every page in the nav)
 	@$(PYTHON) -c "import material" 2>/dev/null || $(PYTHON) -m pip install -e ".[docs]"
 	$(PYTHON) -m harness reference --check
-	$(PYTHON) -m mkdocs build --strict
+	NO_MKDOCS_2_WARNING=1 $(PYTHON) -m mkdocs build --strict

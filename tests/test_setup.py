@@ -22,6 +22,7 @@ pytestmark = pytest.mark.skipif(shutil.which("make") is None, reason="needs GNU 
 def _env(path_first: Path | None = None) -> dict[str, str]:
     """The environment of a user with no active env: none of the caller's venv, conda env or make flags."""
     drop = ("VIRTUAL_ENV", "CONDA_PREFIX", "MAKEFLAGS", "MFLAGS", "MAKELEVEL", "MAKEOVERRIDES", "PYTHON", "TORCH")
+    drop += ("EXTRAS", "TEST_EXTRAS", "SPEC", "JOBS", "ARGS")  # the Makefile's variables (CI exports EXTRAS)
     env = {k: v for k, v in os.environ.items() if k not in drop}
     if path_first is not None:
         env["PATH"] = f"{path_first}{os.pathsep}{env['PATH']}"
