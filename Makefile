@@ -84,11 +84,11 @@ install-ui: $(READY) ## the browser client for ui-shots: playwright, driving the
 	  echo "make: no chromium on the PATH; on Debian/Ubuntu: sudo apt-get install chromium fonts-noto-cjk (CJK: the Korean samples)"
 
 # -- the work --------------------------------------------------------------------------------------
-ablations: $(READY) ## run the write-up's 8-variant grid (SPEC) into MLflow and results/<name>/
-	$(PYTHON) -m harness run $(SPEC) --jobs $(JOBS) $(ARGS)
-
-smoke: $(READY) ## the same grid at 30 steps: the whole pipeline in seconds
+smoke: $(READY) ## the write-up's 8-variant grid at 30 steps: the whole pipeline in about a minute
 	$(PYTHON) -m harness run experiments/smoke.yaml $(ARGS)
+
+ablations: $(READY) ## the grid of SPEC into MLflow and results/<name>/ (seed.yaml's 50,000 steps: about an hour on 2 CPU cores; ARGS=train.steps=500 is a first look)
+	$(PYTHON) -m harness run $(SPEC) --jobs $(JOBS) $(ARGS)
 
 test: $(TEST_READY) ## the test suite (what CI runs), one pytest-xdist worker per core; TESTS='tests/test_x.py -k y' picks some, TEST_WORKERS=0 runs them in this process
 	$(PYTHON) -m pytest -q -n $(TEST_WORKERS) $(TESTS)
