@@ -6,6 +6,7 @@ trains (harness/tracking/claims.py), so it trains exactly once, and the run of a
 
 from __future__ import annotations
 
+import itertools
 import json
 import shlex
 import sys
@@ -277,11 +278,16 @@ def run_sweep(
     if jobs > 1:
         units = longest_first(units, costs)
 
+    ended = itertools.count(1)
+
     def on_result(result: VariantResult) -> None:
         outcome.add(result)
+        overall.update()
+        count = next(ended)
         if result.status == "SKIPPED":
             log(f"skip {result.variant_id}: {result.error}")
-        overall.update()
+        elif result.status == "FINISHED" and overall.disable:  # no bar (not a terminal, or --no-progress): a line
+            log(f"[{count}/{len(todo)}] done {result.variant_id}")  # per variant says how far the sweep is
 
     try:
         runner.run(units, train_kwargs, on_result)

@@ -46,6 +46,7 @@ def test_bars_on_a_terminal_and_none_in_a_pipe(tmp_path, data_dir):
     assert piped.returncode == 0, piped.stdout + piped.stderr
     log = piped.stdout + piped.stderr
     assert "\r" not in log and "step/s" not in log and "variant/s" not in log, log  # no bar, not even its last frame
+    assert "[1/1] done base\n" in log  # instead of a bar, a line per variant as it ends
     assert "finished 1, skipped 0, failed 0" in log
 
     leader, follower = pty.openpty()  # stderr a terminal of 100 columns, as in an interactive shell
@@ -72,3 +73,4 @@ def test_bars_on_a_terminal_and_none_in_a_pipe(tmp_path, data_dir):
         os.close(leader)
     assert shown.returncode == 0, shown.stdout
     assert b"\r" in drawn and b"/300" in drawn, bytes(drawn[-2000:])  # the variant's bar, counting its 300 steps
+    assert b"[1/1] done" not in drawn  # the bar said it
