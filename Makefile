@@ -13,11 +13,12 @@ EXTRAS ?= dev
 TEST_EXTRAS ?= dev,ray,ui,docs
 TORCH_VERSION ?= 2.13.0
 # torch: on Linux without an NVIDIA GPU (no working nvidia-smi) the CPU-only wheel from PyTorch's CPU index, found
-# beside PyPI's CUDA build (a "+cpu" version ranks above it), so no CUDA libraries come down; with an NVIDIA GPU,
-# and on macOS and Windows, PyPI's own build (CUDA on Linux, CPU/MPS on macOS). TORCH=... picks any other.
+# beside PyPI's CUDA build (a "+cpu" version ranks above it), so no CUDA libraries come down; --no-deps asks that
+# index for torch alone, and torch's own dependencies come from PyPI with the harness, installed right after it.
+# With an NVIDIA GPU, and on macOS, PyPI's own build (CUDA on Linux, CPU/MPS on macOS). TORCH=... picks any other.
 HAS_NVIDIA_GPU := $(shell nvidia-smi -L >/dev/null 2>&1 && echo yes)
 ifeq ($(shell uname -s)-$(HAS_NVIDIA_GPU),Linux-)
-TORCH ?= torch==$(TORCH_VERSION) --extra-index-url https://download.pytorch.org/whl/cpu
+TORCH ?= torch==$(TORCH_VERSION) --no-deps --extra-index-url https://download.pytorch.org/whl/cpu
 else
 TORCH ?= torch==$(TORCH_VERSION)
 endif
