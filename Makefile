@@ -10,8 +10,19 @@ TESTS ?=
 TEST_WORKERS ?= auto
 PORT ?= 5000
 EXTRAS ?= dev
-TEST_EXTRAS ?= dev,ray,ui
-TORCH ?= torch==2.13.0
+TEST_EXTRAS ?= dev,ray,ui,docs
+TORCH_VERSION ?= 2.13.0
+# torch: on Linux without an NVIDIA GPU (no working nvidia-smi) the CPU-only wheel from PyTorch's CPU index, found
+# beside PyPI's CUDA build (a "+cpu" version ranks above it), so no CUDA libraries come down; --no-deps asks that
+# index for torch alone, and torch's own dependencies come from PyPI with the harness, installed right after it.
+# With an NVIDIA GPU, and on macOS, PyPI's own build (CUDA on Linux, CPU/MPS on macOS). TORCH=... picks any other.
+HAS_NVIDIA_GPU := $(shell nvidia-smi -L >/dev/null 2>&1 && echo yes)
+ifeq ($(shell uname -s)-$(HAS_NVIDIA_GPU),Linux-)
+TORCH ?= torch==$(TORCH_VERSION) --no-deps --extra-index-url https://download.pytorch.org/whl/cpu
+else
+TORCH ?= torch==$(TORCH_VERSION)
+endif
+DOCS_PORT ?= 8000
 PYTHON3 ?= python3
 VENV ?= .venv
 comma := ,
@@ -30,17 +41,18 @@ else
 PYTHON ?= $(VENV)/bin/python
 # One stamp per set of extras: `make test EXTRAS=dev,ray` installs Ray once, then finds it there.
 READY := $(VENV)/.installed-$(subst $(comma),-,$(EXTRAS))
-# The tests need Ray (tests/test_ray.py) and playwright (tests/test_ui.py) too.
+# The tests need Ray (tests/test_ray.py), playwright (tests/test_ui.py) and mkdocs (tests/test_docs.py) too.
 TEST_READY := $(VENV)/.installed-$(subst $(comma),-,$(TEST_EXTRAS))
 endif
 
 .DEFAULT_GOAL := help
-.PHONY: help install install-ui env-check ablations smoke test lint bench bench-gpu report ui ui-shots server clean schema
+.PHONY: help install install-ui env-check ablations smoke test lint bench bench-gpu report ui ui-shots server clean schema docs docs-check
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
 	@echo "  variables: SPEC=$(SPEC) JOBS=$(JOBS) ARGS='key=value ...' (e.g. ARGS=train.steps=500) EXTRAS=$(EXTRAS)"
 	@echo "  python: $(PYTHON) (an active venv/conda env as it is, else ./$(VENV), made on first use)"
+	@echo "  torch, when the env has none: pip install $(TORCH)"
 
 # -- the environment -------------------------------------------------------------------------------
 $(VENV)/bin/python:
@@ -59,10 +71,13 @@ env-check:
 	@$(PYTHON) -c "import importlib.util as u, sys; missing = [m for m in ('torch', 'mlflow', 'pytest', 'harness') if u.find_spec(m) is None]; \
 	  missing and sys.exit('make: $(PYTHON) lacks ' + ', '.join(missing) + ': run make install (installs into this env)')"
 
-install: ## install torch (CPU wheel 2.13.0 if none), the harness and its dev tools into $(PYTHON)
+install: ## install torch (if none: the CPU wheel, or the CUDA one where nvidia-smi sees a GPU), the harness and its dev tools
 	@test -x $(PYTHON) || $(MAKE) --no-print-directory $(VENV)/bin/python
 	$(PYTHON) -c "import torch" 2>/dev/null || $(PYTHON) -m pip install $(TORCH)
 	$(PYTHON) -m pip install -e ".[$(EXTRAS)]"
+ifndef ENV_DIR
+	@touch $(READY)
+endif
 
 install-ui: $(READY) ## the browser client for ui-shots: playwright, driving the system chromium (no download)
 	$(PYTHON) -m pip install -e ".[ui]"
@@ -70,11 +85,11 @@ install-ui: $(READY) ## the browser client for ui-shots: playwright, driving the
 	  echo "make: no chromium on the PATH; on Debian/Ubuntu: sudo apt-get install chromium fonts-noto-cjk (CJK: the Korean samples)"
 
 # -- the work --------------------------------------------------------------------------------------
-ablations: $(READY) ## run the write-up's 8-variant grid (SPEC) into MLflow and results/<name>/
-	$(PYTHON) -m harness run $(SPEC) --jobs $(JOBS) $(ARGS)
-
-smoke: $(READY) ## the same grid at 30 steps: the whole pipeline in seconds
+smoke: $(READY) ## the write-up's 8-variant grid at 30 steps: the whole pipeline in about a minute
 	$(PYTHON) -m harness run experiments/smoke.yaml $(ARGS)
+
+ablations: $(READY) ## the grid of SPEC into MLflow and results/<name>/ (seed.yaml's 50,000 steps: about an hour on 2 CPU cores; ARGS=train.steps=500 is a first look)
+	$(PYTHON) -m harness run $(SPEC) --jobs $(JOBS) $(ARGS)
 
 test: $(TEST_READY) ## the test suite (what CI runs), one pytest-xdist worker per core; TESTS='tests/test_x.py -k y' picks some, TEST_WORKERS=0 runs them in this process
 	$(PYTHON) -m pytest -q -n $(TEST_WORKERS) $(TESTS)
@@ -112,8 +127,20 @@ server: $(READY) ## a real MLflow tracking server on 127.0.0.1:$(PORT) (SQLite +
 	$(PYTHON) -m mlflow server --backend-store-uri sqlite:///mlflow-server.db --artifacts-destination ./mlartifacts --host 127.0.0.1 --port $(PORT)
 
 clean: ## remove caches and checkpoints (keeps mlflow.db, results/ and .venv)
-	rm -rf .pytest_cache .harness build *.egg-info
+	rm -rf .pytest_cache .harness build site *.egg-info
 	find . -name __pycache__ -type d -prune -not -path "./$(VENV)/*" -exec rm -rf {} +
 
-schema: $(READY) ## regenerate experiments/spec.schema.json (the JSON Schema editors use to check specs)
+schema: $(READY) ## regenerate what is derived from the spec's keys: experiments/spec.schema.json and docs/spec-reference.md
 	$(PYTHON) -m harness schema
+	$(PYTHON) -m harness reference
+
+# -- the documentation site (docs/, mkdocs.yml) --------------------------------------------------------
+docs: $(READY) ## build the documentation site into site/ and serve it on 127.0.0.1:$(DOCS_PORT) (mkdocs-material)
+	@$(PYTHON) -c "import material" 2>/dev/null || $(PYTHON) -m pip install -e ".[docs]"
+	NO_MKDOCS_2_WARNING=1 $(PYTHON) -m mkdocs build --strict
+	NO_MKDOCS_2_WARNING=1 $(PYTHON) -m mkdocs serve --dev-addr 127.0.0.1:$(DOCS_PORT)
+
+docs-check: $(READY) ## what CI runs: the spec reference is current and the site builds with --strict (no broken link, every page in the nav)
+	@$(PYTHON) -c "import material" 2>/dev/null || $(PYTHON) -m pip install -e ".[docs]"
+	$(PYTHON) -m harness reference --check
+	NO_MKDOCS_2_WARNING=1 $(PYTHON) -m mkdocs build --strict

@@ -1,4 +1,4 @@
-"""``harness validate|run|report|plan``: the command line around specs, sweeps, reports and seed plans.
+"""``harness validate|run|report|plan|schema|reference``: the command line around specs, sweeps, reports and seed plans.
 
 Exit codes: 0 all variants FINISHED (or skipped as already finished); 1 some variant failed;
 2 a problem with the spec, data or tracking store, found before anything trained; 130 Ctrl-C; 141 the reader of
@@ -123,6 +123,11 @@ def _parser() -> argparse.ArgumentParser:
         "schema", help="write experiments/spec.schema.json, the JSON Schema of a spec (make schema)"
     )
     schema.add_argument("--check", action="store_true", help="exit 1 if the committed schema is not current")
+
+    reference = sub.add_parser(
+        "reference", help="write docs/spec-reference.md, every key with its type, default and meaning (make schema)"
+    )
+    reference.add_argument("--check", action="store_true", help="exit 1 if the committed page is not current")
     return parser
 
 
@@ -155,6 +160,8 @@ def _main(argv: list[str] | None) -> int:
     args.command_line = shlex.join(["harness", *argv])
     if args.command == "schema":
         return _schema(args.check)
+    if args.command == "reference":
+        return _reference(args.check)
     # Imports after parsing, so that --help is instant.
     from harness.data.corpora import DataError, resolve_data_dir
     from harness.report.tables import ReportError
@@ -239,13 +246,26 @@ def _check_pilot(spec, args) -> None:
 
 
 def _schema(check: bool) -> int:
-    from harness.spec.schema import SCHEMA_PATH, schema_text, write_schema
+    from harness.spec.schema import SCHEMA_PATH, schema_text
 
+    return _generated(SCHEMA_PATH, schema_text(), check)
+
+
+def _reference(check: bool) -> int:
+    from harness.spec.reference import REFERENCE_PATH, reference_text
+
+    return _generated(REFERENCE_PATH, reference_text(), check)
+
+
+def _generated(path: Path, text: str, check: bool) -> int:
+    """Write a file generated from the code (``make schema``); with ``check``, exit 1 if the committed one differs."""
     if check:
-        current = SCHEMA_PATH.is_file() and SCHEMA_PATH.read_text(encoding="utf-8") == schema_text()
-        print(f"{SCHEMA_PATH}: {'current' if current else 'out of date; run make schema'}")
+        current = path.is_file() and path.read_text(encoding="utf-8") == text
+        print(f"{path}: {'current' if current else 'out of date; run make schema'}")
         return 0 if current else 1
-    print(f"wrote {write_schema()}")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text, encoding="utf-8")
+    print(f"wrote {path}")
     return 0
 
 

@@ -1,7 +1,7 @@
 """Field markers shared by the config sections (data, model, train, sample).
 
 Each section is a frozen dataclass owned by its module; its fields carry metadata that the spec
-layer reads to decide a variant's identity (see README "Run identity"):
+layer reads to decide a variant's identity (see docs/development.md, "Run identity"):
 
 - ``EXECUTION``: changes how a run is executed or observed (threads, device, checkpoints, eval
   cadence, samples), never the math of training. Not hashed.

@@ -6,6 +6,7 @@ trains (harness/tracking/claims.py), so it trains exactly once, and the run of a
 
 from __future__ import annotations
 
+import itertools
 import json
 import shlex
 import sys
@@ -26,7 +27,7 @@ from harness.spec.records import Spec, Variant
 from harness.tracking import claims
 from harness.tracking.claims import SWEEP_TAG
 from harness.tracking.naming import run_names
-from harness.tracking.recorded import PHASE_TAG, VariantResult
+from harness.tracking.recorded import PHASE_TAG, VariantResult, progress_off
 from harness.tracking.store import (
     check_tracking_reachable,
     experiment_id_for,
@@ -270,7 +271,12 @@ def run_sweep(
     retrying(lambda: client.log_artifact(parent_id, str(spec.path)))
     outcome = SweepOutcome(parent_id, skipped=skip, elsewhere=elsewhere)
     overall = tqdm(
-        total=len(todo), desc=f"{spec.name}", position=0, disable=not show_progress, unit="variant", dynamic_ncols=True
+        total=len(todo),
+        desc=f"{spec.name}",
+        position=0,
+        disable=progress_off(show_progress),
+        unit="variant",
+        dynamic_ncols=True,
     )
     names = run_names({v.id: v.axes for v in variants})  # names of the whole sweep, so that they differ early
     train_kwargs = dict(
@@ -289,11 +295,16 @@ def run_sweep(
     if jobs > 1:
         units = longest_first(units, costs)
 
+    ended = itertools.count(1)
+
     def on_result(result: VariantResult) -> None:
         outcome.add(result)
+        overall.update()
+        count = next(ended)
         if result.status == "SKIPPED":
             log(f"skip {result.variant_id}: {result.error}")
-        overall.update()
+        elif result.status == "FINISHED" and overall.disable:  # no bar (not a terminal, or --no-progress): a line
+            log(f"[{count}/{len(todo)}] done {result.variant_id}")  # per variant says how far the sweep is
 
     try:
         runner.run(units, train_kwargs, on_result)

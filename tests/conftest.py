@@ -10,7 +10,7 @@ if os.environ.get("PYTEST_XDIST_WORKER"):  # one core per worker (make test): to
 
 import pytest  # noqa: E402
 
-from harness.data.corpora import resolve_data_dir  # noqa: E402
+from harness.data.corpora import CATALOG, DataError, locate_catalog_file, resolve_data_dir  # noqa: E402
 from harness.spec.expansion import expand  # noqa: E402
 from harness.spec.parsing import load_spec  # noqa: E402
 
@@ -23,11 +23,24 @@ SHRINK = {"train.steps": 40, "train.eval_interval": 10, "train.device": "cpu", "
 
 
 @pytest.fixture(scope="session")
-def data_dir() -> Path | None:
-    """``HARNESS_DATA_DIR``, else ``../shared/data`` beside the project, else the download cache."""
+def data_dir() -> Path:
+    """``HARNESS_DATA_DIR``, else ``../shared/data`` beside the project, else the download cache.
+
+    Without a folder the corpora are downloaded once into the cache; offline, every test that needs them ends
+    with the harness's own message (where to put the files), not a traceback of the failed connection.
+    """
     if os.environ.get("HARNESS_DATA_DIR"):
         return resolve_data_dir()
-    return SHARED_DATA if SHARED_DATA.is_dir() else None
+    if SHARED_DATA.is_dir():
+        return SHARED_DATA
+    try:
+        folders = {locate_catalog_file(name, None).parent for name in CATALOG}
+    except DataError as exc:
+        problem = str(exc)
+    else:
+        (folder,) = folders  # the cache holds them all
+        return folder
+    pytest.fail(f"these tests read the real corpora. {problem}", pytrace=False)
 
 
 @pytest.fixture

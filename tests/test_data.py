@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import hashlib
+import os
 import shutil
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -12,6 +16,8 @@ from harness.data.batches import get_batch
 from harness.data.corpora import CATALOG, DataConfig, DataError, load_corpus, locate_catalog_file, read_text
 from harness.data.tokenizers.base import UnknownCharacterError
 from harness.data.tokenizers.char import EXTRA_CHARS, CharTokenizer
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.mark.parametrize("name", ["tinyshakespeare", "korean-chatbot"])
@@ -112,8 +118,44 @@ def test_download_failure_says_where_to_put_the_file(tmp_path, monkeypatch):
 
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
     monkeypatch.setattr(data.urllib.request, "urlopen", refuse)
-    with pytest.raises(DataError, match=r"could not download .*network unreachable.*--data-dir"):
+    with pytest.raises(DataError, match=r"could not download .*network unreachable.*--data-dir") as raised:
         locate_catalog_file("tinyshakespeare", None)
+    assert raised.value.__suppress_context__  # a traceback shows the message, not the failed connection's chain
+
+
+OFFLINE_PLUGIN = """
+import socket, urllib.request
+
+def refuse(*args, **kwargs):
+    raise urllib.request.URLError(socket.gaierror(-2, "Name or service not known"))
+
+urllib.request.urlopen = refuse
+"""
+
+
+def test_offline_without_a_data_folder_the_tests_say_where_to_put_the_corpora(tmp_path):
+    """A clone with no data folder beside it, no HARNESS_DATA_DIR and no network: the tests that read the corpora
+    end with the harness's own message, not with the socket.gaierror of the failed download."""
+    project = tmp_path / "clone"
+    (project / "tests").mkdir(parents=True)
+    for name in ("conftest.py", "test_data.py"):
+        shutil.copy(Path(__file__).with_name(name), project / "tests" / name)
+    (tmp_path / "offline.py").write_text(OFFLINE_PLUGIN, encoding="utf-8")
+    env = {k: v for k, v in os.environ.items() if k not in ("HARNESS_DATA_DIR", "PYTEST_XDIST_WORKER")}
+    env.update(XDG_CACHE_HOME=str(tmp_path / "cache"), PYTHONPATH=os.pathsep.join([str(tmp_path), str(ROOT)]))
+    done = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "offline", "-p", "no:cacheprovider", "-k", "round_trip", "tests"],
+        cwd=project,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    out = done.stdout + done.stderr
+    assert done.returncode == 1, out
+    assert "2 errors" in out, out
+    assert out.count("these tests read the real corpora. dataset 'tinyshakespeare': could not download") == 2, out
+    assert "gaierror" not in out and "Traceback" not in out, out
 
 
 @pytest.mark.parametrize("name", ["tinyshakespeare", "korean-chatbot"])

@@ -124,9 +124,9 @@ def test_every_module_opens_with_a_docstring_that_says_its_job(path):
     assert docstring and len(docstring.split()) >= 4, f"{path} has no docstring saying its one job"
 
 
-def test_the_readme_layout_section_matches_the_tree():
-    readme = (ROOT / "README.md").read_text()
-    section = readme.split("## How the code is laid out", 1)[1].split("\n## ", 1)[0]
+def test_the_documented_layout_matches_the_tree():
+    page = (ROOT / "docs" / "development.md").read_text(encoding="utf-8")
+    section = page.split("## How the code is laid out", 1)[1].split("\n## ", 1)[0]
     listed = set(re.findall(r"`harness/([a-z_/]+?)/?(?:\.py)?`", section))
     packages = {p.parent.relative_to(ROOT / "harness").as_posix() for p in (ROOT / "harness").glob("*/__init__.py")}
     modules = {p.stem for p in (ROOT / "harness").glob("*.py") if p.stem not in ("__init__", "__main__")}

@@ -187,7 +187,7 @@ def _download(name: str, entry: CatalogEntry, path: Path) -> None:
         raise DataError(
             f"dataset {name!r}: could not download {entry.url} ({exc}). Without network, save that file "
             f"as {path}, or put it in a folder and pass --data-dir FOLDER (or set HARNESS_DATA_DIR)."
-        ) from exc
+        ) from None  # the message holds the cause; its traceback (socket.gaierror, ...) would only bury it
     with tempfile.NamedTemporaryFile(dir=path.parent, delete=False) as tmp:
         tmp.write(payload)
     shutil.move(tmp.name, path)

@@ -295,7 +295,7 @@ class _VariantRun:
             desc=self.name,
             position=self.progress_position,
             leave=False,
-            disable=not self.show_progress,
+            disable=progress_off(self.show_progress),
             dynamic_ncols=True,
             unit="step",
         )
@@ -393,6 +393,12 @@ class _VariantRun:
             self.heartbeat.stop()
         if self.bar is not None:
             self.bar.close()
+
+
+def progress_off(show_progress: bool) -> bool | None:
+    """tqdm's ``disable`` for a bar: True when asked for none (``--no-progress``), else None, which tqdm reads as
+    "off unless its output (stderr) is a terminal", so a log file or a CI job gets no bar redrawn line by line."""
+    return True if not show_progress else None
 
 
 def tqdm_write(line: str) -> None:
