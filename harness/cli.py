@@ -1,7 +1,9 @@
 """``harness validate|run|report|plan``: the command line around specs, sweeps, reports and seed plans.
 
 Exit codes: 0 all variants FINISHED (or skipped as already finished); 1 some variant failed;
-2 a problem with the spec, data or tracking store, found before anything trained; 130 Ctrl-C; 141 the reader of
+2 a problem with the spec, data or tracking store, found before anything trained; 3 the tracking server stopped
+answering mid-sweep for longer than HARNESS_SERVER_WAIT_S (the variants it could not record are named); 130 Ctrl-C
+or SIGTERM; 141 the reader of
 its output went away (``harness validate SPEC | head``), as a shell reports a command ended by SIGPIPE.
 """
 
@@ -18,6 +20,7 @@ from pathlib import Path
 
 EXIT_FAILED_VARIANTS = 1
 EXIT_BAD_INPUT = 2
+EXIT_TRACKING_LOST = 3
 EXIT_INTERRUPTED = 130
 EXIT_BROKEN_PIPE = 141
 DEFAULT_MAX_SEEDS = 16
@@ -277,6 +280,10 @@ def _run(spec, variants, overrides: dict, args, data_dir) -> int:
         print("error: --jobs must be >= 1", file=sys.stderr)
         return EXIT_BAD_INPUT
     outcome = _sweep(spec, variants, overrides, args, data_dir)
+    from harness.tracking.store import OUTAGE, server_wait_s
+
+    if outcome.unreachable or (outcome.interrupted and OUTAGE.since is not None):
+        return _tracking_lost(outcome, server_wait_s())
     delta = getattr(args, "delta", None)
     if getattr(args, "until_decided", False) and not outcome.interrupted and not outcome.failed:
         spec, outcome = _second_stage(spec, variants, overrides, args, data_dir, outcome)
@@ -304,6 +311,22 @@ def _run(spec, variants, overrides: dict, args, data_dir) -> int:
         )
         return EXIT_INTERRUPTED
     return EXIT_FAILED_VARIANTS if outcome.failed else 0
+
+
+def _tracking_lost(outcome, wait_s: float) -> int:
+    """The sweep stopped with the tracking server silent: say so, and which variants it could not record."""
+    unrecorded = outcome.unrecorded
+    why = "interrupted while the tracking server was not answering" if outcome.interrupted else outcome.unreachable
+    print(f"error: {why}", file=sys.stderr)
+    print(
+        f"could not record {len(unrecorded)} variant(s): {', '.join(unrecorded) or 'none'}. Their runs may stay "
+        "RUNNING in the store; once the server is back, the same command skips what FINISHED and trains or resumes "
+        "the rest (no report written now)",
+        file=sys.stderr,
+    )
+    if outcome.unreachable:
+        print(f"(a sweep waits up to {wait_s:.0f} s for the server: HARNESS_SERVER_WAIT_S)", file=sys.stderr)
+    return EXIT_INTERRUPTED if outcome.interrupted else EXIT_TRACKING_LOST
 
 
 def _sweep(spec, variants, overrides: dict, args, data_dir):

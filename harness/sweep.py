@@ -6,6 +6,7 @@ trains (harness/tracking/claims.py), so it trains exactly once, and the run of a
 
 from __future__ import annotations
 
+import contextlib
 import json
 import shlex
 import sys
@@ -28,7 +29,11 @@ from harness.tracking.claims import SWEEP_TAG
 from harness.tracking.naming import run_names
 from harness.tracking.recorded import VariantResult
 from harness.tracking.store import (
+    OUTAGE,
+    TrackingUnreachable,
+    bound_http_waits,
     check_tracking_reachable,
+    closing,
     experiment_id_for,
     git_commit,
     retrying,
@@ -101,6 +106,8 @@ class SweepOutcome:
     skipped: dict[str, str] = field(default_factory=dict)  # variant id -> FINISHED run id
     elsewhere: dict[str, str] = field(default_factory=dict)  # variant id -> why not here ("running elsewhere: ...")
     interrupted: bool = False
+    unreachable: str | None = None  # why the sweep stopped: the tracking server stopped answering
+    unrecorded: list[str] = field(default_factory=list)  # variants whose end the store does not hold
 
     @property
     def failed(self) -> list[VariantResult]:
@@ -208,6 +215,7 @@ def run_sweep(
     from tqdm.auto import tqdm
 
     uri = tracking_uri()
+    bound_http_waits()
     check_tracking_reachable(uri)
     costs = preflight(variants, data_dir)
     client = claims.open_store(uri)
@@ -277,14 +285,28 @@ def run_sweep(
         if result.status == "SKIPPED":
             log(f"skip {result.variant_id}: {result.error}")
         overall.update()
+        marker = f"{TrackingUnreachable.__name__}: "
+        if marker in (result.error or ""):  # this process or a worker gave up waiting for the server
+            raise TrackingUnreachable(result.error.partition(marker)[2])
 
     try:
         runner.run(units, train_kwargs, on_result)
     except KeyboardInterrupt:
         outcome.interrupted = True
+    except TrackingUnreachable as exc:
+        outcome.unreachable = str(exc)
     finally:
         overall.close()
         heartbeat.stop()
-        status = "KILLED" if outcome.interrupted else ("FAILED" if outcome.failed else "FINISHED")
-        retrying(lambda: client.set_terminated(parent_id, status=status))
+        stopped = outcome.interrupted or outcome.unreachable is not None
+        status = "KILLED" if stopped else ("FAILED" if outcome.failed else "FINISHED")
+        try:
+            with closing() if stopped else contextlib.nullcontext():
+                retrying(lambda: client.set_terminated(parent_id, status=status))
+        except TrackingUnreachable as exc:
+            outcome.unreachable = outcome.unreachable or str(exc)
+    if outcome.unreachable or (outcome.interrupted and OUTAGE.since is not None):
+        # what the store may not hold: every variant this sweep did not see FINISHED
+        finished = {r.variant_id for r in outcome.results if r.status == "FINISHED"}
+        outcome.unrecorded = [v.id for v in todo if v.id not in finished]
     return outcome
