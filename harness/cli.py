@@ -74,12 +74,36 @@ def _parser() -> argparse.ArgumentParser:
     )
     run.add_argument(
         "--executor",
-        choices=("local", "threads", "ray"),
+        choices=("local", "threads", "ray", "slurm"),
         default="local",
         help="local: this process, or --jobs worker processes; threads: --jobs threads of this process, "
-        "each on its own CUDA stream (units run side by side on one GPU); ray: one Ray task per variant",
+        "each on its own CUDA stream (units run side by side on one GPU); ray: one Ray task per variant; "
+        "slurm: one SLURM job array, a task per unit (docs/past-one-machine.md)",
     )
     run.add_argument("--ray-address", default=None, help="Ray cluster address (default: start a local Ray)")
+    slurm = run.add_argument_group("--executor slurm (each task of the array)")
+    slurm.add_argument("--slurm-partition", default=None, help="partition (default: the cluster's default)")
+    slurm.add_argument("--slurm-time", type=int, default=60, metavar="MIN", help="time limit in minutes (default 60)")
+    slurm.add_argument("--slurm-gpus", type=int, default=0, help="GPUs per task (default 0)")
+    slurm.add_argument("--slurm-cpus", type=int, default=1, help="CPUs per task, torch's threads (default 1)")
+    slurm.add_argument(
+        "--slurm-parallelism", type=int, default=64, metavar="N", help="tasks running at once at most (default 64)"
+    )
+    slurm.add_argument(
+        "--slurm-signal-delay",
+        type=int,
+        default=90,
+        metavar="S",
+        help="SLURM's warning signal this many seconds before the time limit: checkpoint and requeue (default 90)",
+    )
+    slurm.add_argument(
+        "--slurm-folder", type=Path, default=Path(".harness") / "slurm", help="submitit's files and the task logs"
+    )
+    slurm.add_argument(
+        "--slurm-shared-store",
+        action="store_true",
+        help="the SQLite tracking store is on a file system every node mounts (else a tracking server is required)",
+    )
     run.add_argument("--force", action="store_true", help="rerun variants that already FINISHED")
     run.add_argument("--checkpoint-dir", type=Path, default=Path(".harness") / "checkpoints")
     run.add_argument(
@@ -313,6 +337,30 @@ def _run(spec, variants, overrides: dict, args, data_dir) -> int:
     return EXIT_FAILED_VARIANTS if outcome.failed else 0
 
 
+def _slurm_options(args):
+    """--slurm-* as ``SlurmOptions``; None unless --executor slurm."""
+    if args.executor != "slurm":
+        return None
+    from harness.executors.base import ExecutorError
+    from harness.executors.slurm import SlurmOptions
+
+    for flag in ("time", "cpus", "parallelism"):
+        if getattr(args, f"slurm_{flag}") < 1:
+            raise ExecutorError(f"--slurm-{flag} must be at least 1, got {getattr(args, f'slurm_{flag}')}")
+    if args.slurm_gpus < 0 or args.slurm_signal_delay < 0:
+        raise ExecutorError("--slurm-gpus and --slurm-signal-delay must be 0 or more")
+    return SlurmOptions(
+        partition=args.slurm_partition,
+        time_min=args.slurm_time,
+        gpus=args.slurm_gpus,
+        cpus=args.slurm_cpus,
+        parallelism=args.slurm_parallelism,
+        signal_delay_s=args.slurm_signal_delay,
+        folder=args.slurm_folder,
+        shared_store=args.slurm_shared_store,
+    )
+
+
 def _tracking_lost(outcome, wait_s: float) -> int:
     """The sweep stopped with the tracking server silent: say so, and which variants it could not record."""
     unrecorded = outcome.unrecorded
@@ -341,6 +389,7 @@ def _sweep(spec, variants, overrides: dict, args, data_dir):
         jobs=args.jobs,
         executor=args.executor,
         ray_address=args.ray_address,
+        slurm=_slurm_options(args),
         force=args.force,
         overrides=overrides,
         command=args.command_line,

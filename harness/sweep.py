@@ -203,6 +203,7 @@ def run_sweep(
     jobs: int = 1,
     executor: str = "local",
     ray_address: str | None = None,
+    slurm=None,
     force: bool = False,
     overrides: dict | None = None,
     command: str | None = None,
@@ -228,7 +229,7 @@ def run_sweep(
         log(f"skip {vid}: already FINISHED in run {run_id} (--force reruns it)")
     for vid, why in elsewhere.items():
         log(f"skip {vid}: {why}")
-    runner = make_executor(executor, jobs=jobs, ray_address=ray_address)
+    runner = make_executor(executor, jobs=jobs, ray_address=ray_address, slurm=slurm)
     if todo:  # before the parent run: a missing or unreachable Ray exits 2, nothing recorded
         runner.prepare()
 

@@ -213,7 +213,8 @@ class _VariantRun:
             else None
         )
         self.run_id = ""
-        self.heartbeat = self.metrics = self.monitor = self.bar = None
+        self.heartbeat = self.metrics = self.monitor = self.bar = self.trainer = None
+        self.stop_reason: str | None = None
         self.corpus = self.before = None
 
     def claim(self) -> VariantResult | None:
@@ -268,7 +269,7 @@ class _VariantRun:
         with SEEDED_BUILD:  # the global generator is this run's from the seed to the built model
             torch.manual_seed(config.train.seed)
             model = build_model(config.model, corpus.tokenizer.vocab_size, config.train.context_length)
-            trainer = Trainer(model, corpus, config.train, device)
+            trainer = self.trainer = Trainer(model, corpus, config.train, device)
         retrying(
             lambda: client.log_batch(
                 run_id, tags=[RunTag("device", str(device)), RunTag("vocab_size", str(corpus.tokenizer.vocab_size))]
@@ -301,6 +302,10 @@ class _VariantRun:
 
     def on_progress(self, done: int, train_loss: float) -> None:
         if self.should_stop is not None and self.should_stop():
+            # A stop that says why (a SLURM preemption) keeps the progress: a checkpoint here, resumed on requeue.
+            self.stop_reason = getattr(self.should_stop, "reason", None)
+            if self.stop_reason and self.store is not None and self.trainer is not None:
+                self.on_checkpoint(self.trainer)
             raise KeyboardInterrupt  # closes the run KILLED, as Ctrl-C does
         if OUTAGE.overdue():  # the heartbeat has found the server silent for too long: stop here, not at the next write
             raise OUTAGE.give_up(RuntimeError(f"no answer while training {self.variant.id}"))
@@ -368,7 +373,7 @@ class _VariantRun:
 
     def kill(self) -> None:
         stop_system_metrics(self.monitor)
-        _close(self.client, self.metrics, self.run_id, "KILLED", "interrupted (Ctrl-C)", None)
+        _close(self.client, self.metrics, self.run_id, "KILLED", self.stop_reason or "interrupted (Ctrl-C)", None)
 
     def release(self) -> None:
         stop_system_metrics(self.monitor)
