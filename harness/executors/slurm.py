@@ -100,7 +100,9 @@ def _checkpointable():
             signal.signal(signal.SIGUSR2, warned)
             signal.signal(signal.SIGTERM, cancelled)
             try:
-                return run_unit(unit, **self.train_kwargs, should_stop=preemption)
+                results = run_unit(unit, **self.train_kwargs, should_stop=preemption)
+                _tag_where(self.train_kwargs["uri"], results)
+                return results
             except KeyboardInterrupt:
                 if preemption.signalled and callable(requeue):
                     requeue(signal.SIGUSR2, None)  # exits the task; SLURM starts it again
@@ -109,6 +111,23 @@ def _checkpointable():
                 return could_not_start(unit, exc)
 
     return UnitTask
+
+
+def _tag_where(uri: str, results: list[VariantResult]) -> None:
+    """Which task and node trained each run, for post-mortems (``slurm_job_id`` is the array's ``JOB_TASK``)."""
+    from harness.tracking.store import retrying
+
+    env = os.environ
+    task = f"{env.get('SLURM_ARRAY_JOB_ID', env.get('SLURM_JOB_ID', '?'))}_{env.get('SLURM_ARRAY_TASK_ID', '0')}"
+    tags = {"executor": "slurm", "slurm_job_id": task, "slurm_node": env.get("SLURMD_NODENAME", "?")}
+    client = MlflowClient(uri)
+    for result in results:
+        if result.run_id and result.status != "SKIPPED":
+            for key, value in tags.items():
+                try:
+                    retrying(lambda key=key, value=value, run=result.run_id: client.set_tag(run, key, value))
+                except Exception:  # a nice-to-have; the run itself is closed already
+                    pass
 
 
 def _squeue(array_id: str) -> dict[str, str]:
