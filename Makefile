@@ -15,6 +15,7 @@ DB ?= sqlite
 DB_URI ?=
 PG_DIR ?= .harness/postgres
 SERVER_ARGS ?=
+SERVER_HOST ?= 127.0.0.1
 TORCH ?= torch==2.13.0
 PYTHON3 ?= python3
 VENV ?= .venv
@@ -113,7 +114,7 @@ ui-shots: $(READY) ## a 300-step sweep in a temporary store, photographed in chr
 	@$(PYTHON) -c "import playwright" 2>/dev/null || $(MAKE) --no-print-directory install-ui
 	$(PYTHON) -m harness.ui_shots $(ARGS)
 
-server: $(READY) ## an MLflow tracking server on 127.0.0.1:$(PORT), artifacts served through it: DB=sqlite (mlflow-server.db), DB=postgres (a local cluster in $(PG_DIR)) or DB_URI=postgresql://...; MLFLOW_TRACKING_URI=http://127.0.0.1:$(PORT)
+server: $(READY) ## an MLflow tracking server on $(SERVER_HOST):$(PORT) serving the artifacts: DB=sqlite (mlflow-server.db), DB=postgres (a cluster in $(PG_DIR)) or DB_URI=postgresql+psycopg2://...; SERVER_HOST=0.0.0.0 for a team
 	@case "$(DB)" in sqlite|postgres) ;; *) echo "make server: DB=$(DB): choices are sqlite, postgres (or DB_URI=...)"; exit 2;; esac
 	@if [ -n "$(DB_URI)" ]; then uri="$(DB_URI)"; \
 	elif [ "$(DB)" = postgres ]; then \
@@ -122,7 +123,7 @@ server: $(READY) ## an MLflow tracking server on 127.0.0.1:$(PORT), artifacts se
 	  echo "PostgreSQL in $(PG_DIR) (stop it: $(HERE)scripts/postgres.sh stop $(PG_DIR))"; \
 	else uri=sqlite:///mlflow-server.db; fi; \
 	echo "backend store: $$uri"; \
-	exec $(PYTHON) -m mlflow server --backend-store-uri "$$uri" --serve-artifacts --artifacts-destination ./mlartifacts --host 127.0.0.1 --port $(PORT) $(SERVER_ARGS)
+	exec $(PYTHON) -m mlflow server --backend-store-uri "$$uri" --serve-artifacts --artifacts-destination ./mlartifacts --host $(SERVER_HOST) --port $(PORT) $(SERVER_ARGS)
 
 clean: ## remove caches and checkpoints (keeps mlflow.db, results/ and .venv)
 	rm -rf .pytest_cache .harness build *.egg-info

@@ -49,10 +49,11 @@ if [ "$action" = stop ]; then
     exit 0
 fi
 
-started=$(date +%s.%N)
+started=$(date +%s%N)
 host=$(hostname -s)
 cpus=$(nproc)
 memory=$(awk '/MemTotal/ {print int($2 / 1024 * 0.8)}' /proc/meminfo)
+chmod 755 "$dir"  # munged runs as the munge user: it must reach its socket folder
 mkdir -p "$dir/state" "$dir/spool" "$dir/munge"
 chown munge:munge "$dir/munge"
 if [ ! -s /etc/munge/munge.key ]; then
@@ -112,5 +113,6 @@ idle* | mixed* | allocated*) ;;
     exit 1
     ;;
 esac
-echo "# SLURM up in $(echo "$(date +%s.%N) - $started" | bc | xargs printf '%.1f') s (node $host: $state, $cpus CPUs)" >&2
+took_ms=$((($(date +%s%N) - started) / 1000000))
+echo "# SLURM up in $((took_ms / 1000)).$(printf %03d $((took_ms % 1000))) s (node $host: $state, $cpus CPUs)" >&2
 echo "export SLURM_CONF=$SLURM_CONF"
