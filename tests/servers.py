@@ -102,3 +102,17 @@ class TrackingServer:
         if (self.pg_dir / "data").exists():
             subprocess.run([str(POSTGRES), "stop", str(self.pg_dir)], check=False, timeout=60)
         shutil.rmtree(self.pg_dir, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def team_server(tmp_path_factory):
+    """One ``make server DB=postgres`` for the session (registered in conftest.py): the team's store of
+    tests/test_team_server.py, tests/test_slurm.py and tests/test_ray_cluster.py, each in experiments of its own."""
+    why = postgres_missing()
+    if why:
+        pytest.skip(why)
+    server = TrackingServer(tmp_path_factory.mktemp("team-server"), db="postgres")
+    try:
+        yield server.start()
+    finally:
+        server.close()

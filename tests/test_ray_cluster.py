@@ -1,7 +1,7 @@
 """--executor ray on a real two-node Ray cluster on this machine: ``ray start --head`` and a second
 ``ray start --address`` node with its own resources, both from the command line as a user starts them. The sweep
-reaches the cluster by address; its variants land on both nodes (the ``ray_node_id`` tag) and log through an MLflow
-tracking server (``make server``), never a shared file.
+reaches the cluster by address; its variants land on both nodes (the ``ray_node_id`` tag) and log through the
+PostgreSQL-backed tracking server (``make server DB=postgres``), never a shared file.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 from mlflow.tracking import MlflowClient
-from servers import TrackingServer, free_port
+from servers import free_port
 
 pytestmark = pytest.mark.skipif(shutil.which("ray") is None and not (Path(sys.prefix) / "bin" / "ray").exists(),
                                 reason="Ray is not installed (pip install -e '.[ray]')")  # fmt: skip
@@ -115,12 +115,8 @@ def _wait_nodes(env: dict, count: int, nodes, tmp_path: Path, timeout: float = 1
 
 
 @pytest.fixture
-def server(tmp_path):
-    server = TrackingServer(tmp_path / "server", db="sqlite")
-    try:
-        yield server.start()
-    finally:
-        server.close()
+def server(team_server):
+    return team_server
 
 
 @pytest.mark.slow

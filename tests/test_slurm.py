@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 from conftest import EXPERIMENTS
 from mlflow.tracking import MlflowClient
-from servers import TrackingServer, postgres_missing
+from servers import postgres_missing
 
 from harness.spec.expansion import expand, parse_overrides
 from harness.spec.parsing import load_spec
@@ -69,13 +69,9 @@ SPEC = """
 """
 
 
-@pytest.fixture(scope="module")
-def server(tmp_path_factory):
-    server = TrackingServer(tmp_path_factory.mktemp("slurm-store"), db="postgres")
-    try:
-        yield server.start()
-    finally:
-        server.close()
+@pytest.fixture
+def server(team_server):
+    return team_server
 
 
 def _env(server, data_dir) -> dict:

@@ -14,22 +14,13 @@ from pathlib import Path
 import pytest
 from conftest import EXPERIMENTS, shrink_args
 from mlflow.tracking import MlflowClient
-from servers import TrackingServer, postgres_missing
+from servers import postgres_missing
 from test_concurrent import _assert_trained_once
 
 from harness.spec.expansion import expand, parse_overrides
 from harness.spec.parsing import load_spec
 
 pytestmark = pytest.mark.skipif(postgres_missing() is not None, reason=postgres_missing() or "")
-
-
-@pytest.fixture(scope="module")
-def team_server(tmp_path_factory):
-    server = TrackingServer(tmp_path_factory.mktemp("team-server"), db="postgres")
-    try:
-        yield server.start()
-    finally:
-        server.close()
 
 
 def _worker_env(home: Path, uri: str, data_dir) -> dict:
@@ -74,7 +65,8 @@ def test_two_sweeps_into_the_postgres_server_train_each_variant_once_over_http_o
         assert run.info.artifact_uri.startswith("mlflow-artifacts:"), "artifacts go through the server"
         names = {a.path for a in client.list_artifacts(run.info.run_id, "samples")}
         assert {"samples/before.txt", "samples/after.txt"} <= names
-    stored = [p.name for p in team_server.artifacts.rglob("*") if p.is_file()]
+    experiment_id = client.get_experiment_by_name("smoke").experiment_id
+    stored = [p.name for p in (team_server.artifacts / experiment_id).rglob("*") if p.is_file()]
     assert stored.count("config.yaml") == len(variants), "the server's own folder holds every run's artifacts"
     for folder in workers:  # nothing of the store beside either worker: no mlruns/, no mlflow.db, no mlartifacts/
         written = {p.relative_to(folder).parts[0] for p in folder.iterdir()}

@@ -132,6 +132,9 @@ or cut off mid-request) is one in 15 s, not MLflow's 120 s."""
 UNREACHABLE_SIGNS = (
     "max retries exceeded",
     "connection aborted",
+    "connection broken",  # killed while it sent the answer: IncompleteRead
+    "connection reset",
+    "broken pipe",
     "connection refused",
     "remotedisconnected",
     "timed out",
