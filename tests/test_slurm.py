@@ -22,6 +22,7 @@ from conftest import EXPERIMENTS
 from mlflow.tracking import MlflowClient
 from servers import postgres_missing
 
+from harness.cli import main
 from harness.spec.expansion import expand, parse_overrides
 from harness.spec.parsing import load_spec
 from harness.tracking.claims import OWNER_TAG, open_store
@@ -52,10 +53,18 @@ def _slurm_conf() -> tuple[Path | None, str]:
 
 
 CONF, WHY_NOT = _slurm_conf()
-pytestmark = [
+needs_daemons = [
     pytest.mark.skipif(CONF is None, reason=WHY_NOT),
     pytest.mark.skipif(postgres_missing() is not None, reason=postgres_missing() or ""),
+    pytest.mark.slow,
 ]
+
+
+def _marked(test):
+    for mark in needs_daemons:
+        test = mark(test)
+    return test
+
 
 SPEC = """
     name: {name}
@@ -72,6 +81,23 @@ SPEC = """
 @pytest.fixture
 def server(team_server):
     return team_server
+
+
+@pytest.mark.parametrize("flags", [[], ["--slurm-cpus", "0"]])
+def test_a_local_sqlite_store_or_a_bad_request_is_refused_before_any_run(flags, tmp_path, mlflow_store, capsys):
+    pytest.importorskip("submitit")
+    spec = tmp_path / "refused.yaml"
+    spec.write_text(textwrap.dedent(SPEC.format(name="refused", steps=10, every=0)), encoding="utf-8")
+    code = main(["run", str(spec), "--executor", "slurm", "--no-progress", *flags])
+    err = capsys.readouterr().err
+    assert code == 2 and "Traceback" not in err, err
+    if flags:
+        assert "--slurm-cpus must be at least 1, got 0" in err, err
+    else:
+        assert f"the tracking store {mlflow_store} is a local file the nodes cannot share" in err, err
+        assert "make server DB=postgres" in err and "--slurm-shared-store" in err, err
+    client = MlflowClient(mlflow_store)
+    assert not client.search_runs([e.experiment_id for e in client.search_experiments()]), "nothing recorded"
 
 
 def _env(server, data_dir) -> dict:
@@ -144,7 +170,7 @@ def _array_id(out: Path) -> str | None:
     return match.group(1) if match else None
 
 
-@pytest.mark.slow
+@_marked
 def test_a_shrunk_grid_lands_every_variant_finished_in_the_postgres_server(server, tmp_path, data_dir):
     spec = EXPERIMENTS / "seed.yaml"
     overrides = ["train.steps=20", "train.eval_interval=10", "sample.max_new_tokens=5", "train.device=cpu"]
@@ -172,7 +198,7 @@ def test_a_shrunk_grid_lands_every_variant_finished_in_the_postgres_server(serve
     )
 
 
-@pytest.mark.slow
+@_marked
 def test_preemption_checkpoints_requeues_and_ends_at_the_loss_of_an_uninterrupted_run(
     server, tmp_path, data_dir, monkeypatch
 ):
@@ -224,7 +250,7 @@ def test_preemption_checkpoints_requeues_and_ends_at_the_loss_of_an_uninterrupte
     assert run.data.metrics["summary/train_loss"] == pytest.approx(alone.metrics["final_train_loss"], abs=1e-6)
 
 
-@pytest.mark.slow
+@_marked
 def test_a_task_killed_9_fails_its_variant_in_bounded_time_ctrl_c_cancels_and_a_rerun_trains_it(
     server, tmp_path, data_dir
 ):

@@ -158,6 +158,13 @@ class SlurmExecutor:
             raise ExecutorError(
                 f"--executor slurm needs submitit ({exc}); install it with: pip install 'nanoko-harness[slurm]'"
             ) from exc
+        uri = tracking_uri()
+        if not is_tracking_server(uri) and not self.options.shared_store:
+            raise ExecutorError(
+                f"--executor slurm: the tracking store {uri} is a local file the nodes cannot share. Start a "
+                "server (make server DB=postgres; MLFLOW_TRACKING_URI=http://HOST:PORT), or pass "
+                "--slurm-shared-store if that path is on a file system every node mounts"
+            )
         try:
             ping = subprocess.run(["scontrol", "ping"], capture_output=True, text=True, timeout=30)
         except (OSError, subprocess.SubprocessError) as exc:
@@ -165,13 +172,6 @@ class SlurmExecutor:
         if ping.returncode != 0 or "UP" not in ping.stdout:
             raise ExecutorError(
                 f"--executor slurm: no SLURM controller answers (scontrol ping: {(ping.stdout + ping.stderr).strip()})"
-            )
-        uri = tracking_uri()
-        if not is_tracking_server(uri) and not self.options.shared_store:
-            raise ExecutorError(
-                f"--executor slurm: the tracking store {uri} is a local file the nodes cannot share. Start a "
-                "server (make server DB=postgres; MLFLOW_TRACKING_URI=http://HOST:PORT), or pass "
-                "--slurm-shared-store if that path is on a file system every node mounts"
             )
 
     def _submitit_executor(self, name: str):
