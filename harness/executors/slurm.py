@@ -250,7 +250,9 @@ class SlurmExecutor:
                     if state == "RUNNING" and look:
                         stale = self._stale_run(client, experiment_id, parent, unit)
                         if stale:
-                            subprocess.run(["scancel", task_id], capture_output=True, timeout=30)
+                            subprocess.run(
+                                ["scancel", "--signal=KILL", task_id], capture_output=True, timeout=30
+                            )  # no handler runs
                             report(task_id, lost(task_id, unit, "FAILED", f"SLURM task {task_id} went silent: {stale}"))
                 if pending:
                     time.sleep(opts.poll_s)
