@@ -312,3 +312,36 @@ def test_a_task_killed_9_fails_its_variant_in_bounded_time_ctrl_c_cancels_and_a_
     rerun = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
     assert rerun.returncode == 0, rerun.stdout + rerun.stderr
     assert [r.info.status for r in _children(server.uri, "slurm-death")].count("FINISHED") == 1
+
+
+@_marked
+def test_a_task_frozen_while_slurm_lists_it_running_is_failed_by_its_heartbeat(server, tmp_path, data_dir):
+    """A lost node: SLURM still says RUNNING, but the run's heartbeat stops (SIGSTOP here). Past
+    HARNESS_STALE_AFTER_S (10 s in these tests) the driver cancels the task and fails the variant with why."""
+    spec = tmp_path / "frozen.yaml"
+    spec.write_text(textwrap.dedent(SPEC.format(name="slurm-frozen", steps=6000, every=0)), encoding="utf-8")
+    proc, out = _start(_command(spec, tmp_path), tmp_path, _env(server, data_dir), "frozen")
+    try:
+        run = _wait_for(
+            lambda: next((r for r in _children(server.uri, "slurm-frozen") if r.info.status == "RUNNING"), None),
+            proc,
+            out,
+            "the task training",
+        )
+        os.kill(int(run.data.tags[OWNER_TAG].rpartition(":")[2]), signal.SIGSTOP)
+        frozen_at = time.monotonic()
+        proc.wait(timeout=300)
+        seen_after = time.monotonic() - frozen_at
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    text = out.read_text()
+    print(f"frozen task failed {seen_after:.1f} s after SIGSTOP")
+    assert proc.returncode == 1, text
+    failed = MlflowClient(server.uri).get_run(run.info.run_id)
+    assert failed.info.status == "FAILED", failed.data.tags
+    assert re.match(
+        r"SLURM task \d+ went silent: no heartbeat from \S+, heartbeat \d+ s ago", failed.data.tags["error"]
+    )
+    assert 10 <= seen_after < 60, text  # the stale age, then one look every 2 s, on a loaded machine
