@@ -210,8 +210,14 @@ class SlurmExecutor:
         ended_at: dict[str, float] = {}  # task id -> when SLURM first said it ended without a result
 
         def report(task_id: str, results: list[VariantResult]) -> None:
-            pending.pop(task_id)
+            _, unit = pending.pop(task_id)
+            by_id = {variant.id: variant for variant in unit}
             for result in results:
+                if not result.run_id and result.status in ("KILLED", "FAILED") and result.variant_id in by_id:
+                    # stopped before its run was its own (SIGTERM during the claim): the run it opened is still open
+                    variant, why = by_id[result.variant_id], result.error or result.status
+                    run_id = close_lost_run(client, experiment_id, parent, variant, result.status, why)
+                    result = VariantResult(result.variant_id, run_id, result.status, result.metrics, result.error)
                 on_result(result)
 
         def lost(task_id: str, unit, status: str, reason: str) -> list[VariantResult]:
