@@ -36,6 +36,7 @@ from harness.spec.records import Variant
 from harness.tracking.claims import (
     DRIVER_TAG,
     close_lost_run,
+    close_run,
     describe_owner,
     heartbeat_interval_s,
     is_live,
@@ -256,10 +257,9 @@ class SlurmExecutor:
                     if state == "RUNNING" and look:
                         stale = self._stale_run(client, experiment_id, parent, unit)
                         if stale:
-                            subprocess.run(
-                                ["scancel", "--signal=KILL", task_id], capture_output=True, timeout=30
-                            )  # no handler runs
-                            report(task_id, lost(task_id, unit, "FAILED", f"SLURM task {task_id} went silent: {stale}"))
+                            reason = f"SLURM task {task_id} went silent: {stale}"
+                            where = (client, experiment_id, parent)
+                            report(task_id, self._end_silent(task_id, array_id, unit, reason, lost, *where))
                 if pending:
                     time.sleep(opts.poll_s)
         except BaseException:  # Ctrl-C, SIGTERM, or the sweep stopping: cancel the array, let tasks close their runs
@@ -283,6 +283,28 @@ class SlurmExecutor:
                     if result.run_id:
                         on_result(result)
             raise
+
+    def _end_silent(
+        self, task_id: str, array_id: str, unit, reason: str, lost, client, experiment_id: str, parent: str
+    ) -> list[VariantResult]:
+        """Cancel a silent task and fail its variants, with the last word. scancel wakes a frozen task with SIGCONT
+        and SIGTERM (seen on SLURM 22.05, even with --signal=KILL), and it may close its run KILLED meanwhile: the
+        runs are closed FAILED once SLURM says the task ended (or after ``cancel_grace_s``, for a node that is gone)."""
+        subprocess.run(["scancel", task_id], capture_output=True, timeout=30)
+        deadline = time.monotonic() + self.options.cancel_grace_s
+        while time.monotonic() < deadline:
+            if _squeue(array_id).get(task_id, "GONE").split()[0] in (*ENDED, "GONE"):
+                break
+            time.sleep(self.options.poll_s / 2)
+        results = lost(task_id, unit, "FAILED", reason)
+        for result, variant in zip(results, unit, strict=True):
+            if not result.run_id:  # the woken task closed it itself: find it among this sweep's runs
+                runs = variant_runs(client, experiment_id, variant)
+                mine = [r for r in runs if r.data.tags.get(DRIVER_TAG) == parent]
+                if mine:
+                    close_run(client, mine[-1].info.run_id, "FAILED", reason)
+                    result.run_id = mine[-1].info.run_id
+        return results
 
     @staticmethod
     def _stale_run(client, experiment_id: str, parent: str, unit) -> str | None:
