@@ -10,7 +10,7 @@ TESTS ?=
 TEST_WORKERS ?= auto
 PORT ?= 5000
 EXTRAS ?= dev
-TEST_EXTRAS ?= dev,ray,ui,docs
+TEST_EXTRAS ?= dev,ray,ui,docs,server,slurm
 TORCH_VERSION ?= 2.13.0
 # torch: on Linux without an NVIDIA GPU (no working nvidia-smi) the CPU-only wheel from PyTorch's CPU index, found
 # beside PyPI's CUDA build (a "+cpu" version ranks above it), so no CUDA libraries come down; --no-deps asks that
@@ -23,9 +23,15 @@ else
 TORCH ?= torch==$(TORCH_VERSION)
 endif
 DOCS_PORT ?= 8000
+DB ?= sqlite
+DB_URI ?=
+PG_DIR ?= .harness/postgres
+SERVER_ARGS ?=
+SERVER_HOST ?= 127.0.0.1
 PYTHON3 ?= python3
 VENV ?= .venv
 comma := ,
+HERE := $(dir $(abspath $(lastword $(MAKEFILE_LIST))))
 
 ifneq ($(strip $(VIRTUAL_ENV)),)
 ENV_DIR := $(VIRTUAL_ENV)
@@ -41,7 +47,8 @@ else
 PYTHON ?= $(VENV)/bin/python
 # One stamp per set of extras: `make test EXTRAS=dev,ray` installs Ray once, then finds it there.
 READY := $(VENV)/.installed-$(subst $(comma),-,$(EXTRAS))
-# The tests need Ray (tests/test_ray.py), playwright (tests/test_ui.py) and mkdocs (tests/test_docs.py) too.
+# The tests need Ray (tests/test_ray.py), playwright (tests/test_ui.py), mkdocs (tests/test_docs.py), psycopg2 and
+# submitit (tests/test_team_server.py, tests/test_slurm.py) too.
 TEST_READY := $(VENV)/.installed-$(subst $(comma),-,$(TEST_EXTRAS))
 endif
 
@@ -123,8 +130,16 @@ ui-shots: $(READY) ## a 300-step sweep in a temporary store, photographed in chr
 	@$(PYTHON) -c "import playwright" 2>/dev/null || $(MAKE) --no-print-directory install-ui
 	$(PYTHON) -m harness.ui_shots $(ARGS)
 
-server: $(READY) ## a real MLflow tracking server on 127.0.0.1:$(PORT) (SQLite + ./mlartifacts); MLFLOW_TRACKING_URI=http://127.0.0.1:$(PORT)
-	$(PYTHON) -m mlflow server --backend-store-uri sqlite:///mlflow-server.db --artifacts-destination ./mlartifacts --host 127.0.0.1 --port $(PORT)
+server: $(READY) ## an MLflow tracking server on $(SERVER_HOST):$(PORT) serving the artifacts: DB=sqlite (mlflow-server.db), DB=postgres (a cluster in $(PG_DIR)) or DB_URI=postgresql+psycopg2://...; SERVER_HOST=0.0.0.0 for a team
+	@case "$(DB)" in sqlite|postgres) ;; *) echo "make server: DB=$(DB): choices are sqlite, postgres (or DB_URI=...)"; exit 2;; esac
+	@if [ -n "$(DB_URI)" ]; then uri="$(DB_URI)"; \
+	elif [ "$(DB)" = postgres ]; then \
+	  $(PYTHON) -c "import psycopg2" 2>/dev/null || { echo "make server DB=postgres needs psycopg2: $(PYTHON) -m pip install -e '.[server]'"; exit 1; }; \
+	  uri=$$($(HERE)scripts/postgres.sh start $(PG_DIR)) || exit 1; \
+	  echo "PostgreSQL in $(PG_DIR) (stop it: $(HERE)scripts/postgres.sh stop $(PG_DIR))"; \
+	else uri=sqlite:///mlflow-server.db; fi; \
+	echo "backend store: $$uri"; \
+	exec $(PYTHON) -m mlflow server --backend-store-uri "$$uri" --serve-artifacts --artifacts-destination ./mlartifacts --host $(SERVER_HOST) --port $(PORT) $(SERVER_ARGS)
 
 clean: ## remove caches and checkpoints (keeps mlflow.db, results/ and .venv)
 	rm -rf .pytest_cache .harness build site *.egg-info

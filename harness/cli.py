@@ -1,7 +1,9 @@
 """``harness validate|run|report|plan|schema|reference``: the command line around specs, sweeps, reports and seed plans.
 
 Exit codes: 0 all variants FINISHED (or skipped as already finished); 1 some variant failed;
-2 a problem with the spec, data or tracking store, found before anything trained; 130 Ctrl-C; 141 the reader of
+2 a problem with the spec, data or tracking store, found before anything trained; 3 the tracking server stopped
+answering mid-sweep for longer than HARNESS_SERVER_WAIT_S (the variants it could not record are named); 130 Ctrl-C
+or SIGTERM; 141 the reader of
 its output went away (``harness validate SPEC | head``), as a shell reports a command ended by SIGPIPE.
 """
 
@@ -18,6 +20,7 @@ from pathlib import Path
 
 EXIT_FAILED_VARIANTS = 1
 EXIT_BAD_INPUT = 2
+EXIT_TRACKING_LOST = 3
 EXIT_INTERRUPTED = 130
 EXIT_BROKEN_PIPE = 141
 DEFAULT_MAX_SEEDS = 16
@@ -71,12 +74,36 @@ def _parser() -> argparse.ArgumentParser:
     )
     run.add_argument(
         "--executor",
-        choices=("local", "threads", "ray"),
+        choices=("local", "threads", "ray", "slurm"),
         default="local",
         help="local: this process, or --jobs worker processes; threads: --jobs threads of this process, "
-        "each on its own CUDA stream (units run side by side on one GPU); ray: one Ray task per variant",
+        "each on its own CUDA stream (units run side by side on one GPU); ray: one Ray task per variant; "
+        "slurm: one SLURM job array, a task per unit (docs/past-one-machine.md)",
     )
     run.add_argument("--ray-address", default=None, help="Ray cluster address (default: start a local Ray)")
+    slurm = run.add_argument_group("--executor slurm (each task of the array)")
+    slurm.add_argument("--slurm-partition", default=None, help="partition (default: the cluster's default)")
+    slurm.add_argument("--slurm-time", type=int, default=60, metavar="MIN", help="time limit in minutes (default 60)")
+    slurm.add_argument("--slurm-gpus", type=int, default=0, help="GPUs per task (default 0)")
+    slurm.add_argument("--slurm-cpus", type=int, default=1, help="CPUs per task, torch's threads (default 1)")
+    slurm.add_argument(
+        "--slurm-parallelism", type=int, default=64, metavar="N", help="tasks running at once at most (default 64)"
+    )
+    slurm.add_argument(
+        "--slurm-signal-delay",
+        type=int,
+        default=90,
+        metavar="S",
+        help="SLURM's warning signal this many seconds before the time limit: checkpoint and requeue (default 90)",
+    )
+    slurm.add_argument(
+        "--slurm-folder", type=Path, default=Path(".harness") / "slurm", help="submitit's files and the task logs"
+    )
+    slurm.add_argument(
+        "--slurm-shared-store",
+        action="store_true",
+        help="the SQLite tracking store is on a file system every node mounts (else a tracking server is required)",
+    )
     run.add_argument("--force", action="store_true", help="rerun variants that already FINISHED")
     run.add_argument("--checkpoint-dir", type=Path, default=Path(".harness") / "checkpoints")
     run.add_argument(
@@ -355,10 +382,19 @@ def _run(spec, variants, overrides: dict, args, data_dir) -> int:
         return EXIT_BAD_INPUT
     if spec.tune is not None:
         outcome = _tuned_sweeps(spec, variants, overrides, args, data_dir)
-        if outcome is None:  # phase 1 was interrupted or failed: nothing was decided
+        if outcome is None:  # phase 1 was interrupted, lost its server or failed: nothing was decided
+            from harness.tracking.store import OUTAGE, server_wait_s
+
+            stopped = _TUNE_STATE["outcome"]
+            if stopped.unreachable or (stopped.interrupted and OUTAGE.since is not None):
+                return _tracking_lost(stopped, server_wait_s())
             return EXIT_INTERRUPTED if _TUNE_STATE.get("interrupted") else EXIT_FAILED_VARIANTS
     else:
         outcome = _sweep(spec, variants, overrides, args, data_dir)
+    from harness.tracking.store import OUTAGE, server_wait_s
+
+    if outcome.unreachable or (outcome.interrupted and OUTAGE.since is not None):
+        return _tracking_lost(outcome, server_wait_s())
     delta = getattr(args, "delta", None)
     if getattr(args, "until_decided", False) and not outcome.interrupted and not outcome.failed:
         spec, outcome = _second_stage(spec, variants, overrides, args, data_dir, outcome)
@@ -388,7 +424,7 @@ def _run(spec, variants, overrides: dict, args, data_dir) -> int:
     return EXIT_FAILED_VARIANTS if outcome.failed else 0
 
 
-_TUNE_STATE: dict[str, bool] = {}
+_TUNE_STATE: dict = {}  # what the last tuning sweep of this process ended with
 
 
 def _tune_line(spec, variants) -> str:
@@ -442,9 +478,10 @@ def _tuned_sweeps(spec, variants, overrides: dict, args, data_dir):
             return True
         outcome = _sweep(spec, todo, overrides, args, data_dir, phase="tune", label=label, quiet=True)
         _TUNE_STATE["interrupted"] = outcome.interrupted
+        _TUNE_STATE["outcome"] = outcome
         for result in outcome.failed:
             print(f"{result.status} {result.variant_id}: {result.error}", file=sys.stderr)
-        return not outcome.interrupted and not outcome.failed
+        return not outcome.interrupted and not outcome.failed and not outcome.unreachable
 
     tuned = resolve(spec, variants, tracking_uri(), train=train)
     if tuned.stopped:
@@ -461,6 +498,46 @@ def _tuned_sweeps(spec, variants, overrides: dict, args, data_dir):
     return outcome
 
 
+def _slurm_options(args):
+    """--slurm-* as ``SlurmOptions``; None unless --executor slurm."""
+    if args.executor != "slurm":
+        return None
+    from harness.executors.base import ExecutorError
+    from harness.executors.slurm import SlurmOptions
+
+    for flag in ("time", "cpus", "parallelism"):
+        if getattr(args, f"slurm_{flag}") < 1:
+            raise ExecutorError(f"--slurm-{flag} must be at least 1, got {getattr(args, f'slurm_{flag}')}")
+    if args.slurm_gpus < 0 or args.slurm_signal_delay < 0:
+        raise ExecutorError("--slurm-gpus and --slurm-signal-delay must be 0 or more")
+    return SlurmOptions(
+        partition=args.slurm_partition,
+        time_min=args.slurm_time,
+        gpus=args.slurm_gpus,
+        cpus=args.slurm_cpus,
+        parallelism=args.slurm_parallelism,
+        signal_delay_s=args.slurm_signal_delay,
+        folder=args.slurm_folder,
+        shared_store=args.slurm_shared_store,
+    )
+
+
+def _tracking_lost(outcome, wait_s: float) -> int:
+    """The sweep stopped with the tracking server silent: say so, and which variants it could not record."""
+    unrecorded = outcome.unrecorded
+    why = "interrupted while the tracking server was not answering" if outcome.interrupted else outcome.unreachable
+    print(f"error: {why}", file=sys.stderr)
+    print(
+        f"could not record {len(unrecorded)} variant(s): {', '.join(unrecorded) or 'none'}. Their runs may stay "
+        "RUNNING in the store; once the server is back, the same command skips what FINISHED and trains or resumes "
+        "the rest (no report written now)",
+        file=sys.stderr,
+    )
+    if outcome.unreachable:
+        print(f"(a sweep waits up to {wait_s:.0f} s for the server: HARNESS_SERVER_WAIT_S)", file=sys.stderr)
+    return EXIT_INTERRUPTED if outcome.interrupted else EXIT_TRACKING_LOST
+
+
 def _sweep(spec, variants, overrides: dict, args, data_dir, phase=None, label="sweep", quiet=False):
     """One sweep of ``variants``, its one-line account printed (``quiet``: not its variants, one line each)."""
     from harness.sweep import run_sweep
@@ -474,6 +551,7 @@ def _sweep(spec, variants, overrides: dict, args, data_dir, phase=None, label="s
         jobs=args.jobs,
         executor=args.executor,
         ray_address=args.ray_address,
+        slurm=_slurm_options(args),
         force=args.force,
         overrides=overrides,
         command=args.command_line,

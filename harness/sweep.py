@@ -6,6 +6,7 @@ trains (harness/tracking/claims.py), so it trains exactly once, and the run of a
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import json
 import shlex
@@ -29,7 +30,11 @@ from harness.tracking.claims import SWEEP_TAG
 from harness.tracking.naming import run_names
 from harness.tracking.recorded import PHASE_TAG, VariantResult, progress_off
 from harness.tracking.store import (
+    OUTAGE,
+    TrackingUnreachable,
+    bound_http_waits,
     check_tracking_reachable,
+    closing,
     experiment_id_for,
     git_commit,
     retrying,
@@ -102,6 +107,8 @@ class SweepOutcome:
     skipped: dict[str, str] = field(default_factory=dict)  # variant id -> FINISHED run id
     elsewhere: dict[str, str] = field(default_factory=dict)  # variant id -> why not here ("running elsewhere: ...")
     interrupted: bool = False
+    unreachable: str | None = None  # why the sweep stopped: the tracking server stopped answering
+    unrecorded: list[str] = field(default_factory=list)  # variants whose end the store does not hold
 
     @property
     def failed(self) -> list[VariantResult]:
@@ -207,6 +214,7 @@ def run_sweep(
     jobs: int = 1,
     executor: str = "local",
     ray_address: str | None = None,
+    slurm=None,
     force: bool = False,
     overrides: dict | None = None,
     command: str | None = None,
@@ -224,6 +232,7 @@ def run_sweep(
     from tqdm.auto import tqdm
 
     uri = tracking_uri()
+    bound_http_waits()
     check_tracking_reachable(uri)
     costs = preflight(variants, data_dir)
     client = claims.open_store(uri)
@@ -236,7 +245,7 @@ def run_sweep(
         log(f"skip {vid}: already FINISHED in run {run_id} (--force reruns it)")
     for vid, why in elsewhere.items():
         log(f"skip {vid}: {why}")
-    runner = make_executor(executor, jobs=jobs, ray_address=ray_address)
+    runner = make_executor(executor, jobs=jobs, ray_address=ray_address, slurm=slurm)
     if todo:  # before the parent run: a missing or unreachable Ray exits 2, nothing recorded
         runner.prepare()
 
@@ -305,14 +314,28 @@ def run_sweep(
             log(f"skip {result.variant_id}: {result.error}")
         elif result.status == "FINISHED" and overall.disable:  # no bar (not a terminal, or --no-progress): a line
             log(f"[{count}/{len(todo)}] done {result.variant_id}")  # per variant says how far the sweep is
+        marker = f"{TrackingUnreachable.__name__}: "
+        if marker in (result.error or ""):  # this process or a worker gave up waiting for the server
+            raise TrackingUnreachable(result.error.partition(marker)[2])
 
     try:
         runner.run(units, train_kwargs, on_result)
     except KeyboardInterrupt:
         outcome.interrupted = True
+    except TrackingUnreachable as exc:
+        outcome.unreachable = str(exc)
     finally:
         overall.close()
         heartbeat.stop()
-        status = "KILLED" if outcome.interrupted else ("FAILED" if outcome.failed else "FINISHED")
-        retrying(lambda: client.set_terminated(parent_id, status=status))
+        stopped = outcome.interrupted or outcome.unreachable is not None
+        status = "KILLED" if stopped else ("FAILED" if outcome.failed else "FINISHED")
+        try:
+            with closing() if stopped else contextlib.nullcontext():
+                retrying(lambda: client.set_terminated(parent_id, status=status))
+        except TrackingUnreachable as exc:
+            outcome.unreachable = outcome.unreachable or str(exc)
+    if outcome.unreachable or (outcome.interrupted and OUTAGE.since is not None):
+        # what the store may not hold: every variant this sweep did not see FINISHED
+        finished = {r.variant_id for r in outcome.results if r.status == "FINISHED"}
+        outcome.unrecorded = [v.id for v in todo if v.id not in finished]
     return outcome

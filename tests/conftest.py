@@ -9,6 +9,7 @@ if os.environ.get("PYTEST_XDIST_WORKER"):  # one core per worker (make test): to
     os.environ.setdefault("OMP_NUM_THREADS", "1")  # read when torch is first imported, just below; children inherit it
 
 import pytest  # noqa: E402
+from servers import team_server  # noqa: E402, F401 (a session fixture: one PostgreSQL-backed server for all tests)
 
 from harness.data.corpora import CATALOG, DataError, locate_catalog_file, resolve_data_dir  # noqa: E402
 from harness.spec.expansion import expand  # noqa: E402

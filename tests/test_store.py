@@ -110,3 +110,18 @@ def test_ctrl_c_during_a_call_to_a_tracking_server_is_not_held(monkeypatch):
     with pytest.raises(KeyboardInterrupt):
         retrying(a_request_under_way)
     assert reached == []
+
+
+def test_a_server_cut_off_mid_answer_is_an_outage_and_a_refused_call_is_not():
+    """MLflow's wording of a server killed mid-response (seen in CI: IncompleteRead) is waited out, like a
+    refused connection; an HTTP error the server did send (a 404) is not."""
+    from mlflow.exceptions import MlflowException
+
+    from harness.tracking.store import is_unreachable
+
+    url = "http://127.0.0.1:5000/api/2.0/mlflow/runs/get"
+    cut = f"API request to {url} failed with exception ('Connection broken: IncompleteRead(0 bytes read, 2292 more expected)', IncompleteRead(0 bytes read, 2292 more expected))"  # noqa: E501
+    refused = f"API request to {url} failed with exception HTTPConnectionPool(host='127.0.0.1', port=5000): Max retries exceeded with url: /api/2.0/mlflow/runs/get (Caused by NewConnectionError('Failed to establish a new connection: [Errno 111] Connection refused'))"  # noqa: E501
+    answered = "API request to endpoint /api/2.0/mlflow/runs/get failed with error code 404 != 200. Response body: ''"
+    assert is_unreachable(MlflowException(cut)) and is_unreachable(MlflowException(refused))
+    assert not is_unreachable(MlflowException(answered))

@@ -8,7 +8,7 @@ an executor's own duties are only to run it somewhere, and to close the run of a
 before reporting (``harness.tracking.claims.close_lost_run``). On Ctrl-C it closes what runs KILLED and re-raises
 KeyboardInterrupt.
 
-To add one (SLURM, Kubernetes), write ``harness/executors/<name>.py`` with a class that has:
+To add one (Kubernetes, ...), write ``harness/executors/<name>.py`` with a class that has:
 
 - ``name``: the ``--executor`` choice;
 - ``prepare()``: fail with ``ExecutorError`` before any run exists (missing package, unreachable cluster);
@@ -23,11 +23,15 @@ from harness.executors.base import Executor, ExecutorError, could_not_start, int
 
 __all__ = ["EXECUTORS", "Executor", "ExecutorError", "could_not_start", "interrupted", "make_executor"]
 
-EXECUTORS = ("local", "threads", "ray")  # --executor choices; "local" with --jobs N > 1 means worker processes
+EXECUTORS = ("local", "threads", "ray", "slurm")  # --executor choices; "local" with --jobs N > 1 means worker processes
 
 
-def make_executor(kind: str = "local", *, jobs: int = 1, ray_address: str | None = None) -> Executor:
-    """The executor for ``--executor KIND --jobs N``."""
+def make_executor(kind: str = "local", *, jobs: int = 1, ray_address: str | None = None, slurm=None) -> Executor:
+    """The executor for ``--executor KIND --jobs N`` (``slurm``: its ``SlurmOptions``)."""
+    if kind == "slurm":
+        from harness.executors.slurm import SlurmExecutor
+
+        return SlurmExecutor(slurm)
     if kind == "ray":
         from harness.executors.ray import RayExecutor
 

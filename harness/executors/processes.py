@@ -128,7 +128,7 @@ class ProcessExecutor:
                     running[receive] = (process, unit, row)
                 for conn in multiprocessing.connection.wait(list(running)):
                     collect(conn, interrupted=False)
-        except KeyboardInterrupt:
+        except BaseException:  # Ctrl-C, or the sweep stopping (the tracking server is gone): stop the workers
             deadline = time.monotonic() + self.grace_s
             for process, *_ in running.values():
                 if process.is_alive():  # Ctrl-C in a terminal reached them already; kill -INT of this process did not

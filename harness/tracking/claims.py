@@ -35,7 +35,7 @@ from mlflow.entities import RunTag
 from mlflow.tracking import MlflowClient
 from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
 
-from harness.tracking.store import create_sqlite_store, retrying
+from harness.tracking.store import closing, create_sqlite_store, retrying
 
 SWEEP_TAG = "harness.sweep"  # marks parent runs; their params record the overrides and seeds used
 OWNER_TAG = "harness.owner"  # HOST:PID of the process that trains (or drives) the run now
@@ -165,7 +165,8 @@ class Heartbeat:
     def _beat(self) -> None:
         while not self._stop.wait(self.interval_s):
             try:
-                retrying(lambda: self.client.set_tag(self.run_id, HEARTBEAT_TAG, f"{time.time():.3f}"))
+                beat = f"{time.time():.3f}"
+                retrying(lambda beat=beat: self.client.set_tag(self.run_id, HEARTBEAT_TAG, beat), wait_s=0)
             except Exception:  # a store hiccup; the next beat tries again, and staleness allows a few misses
                 pass
 
@@ -219,15 +220,17 @@ def existing_runs(client: MlflowClient, experiment_id: str) -> dict[str, list]:
 
 
 def close_run(client: MlflowClient, run_id: str, status: str, reason: str) -> None:
-    """Close a run with why; never raises (the store itself may be what failed)."""
-    for action in (
-        lambda: client.set_tag(run_id, "error", reason[:5000]),
-        lambda: client.set_terminated(run_id, status=status),
-    ):
-        try:
-            retrying(action)
-        except Exception:
-            pass
+    """Close a run with why; never raises (the store itself may be what failed), waits for a silent server at most
+    ``store.CLOSE_WAIT_S``."""
+    with closing():
+        for action in (
+            lambda: client.set_tag(run_id, "error", reason[:5000]),
+            lambda: client.set_terminated(run_id, status=status),
+        ):
+            try:
+                retrying(action)
+            except Exception:
+                pass
 
 
 # -- claims --------------------------------------------------------------------------------------

@@ -31,10 +31,13 @@ from harness.spec.records import Variant
 from harness.tracking import claims
 from harness.tracking.naming import run_name
 from harness.tracking.store import (
+    OUTAGE,
     PARENT_TAG,
     SAMPLES_TABLE,
     WRAP_COLUMNS,
     BufferedMetrics,
+    bound_http_waits,
+    closing,
     git_commit,
     log_dataset_inputs,
     retrying,
@@ -190,6 +193,7 @@ class _VariantRun:
             should_stop  # asked at every evaluation; True stops the run as Ctrl-C does (--executor threads)
         )
         self.uri = uri or tracking_uri()
+        bound_http_waits()
         self.client = MlflowClient(self.uri)
         self.config = variant.config
         self.name = (names or {}).get(variant.id) or run_name(variant)
@@ -215,7 +219,8 @@ class _VariantRun:
             else None
         )
         self.run_id = ""
-        self.heartbeat = self.metrics = self.monitor = self.bar = None
+        self.heartbeat = self.metrics = self.monitor = self.bar = self.trainer = None
+        self.stop_reason: str | None = None
         self.corpus = self.before = None
 
     def claim(self) -> VariantResult | None:
@@ -270,7 +275,7 @@ class _VariantRun:
         with SEEDED_BUILD:  # the global generator is this run's from the seed to the built model
             torch.manual_seed(config.train.seed)
             model = build_model(config.model, corpus.tokenizer.vocab_size, config.train.context_length)
-            trainer = Trainer(model, corpus, config.train, device)
+            trainer = self.trainer = Trainer(model, corpus, config.train, device)
         retrying(
             lambda: client.log_batch(
                 run_id, tags=[RunTag("device", str(device)), RunTag("vocab_size", str(corpus.tokenizer.vocab_size))]
@@ -303,7 +308,13 @@ class _VariantRun:
 
     def on_progress(self, done: int, train_loss: float) -> None:
         if self.should_stop is not None and self.should_stop():
+            # A stop that says why (a SLURM preemption) keeps the progress: a checkpoint here, resumed on requeue.
+            self.stop_reason = getattr(self.should_stop, "reason", None)
+            if self.stop_reason and self.store is not None and self.trainer is not None:
+                self.on_checkpoint(self.trainer)
             raise KeyboardInterrupt  # closes the run KILLED, as Ctrl-C does
+        if OUTAGE.overdue():  # the heartbeat has found the server silent for too long: stop here, not at the next write
+            raise OUTAGE.give_up(RuntimeError(f"no answer while training {self.variant.id}"))
         self.bar.update(done - self.bar.n)
         self.bar.set_postfix(train_loss=f"{train_loss:.4f}")
 
@@ -385,7 +396,7 @@ class _VariantRun:
 
     def kill(self) -> None:
         stop_system_metrics(self.monitor)
-        _close(self.client, self.metrics, self.run_id, "KILLED", "interrupted (Ctrl-C)", None)
+        _close(self.client, self.metrics, self.run_id, "KILLED", self.stop_reason or "interrupted (Ctrl-C)", None)
 
     def release(self) -> None:
         stop_system_metrics(self.monitor)
@@ -521,16 +532,18 @@ def _stored_through(client: MlflowClient, run_id: str) -> dict[str, int]:
 def _close(
     client: MlflowClient, metrics: BufferedMetrics, run_id: str, status: str, reason: str, details: str | None
 ) -> None:
-    """Record why a run stopped, keeping every point already collected; never raise from here."""
+    """Record why a run stopped, keeping every point already collected; never raise from here, and wait for a silent
+    tracking server at most ``store.CLOSE_WAIT_S`` in all."""
     # A KILLED run with checkpoints resumes from its last one: points after it would be logged twice.
     keep_pending = metrics.auto_flush or status != "KILLED"
-    for action in (
-        metrics.flush if keep_pending else (lambda: None),
-        lambda: client.set_tag(run_id, "error", reason[:5000]),
-        lambda: client.log_text(run_id, details or reason, "error.txt"),
-        lambda: client.set_terminated(run_id, status=status),
-    ):
-        try:
-            retrying(action)
-        except Exception:  # the store itself is failing; the other steps may still work
-            pass
+    with closing():
+        for action in (
+            metrics.flush if keep_pending else (lambda: None),
+            lambda: client.set_tag(run_id, "error", reason[:5000]),
+            lambda: client.log_text(run_id, details or reason, "error.txt"),
+            lambda: client.set_terminated(run_id, status=status),
+        ):
+            try:
+                retrying(action)
+            except Exception:  # the store itself is failing; the other steps may still work
+                pass

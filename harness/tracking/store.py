@@ -8,10 +8,12 @@ from __future__ import annotations
 import functools
 import getpass
 import os
+import re
 import shutil
 import signal
 import sqlite3
 import subprocess
+import sys
 import threading
 import time
 import urllib.error
@@ -116,18 +118,186 @@ class InterruptsHeld:
             signal.raise_signal(signum)
 
 
-def retrying(call: Callable[[], Any], attempts: int = 8, races: tuple[str, ...] = LOST_WRITE_RACES) -> Any:
-    """Retry a store call that lost a race with another writer (by default, for SQLite's write lock). Ctrl-C
-    during an attempt takes effect when the attempt returns (``InterruptsHeld``)."""
-    for attempt in range(attempts):
+SERVER_WAIT_S = 300.0
+"""How long a write waits for a tracking server that stopped answering (``HARNESS_SERVER_WAIT_S``): a restart or a
+short network cut fits, and nothing is lost; past it the sweep gives up (``TrackingUnreachable``)."""
+
+CLOSE_WAIT_S = 10.0
+"""After Ctrl-C, SIGTERM or giving up, how long the writes that close runs may wait for the server (``closing``)."""
+
+HTTP_TIMEOUT_S = "15"
+"""MLflow's ``MLFLOW_HTTP_REQUEST_TIMEOUT`` unless set: a server that accepts connections but never answers (hung,
+or cut off mid-request) is one in 15 s, not MLflow's 120 s."""
+
+UNREACHABLE_SIGNS = (
+    "max retries exceeded",
+    "connection aborted",
+    "connection broken",  # killed while it sent the answer: IncompleteRead
+    "connection reset",
+    "broken pipe",
+    "connection refused",
+    "remotedisconnected",
+    "timed out",
+    "timeout exception",
+    "502 error responses",
+    "503 error responses",
+    "504 error responses",
+)
+"""Words in MLflow's "API request to URL failed with exception ..." that mean the server did not answer at all."""
+
+
+class TrackingUnreachable(Exception):
+    """The tracking server has not answered for ``server_wait_s()``: the sweep stops, saying what it could not
+    record."""
+
+
+def server_wait_s() -> float:
+    return float(os.environ.get("HARNESS_SERVER_WAIT_S") or SERVER_WAIT_S)
+
+
+def bound_http_waits() -> None:
+    """Let ``retrying`` alone decide how long to wait for a tracking server: MLflow's own retries (7, with
+    exponential backoff: minutes per call) and 120 s timeout would hide an outage inside every call. A user's
+    ``MLFLOW_HTTP_REQUEST_MAX_RETRIES`` / ``MLFLOW_HTTP_REQUEST_TIMEOUT`` still win."""
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", HTTP_TIMEOUT_S)
+
+
+def is_unreachable(exc: BaseException) -> bool:
+    """The error says a tracking server did not answer (down, hung, restarting), not that it refused the call."""
+    if isinstance(exc, TrackingUnreachable):  # a wait already given up on: not to be waited out again
+        return False
+    message = str(exc).lower()
+    if type(exc).__name__ in ("ConnectionError", "Timeout", "ConnectTimeout", "ReadTimeout"):
+        return True
+    return "api request to" in message and any(sign in message for sign in UNREACHABLE_SIGNS)
+
+
+class _Outage:
+    """This process's view of the tracking server: answering, or silent since when. Shared by its threads."""
+
+    def __init__(self):
+        self.lock = threading.Lock()
+        self.since: float | None = None  # monotonic time of the first unanswered call of this outage
+        self.server = ""  # the base URL that did not answer, from MLflow's message
+        self.gone = False  # waited past server_wait_s(): calls fail at once unless /health answers again
+        self.cap: float | None = None  # closing(): no wait past this monotonic time
+
+    def failed(self, exc: BaseException) -> None:
+        with self.lock:
+            if self.since is None:
+                self.since = time.monotonic()
+                match = re.search(r"(https?://[^/\s]+)", str(exc))
+                self.server = match.group(1) if match else "the tracking server"
+                print(
+                    f"tracking server {self.server} is not answering ({time.strftime('%H:%M:%S')}): writes wait up "
+                    f"to {server_wait_s():.0f} s for it (HARNESS_SERVER_WAIT_S); nothing is lost meanwhile",
+                    file=sys.stderr,
+                    flush=True,
+                )
+
+    def answered(self) -> None:
+        if self.since is None:
+            return
+        with self.lock:
+            if self.since is not None:
+                print(
+                    f"tracking server {self.server} answers again after {time.monotonic() - self.since:.0f} s",
+                    file=sys.stderr,
+                    flush=True,
+                )
+            self.since, self.gone = None, False
+
+    def deadline(self, wait_s: float | None) -> float:
+        """When the current call stops waiting."""
+        start = self.since if self.since is not None else time.monotonic()
+        limit = start + (server_wait_s() if wait_s is None else wait_s)
+        return min(limit, self.cap) if self.cap is not None else limit
+
+    def overdue(self) -> bool:
+        """Silent for longer than ``server_wait_s()`` (a heartbeat noticed it; no write of this thread may have)."""
+        since = self.since
+        return since is not None and time.monotonic() - since > server_wait_s()
+
+    def give_up(self, exc: BaseException) -> TrackingUnreachable:
+        self.gone = True
+        waited = time.monotonic() - (self.since or time.monotonic())
+        return TrackingUnreachable(
+            f"tracking server {self.server} has not answered for {waited:.0f} s "
+            f"(HARNESS_SERVER_WAIT_S={server_wait_s():.0f}): {exc}"
+        )
+
+    def still_gone(self) -> bool:
+        """After giving up: one quick look at /health, so that a dead server costs no wait per call."""
+        if not self.gone:
+            return False
+        try:
+            with urllib.request.urlopen(self.server + "/health", timeout=2) as response:
+                response.read()
+        except (urllib.error.URLError, OSError, ValueError):
+            return True
+        self.answered()
+        return False
+
+
+OUTAGE = _Outage()
+
+
+def server_gone() -> bool:
+    """This process gave up waiting for the tracking server (and it has not answered since)."""
+    return OUTAGE.gone
+
+
+class closing:  # noqa: N801 (used as a context manager, like contextlib's)
+    """Writes that close runs after Ctrl-C, SIGTERM or an outage: they wait at most ``CLOSE_WAIT_S`` in all."""
+
+    def __init__(self, wait_s: float = CLOSE_WAIT_S):
+        self.wait_s = wait_s
+
+    def __enter__(self) -> closing:
+        self.previous = OUTAGE.cap
+        cap = time.monotonic() + self.wait_s
+        OUTAGE.cap = cap if self.previous is None else min(cap, self.previous)
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        OUTAGE.cap = self.previous
+
+
+def retrying(
+    call: Callable[[], Any], attempts: int = 8, races: tuple[str, ...] = LOST_WRITE_RACES, wait_s: float | None = None
+) -> Any:
+    """Retry a store call that lost a race with another writer (by default, for SQLite's write lock), and one that a
+    tracking server did not answer, for up to ``wait_s`` (default ``server_wait_s()``) from the start of the outage:
+    past it, ``TrackingUnreachable``. Ctrl-C during an attempt takes effect when the attempt returns
+    (``InterruptsHeld``); Ctrl-C during a wait at once."""
+    attempt = pause = 0
+    while True:
+        if OUTAGE.still_gone() or (OUTAGE.cap is not None and time.monotonic() >= OUTAGE.cap and OUTAGE.since):
+            raise TrackingUnreachable(f"tracking server {OUTAGE.server} is not answering; not recorded")
         try:
             with InterruptsHeld():
-                return call()
+                result = call()
         except Exception as exc:  # MLflow wraps the sqlite error in its own exception types
+            if is_unreachable(exc):
+                OUTAGE.failed(exc)
+                left = OUTAGE.deadline(wait_s) - time.monotonic()
+                if left <= 0:  # a full wait, or a closing window, gives the server up (a heartbeat's look does not)
+                    if wait_s is None and OUTAGE.cap is None:
+                        raise OUTAGE.give_up(exc) from exc
+                    OUTAGE.gone = OUTAGE.gone or wait_s is None  # later closing writes: one look at /health each
+                    raise TrackingUnreachable(f"tracking server {OUTAGE.server} is not answering: {exc}") from exc
+                pause = min(max(2 * pause, 0.5), 5.0, left)
+                time.sleep(pause)
+                continue
             message = str(exc).lower()
             if not any(race in message for race in races) or attempt == attempts - 1:
                 raise
             time.sleep(0.05 * 2**attempt)
+            attempt += 1
+        else:
+            OUTAGE.answered()
+            return result
 
 
 def store_template_dir() -> Path:
