@@ -306,11 +306,13 @@ def _plan(spec, overrides: dict, seeds: list[int] | None, delta: float | None, m
 
 def _register(spec, overrides: dict, seeds: list[int] | None, metric: str) -> int:
     """Register the best variant under the spec's name and point the alias ``champion`` at it."""
-    from harness.report.champion import ALIAS, register_champion
-    from harness.report.tables import experiment_runs, last_sweep_arguments
+    from harness.report.champion import ALIAS, METRICS, register_champion
+    from harness.report.tables import ReportError, experiment_runs, last_sweep_arguments
     from harness.spec.expansion import expand, with_seeds
     from harness.tracking.store import tracking_uri
 
+    if metric not in METRICS:  # before the store is read: a bad option changes nothing
+        raise ReportError(f"unknown metric {metric!r} for register; choices: {', '.join(METRICS)} (lower is better)")
     uri = tracking_uri()
     runs = experiment_runs(uri, spec)
     if not overrides and seeds is None:

@@ -444,8 +444,9 @@ def download_run_model(uri: str, run_id: str, dst: str | Path) -> Path:
     """The model folder of ``run_id`` in the store at ``uri``, downloaded into ``dst``."""
     from mlflow.artifacts import download_artifacts
 
-    model_id = run_model_id(MlflowClient(uri), run_id)
-    return Path(download_artifacts(artifact_uri=f"models:/{model_id}", dst_path=str(dst), tracking_uri=uri))
+    client = MlflowClient(uri)
+    location = client.get_logged_model(run_model_id(client, run_id)).artifact_location  # models:/ would ask the
+    return Path(download_artifacts(artifact_uri=location, dst_path=str(dst), tracking_uri=uri))  # global store
 
 
 def load_run_model(uri: str, run_id: str) -> LoadedModel:
