@@ -180,6 +180,29 @@ def test_every_tokenizer_rebuilds_from_its_json(name):
     assert rebuilt.decode(tokenizer.encode(sample)) == sample
 
 
+def test_generate_at_temperature_1_draws_the_plain_softmax_and_top_k_1_is_greedy():
+    torch.manual_seed(0)
+    model = build_model(ModelConfig(kind="gpt", n_layer=1, n_head=2, n_embd=8), 11, 6).eval()
+    prompt = torch.tensor([[1, 2, 3]])
+    drawn = model.generate(prompt, 12, torch.Generator().manual_seed(4))
+    generator, idx = torch.Generator().manual_seed(4), prompt
+    with torch.no_grad():  # the lecture's loop, written out: softmax of the last logits, one multinomial draw
+        for _ in range(12):
+            probs = torch.softmax(model(idx[:, -6:])[0][:, -1, :], dim=-1)
+            idx = torch.cat((idx, torch.multinomial(probs, 1, generator=generator)), dim=1)
+    assert torch.equal(drawn, idx)
+    greedy = [model.generate(prompt, 8, torch.Generator().manual_seed(seed), top_k=1) for seed in (1, 2)]
+    idx = prompt
+    with torch.no_grad():
+        for _ in range(8):
+            idx = torch.cat((idx, model(idx[:, -6:])[0][:, -1, :].argmax(-1, keepdim=True)), dim=1)
+    assert torch.equal(greedy[0], idx) and torch.equal(greedy[1], idx)
+    cold = model.generate(prompt, 8, torch.Generator().manual_seed(3), temperature=1e-4)
+    assert torch.equal(cold, idx), "a temperature near 0 is greedy too"
+    top2 = model.generate(prompt, 40, torch.Generator().manual_seed(5), top_k=2)
+    assert len(set(top2[0, 3:].tolist())) > 1, "top-k 2 still samples"
+
+
 class _RunsACommand:
     """Unpickling this calls os.system: what a crafted model in a shared store could do."""
 
