@@ -539,6 +539,16 @@ def test_register_names_the_best_and_the_alias_moves_when_the_best_changes(mlflo
     code, out, _ = run_cli("register", str(spec))  # the same best again: no new version
     assert code == 0 and "already registered as champions version 2" in out
     assert len(client.search_model_versions("name = 'champions'")) == 2
+    import mlflow
+
+    mlflow.set_tracking_uri(mlflow_store)  # the notebook's three lines (docs/models.md)
+    model = mlflow.pyfunc.load_model("models:/champions@champion")
+    texts = model.predict(["First"], params={"max_new_tokens": 20, "temperature": 0.8, "seed": 1})
+    champion = client.get_model_version_by_alias("champions", "champion")
+    _, out, _ = run_cli(
+        "sample", champion.run_id, "--prompt", "First", "--max-new-tokens", "20", "--temperature", "0.8", "--seed", "1"
+    )
+    assert texts == [out.removesuffix("\n")]
 
 
 def test_register_bad_input_exits_2_and_registers_nothing(mlflow_store, tmp_path):
