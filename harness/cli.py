@@ -341,7 +341,7 @@ def _register(spec, overrides: dict, seeds: list[int] | None, metric: str) -> in
 def _sample(args) -> int:
     """Print samples of a run's logged model; a bad option, run, filter or prompt exits 2 having loaded nothing."""
     from harness.models.sampling import SamplingError, check_settings
-    from harness.tracking.logged_model import ModelFileError, NoModelError, load_run_model
+    from harness.tracking.logged_model import ModelFileError, RunSelectionError, load_run_model
     from harness.tracking.store import TrackingError, check_tracking_reachable, tracking_uri
 
     try:
@@ -364,7 +364,7 @@ def _sample(args) -> int:
             seed=args.seed,
             num_samples=args.num_samples,
         )
-    except (SamplingError, NoModelError, ModelFileError, TrackingError, LookupError) as exc:
+    except (SamplingError, RunSelectionError, ModelFileError, TrackingError) as exc:
         print(f"error: {_option_names(str(exc)) if isinstance(exc, SamplingError) else exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
     meta = loaded.meta
@@ -389,21 +389,21 @@ def _option_names(message: str) -> str:
 
 def _sampled_run(uri: str, target: str, filters: list[str]) -> str:
     """The run id ``harness sample`` means: ``target`` itself, or the one variant of the spec ``target`` that the
-    filters pick (its latest FINISHED run); a LookupError says what matched, nothing or several."""
+    filters pick (its latest FINISHED run); a RunSelectionError says what matched, nothing or several."""
     from harness.spec.parsing import load_spec
     from harness.spec.problems import SpecError
-    from harness.tracking.logged_model import select_run
+    from harness.tracking.logged_model import RunSelectionError, select_run
 
     if not Path(target).is_file():
         if filters:
-            raise LookupError(f"{target!r} is not a spec file, and a filter ({' '.join(filters)}) needs one")
+            raise RunSelectionError(f"{target!r} is not a spec file, and a filter ({' '.join(filters)}) needs one")
         if target.endswith((".yaml", ".yml")):
-            raise LookupError(f"no spec file {target}")
+            raise RunSelectionError(f"no spec file {target}")
         return target
     try:
         spec = load_spec(Path(target))
     except SpecError as exc:
-        raise LookupError("\n".join(exc.problems)) from None
+        raise RunSelectionError("\n".join(exc.problems)) from None
     return select_run(uri, spec.name, filters)
 
 

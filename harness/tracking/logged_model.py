@@ -406,7 +406,11 @@ finally:
 # -- finding a run's model ------------------------------------------------------------------------------------
 
 
-class NoModelError(LookupError):
+class RunSelectionError(LookupError):
+    """No run, or several, where one was meant: an unknown run id, a filter matching none or several variants."""
+
+
+class NoModelError(RunSelectionError):
     """An unknown run id, or a run that logged no model; the message says which and why."""
 
 
@@ -463,7 +467,7 @@ def _terms(filters: list[str]) -> list[tuple[str, str]]:
         for term in re.split(r",(?=[A-Za-z_][\w.]*=)", word):
             key, sep, value = term.partition("=")
             if not sep or not key:
-                raise LookupError(f"filter {term!r} is not key=value (e.g. kind=ffn,dataset=korean-chatbot)")
+                raise RunSelectionError(f"filter {term!r} is not key=value (e.g. kind=ffn,dataset=korean-chatbot)")
             terms.append((key.strip(), value.strip()))
     return terms
 
@@ -481,11 +485,12 @@ def _same(param: str | None, wanted: str) -> bool:
 
 def select_run(uri: str, experiment: str, filters: list[str]) -> str:
     """The latest FINISHED run of the one variant of ``experiment`` that ``filters`` match (keys short, ``kind``,
-    or dotted, ``model.kind``, compared with the run's params). A LookupError lists what matched: none or several."""
+    or dotted, ``model.kind``, compared with the run's params). A RunSelectionError lists what matched: none or
+    several."""
     client = MlflowClient(uri)
     found = client.get_experiment_by_name(experiment)
     if found is None:
-        raise LookupError(f"no MLflow experiment {experiment!r} at {uri}: train the spec first (harness run)")
+        raise RunSelectionError(f"no MLflow experiment {experiment!r} at {uri}: train the spec first (harness run)")
     runs = client.search_runs([found.experiment_id], "attributes.status = 'FINISHED'", max_results=50000)
     latest: dict[str, Any] = {}
     for run in sorted(runs, key=lambda r: r.info.start_time, reverse=True):
@@ -494,16 +499,16 @@ def select_run(uri: str, experiment: str, filters: list[str]) -> str:
             latest.setdefault(tags["config_hash"], run)
     variants = list(latest.values())
     if not variants:
-        raise LookupError(f"experiment {experiment!r} has no finished run")
+        raise RunSelectionError(f"experiment {experiment!r} has no finished run")
     keys = sorted({key for run in variants for key in run.data.params if "." in key})
     matched = variants
     for key, value in _terms(filters):
         full = [k for k in keys if k == key or k.split(".", 1)[1] == key]
         if not full:
             short = sorted({k.split(".", 1)[1] for k in keys})
-            raise LookupError(f"filter key {key!r} is not a config key of these runs; keys: {', '.join(short)}")
+            raise RunSelectionError(f"filter key {key!r} is not a config key of these runs; keys: {', '.join(short)}")
         if len(full) > 1:
-            raise LookupError(f"filter key {key!r} is ambiguous: {', '.join(full)}; write it dotted")
+            raise RunSelectionError(f"filter key {key!r} is ambiguous: {', '.join(full)}; write it dotted")
         matched = [run for run in matched if _same(run.data.params.get(full[0]), value)]
     listing = "\n".join(
         f"  {run.data.tags['variant']}  (run {run.info.run_id})"
@@ -511,9 +516,11 @@ def select_run(uri: str, experiment: str, filters: list[str]) -> str:
     )
     wanted = ",".join(filters) or "(no filter)"
     if not matched:
-        raise LookupError(f"no finished variant of {experiment!r} matches {wanted}; its finished variants:\n{listing}")
+        raise RunSelectionError(
+            f"no finished variant of {experiment!r} matches {wanted}; its finished variants:\n{listing}"
+        )
     if len(matched) > 1:
-        raise LookupError(
+        raise RunSelectionError(
             f"{wanted} matches {len(matched)} finished variants of {experiment!r}; add keys to pick one "
             f"(e.g. seed=...):\n{listing}"
         )
