@@ -99,6 +99,7 @@ def measure(spec: str, variant, repeats: int, data_dir, root: Path) -> dict:
         "files": len(sizes),
         "log_s": min(log_times),
         "log_s_median": sorted(log_times)[len(log_times) // 2],
+        "log_s_first": log_times[0],  # the first row's: the first model logged in the process (imports included)
         "load_s": min(load_times),
         "repeats": repeats,
         "load_average_1m": os.getloadavg()[0],  # the machine is shared: how busy it was
