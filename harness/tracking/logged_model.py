@@ -416,6 +416,7 @@ class NoModelError(RunSelectionError):
 
 def run_model_id(client: MlflowClient, run_id: str) -> str:
     """The id of the model ``run_id`` logged; ``NoModelError`` names an unknown run or one without a model."""
+    from mlflow.entities import LoggedModelStatus
     from mlflow.exceptions import MlflowException
 
     try:
@@ -431,7 +432,7 @@ def run_model_id(client: MlflowClient, run_id: str) -> str:
     ready = []
     for model_id in ids:
         model = client.get_logged_model(model_id)
-        if model.name == MODEL_NAME and str(model.status) in ("READY", "LoggedModelStatus.READY"):
+        if model.name == MODEL_NAME and model.status == LoggedModelStatus.READY:  # not a FAILED half-logged one
             ready.append(model)
     if not ready:
         status, variant = run.info.status, run.data.tags.get("variant", "?")
