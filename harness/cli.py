@@ -122,7 +122,7 @@ def _parser() -> argparse.ArgumentParser:
         "filters",
         nargs="*",
         metavar="key=value",
-        help="with a spec: which variant, e.g. kind=ffn,dataset=korean-chatbot (short or dotted keys, or a variant id)",
+        help="with a spec: which variant, e.g. kind=ffn,dataset=korean-chatbot (short or dotted keys, as variant ids)",
     )
     sample.add_argument("--prompt", default=None, help="the start of the text (default: the run's sample.prompt)")
     sample.add_argument(
