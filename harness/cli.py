@@ -1,4 +1,6 @@
-"""``harness validate|run|report|plan|schema|reference``: the command line around specs, sweeps, reports and seed plans.
+"""``harness validate|run|report|plan|sample|register|schema|reference``: the command line around specs, sweeps,
+reports, seed plans and the trained models (``sample`` draws text from a run's logged model, ``register`` names
+the best one).
 
 Exit codes: 0 all variants FINISHED (or skipped as already finished); 1 some variant failed;
 2 a problem with the spec, data or tracking store, found before anything trained; 3 the tracking server stopped
@@ -146,6 +148,42 @@ def _parser() -> argparse.ArgumentParser:
     add_spec(plan)
     add_plan_options(plan)
 
+    sample = sub.add_parser(
+        "sample",
+        help="generate text from a finished run's logged model: a run id, or a spec and a filter of its variants",
+        description="Generate text from a run's logged model. At temperature 1, no top-k, the run's seed and prompt "
+        "(the defaults) it prints the sample the run logged.",
+    )
+    sample.add_argument("target", help="a run id, or a spec (experiments/seed.yaml) whose runs the filter picks from")
+    sample.add_argument(
+        "filters",
+        nargs="*",
+        metavar="key=value",
+        help="with a spec: which variant, e.g. kind=ffn,dataset=korean-chatbot (short or dotted keys, as variant ids)",
+    )
+    sample.add_argument("--prompt", default=None, help="the start of the text (default: the run's sample.prompt)")
+    sample.add_argument(
+        "--max-new-tokens", type=int, default=None, help="tokens to generate (default: the run's sample.max_new_tokens)"
+    )
+    sample.add_argument("--temperature", type=float, default=1.0, help="divides the logits (default 1: as trained)")
+    sample.add_argument(
+        "--top-k", type=int, default=None, help="sample among the k likeliest tokens only (default: all)"
+    )
+    sample.add_argument("--num-samples", type=int, default=1, help="samples to draw, one after another (default 1)")
+    sample.add_argument("--seed", type=int, default=None, help="the generator's seed (default: the run's train.seed)")
+
+    register = sub.add_parser(
+        "register",
+        help="register the spec's best variant (lowest mean over seeds) in the Model Registry, alias champion",
+    )
+    add_spec(register)
+    register.add_argument(
+        "--metric",
+        default="final_val_loss",
+        help="what best means, lower is better: final_val_loss (default), final_val_bpc, final_train_loss, "
+        "final_train_bpc",
+    )
+
     schema = sub.add_parser(
         "schema", help="write experiments/spec.schema.json, the JSON Schema of a spec (make schema)"
     )
@@ -189,6 +227,9 @@ def _main(argv: list[str] | None) -> int:
         return _schema(args.check)
     if args.command == "reference":
         return _reference(args.check)
+    if args.command == "sample":
+        args.filters = [*args.filters, *args.overrides]  # model.kind=ffn reads as an override word: a filter here
+        return _sample(args)
     # Imports after parsing, so that --help is instant.
     from harness.data.corpora import DataError, resolve_data_dir
     from harness.report.tables import ReportError
@@ -209,6 +250,8 @@ def _main(argv: list[str] | None) -> int:
             if args.from_csv is not None:
                 return _report_from_csv(spec, overrides, args.seeds, args.results_dir, args.from_csv)
             return _report(spec, overrides, args.seeds, args.results_dir)
+        if args.command == "register":
+            return _register(spec, overrides, args.seeds, args.metric)
         if args.command == "plan":
             return _plan(spec, overrides, args.seeds, args.delta, args.max_seeds or DEFAULT_MAX_SEEDS)
         if getattr(args, "until_decided", False):
@@ -364,6 +407,111 @@ def _plan(spec, overrides: dict, seeds: list[int] | None, delta: float | None, m
     for line in plan_from_store(spec, overrides, seeds, delta, max_seeds, _tuned_adjust(spec)):
         print(line)
     return 0
+
+
+def _register(spec, overrides: dict, seeds: list[int] | None, metric: str) -> int:
+    """Register the best variant under the spec's name and point the alias ``champion`` at it."""
+    from harness.report.champion import ALIAS, METRICS, register_champion
+    from harness.report.tables import ReportError, experiment_runs, last_sweep_arguments
+    from harness.spec.expansion import expand, with_seeds
+    from harness.tracking.store import tracking_uri
+
+    if metric not in METRICS:  # before the store is read: a bad option changes nothing
+        raise ReportError(f"unknown metric {metric!r} for register; choices: {', '.join(METRICS)} (lower is better)")
+    uri = tracking_uri()
+    runs = experiment_runs(uri, spec)
+    if not overrides and seeds is None:
+        overrides, seeds = last_sweep_arguments(runs)
+    variants = expand(with_seeds(spec, seeds), overrides)
+    adjust = _tuned_adjust(spec)  # a tuned spec's variants are each at its chosen point, as its report's are
+    choice = register_champion(uri, spec, adjust(variants) if adjust else variants, runs, metric)
+    tags = choice.tags
+    how = "registered as" if choice.created else "already registered as"
+    print(
+        f"{choice.variant} (run {choice.run_id}, model {choice.model_id}) {how} {choice.name} version {choice.version}"
+    )
+    print(f"  best setting {tags['harness.setting']}: mean {metric} {tags['harness.mean']}, {tags['harness.ci95']}")
+    if "harness.runner_up_mean" in tags:
+        runner_up = tags["harness.runner_up"]
+        print(f"  runner-up {runner_up}: mean {tags['harness.runner_up_mean']}, {tags['harness.runner_up_ci95']}")
+    moved = (
+        f"moved from version {choice.previous}"
+        if choice.previous not in (None, choice.version)
+        else "unchanged"
+        if choice.previous == choice.version
+        else "set"
+    )
+    print(f"  alias {ALIAS}: version {choice.version} ({moved}); load it with models:/{choice.name}@{ALIAS}")
+    return 0
+
+
+def _sample(args) -> int:
+    """Print samples of a run's logged model; a bad option, run, filter or prompt exits 2 having loaded nothing."""
+    from harness.models.sampling import SamplingError, check_settings
+    from harness.tracking.logged_model import ModelFileError, RunSelectionError, load_run_model
+    from harness.tracking.store import TrackingError, check_tracking_reachable, tracking_uri
+
+    try:
+        check_settings(
+            1 if args.max_new_tokens is None else args.max_new_tokens, args.temperature, args.top_k, args.num_samples
+        )
+    except SamplingError as exc:
+        print(f"error: {_option_names(str(exc))}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    uri = tracking_uri()
+    try:
+        check_tracking_reachable(uri)
+        run_id = _sampled_run(uri, args.target, args.filters)
+        loaded = load_run_model(uri, run_id)
+        texts = loaded.sample(
+            args.prompt,
+            args.max_new_tokens,
+            temperature=args.temperature,
+            top_k=args.top_k,
+            seed=args.seed,
+            num_samples=args.num_samples,
+        )
+    except (SamplingError, RunSelectionError, ModelFileError, TrackingError) as exc:
+        print(f"error: {_option_names(str(exc)) if isinstance(exc, SamplingError) else exc}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    meta = loaded.meta
+    print(
+        f"run {run_id} ({meta['variant']}): seed {meta['seed'] if args.seed is None else args.seed}, temperature "
+        f"{args.temperature:g}, top-k {args.top_k or 'none'}",
+        file=sys.stderr,
+    )
+    for i, text in enumerate(texts):
+        if len(texts) > 1:
+            print(f"--- sample {i + 1} of {len(texts)} ---")
+        print(text)
+    return 0
+
+
+def _option_names(message: str) -> str:
+    """A sampling error in the command line's words (--top-k, not top_k)."""
+    for name in ("max_new_tokens", "temperature", "top_k", "num_samples"):
+        message = message.replace(name, "--" + name.replace("_", "-"))
+    return message
+
+
+def _sampled_run(uri: str, target: str, filters: list[str]) -> str:
+    """The run id ``harness sample`` means: ``target`` itself, or the one variant of the spec ``target`` that the
+    filters pick (its latest FINISHED run); a RunSelectionError says what matched, nothing or several."""
+    from harness.spec.parsing import load_spec
+    from harness.spec.problems import SpecError
+    from harness.tracking.logged_model import RunSelectionError, select_run
+
+    if not Path(target).is_file():
+        if filters:
+            raise RunSelectionError(f"{target!r} is not a spec file, and a filter ({' '.join(filters)}) needs one")
+        if target.endswith((".yaml", ".yml")):
+            raise RunSelectionError(f"no spec file {target}")
+        return target
+    try:
+        spec = load_spec(Path(target))
+    except SpecError as exc:
+        raise RunSelectionError("\n".join(exc.problems)) from None
+    return select_run(uri, spec.name, filters)
 
 
 def _stop_like_ctrl_c(signum, frame):

@@ -19,6 +19,7 @@ from conftest import EXPERIMENTS
 from mlflow.tracking import MlflowClient
 
 from harness.cli import main
+from harness.tracking.recorded import wrap
 
 SHORT = ["train.steps=20", "train.eval_interval=10", "sample.max_new_tokens=10"]
 
@@ -136,6 +137,13 @@ def test_smoke_grid_against_a_real_tracking_server(server, tmp_path, data_dir):
     stored = {p.name for p in artifacts.rglob("*") if p.is_file()}
     assert {"config.yaml", "before.txt", "after.txt", "smoke.yaml"} <= stored, "the server's artifact folder holds them"
     assert not (work / "mlruns").exists() and not (work / "mlflow.db").exists(), "nothing written beside the sweep"
+    assert {"model.safetensors", "model.json", "tokenizer.json", "MLmodel"} <= stored, "logged models go through it too"
+    from harness.tracking.logged_model import load_run_model
+
+    for run in children:  # each variant's model, read back through the server, draws the run's own sample
+        after = client.download_artifacts(run.info.run_id, "samples/after.txt", str(tmp_path / run.info.run_id))
+        sample = load_run_model(uri, run.info.run_id).sample()[0]
+        assert wrap(sample) == open(after, encoding="utf-8").read()
 
 
 def test_unreachable_tracking_server_fails_in_seconds_before_training(tmp_path, monkeypatch, capsys, data_dir):

@@ -51,16 +51,31 @@ class CharLanguageModel(nn.Module):
         return logits, loss
 
     @torch.no_grad()
-    def generate(self, idx: torch.Tensor, max_new_tokens: int, generator: torch.Generator | None = None):
+    def generate(
+        self,
+        idx: torch.Tensor,
+        max_new_tokens: int,
+        generator: torch.Generator | None = None,
+        temperature: float = 1.0,
+        top_k: int | None = None,
+    ):
         """Append ``max_new_tokens`` tokens sampled from the softmax, one at a time (multinomial).
 
-        The model sees at most what it was built for: the last ``context_length`` tokens (the last one for a
-        position-wise model), so prompts of any length work, trained or not.
+        As nanoGPT's ``generate``: the last logits are divided by ``temperature`` and, with ``top_k``, all but
+        the ``top_k`` largest are dropped. At temperature 1 and no top-k the logits are used as they are, so
+        the draws are exactly those of the plain softmax. The model sees at most what it was built for: the
+        last ``context_length`` tokens (the last one for a position-wise model), so prompts of any length work.
         """
         keep = 1 if self.position_wise else self.context_length
         for _ in range(max_new_tokens):
             logits, _ = self(idx[:, -keep:])
-            probs = F.softmax(logits[:, -1, :].float(), dim=-1)
+            logits = logits[:, -1, :].float()
+            if temperature != 1.0:
+                logits = logits / temperature
+            if top_k is not None and top_k < logits.size(-1):
+                kth = torch.topk(logits, top_k).values[:, [-1]]
+                logits = logits.masked_fill(logits < kth, float("-inf"))
+            probs = F.softmax(logits, dim=-1)
             idx_next = torch.multinomial(probs, num_samples=1, generator=generator)
             idx = torch.cat((idx, idx_next), dim=1)
         return idx

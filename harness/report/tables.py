@@ -11,12 +11,10 @@ import hashlib
 import html
 import json
 import math
-import os
 import re
 import shlex
 import tempfile
 from collections.abc import Callable
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -35,6 +33,7 @@ from harness.spec.expansion import variant_id
 from harness.spec.keys import SEED_KEY
 from harness.spec.records import Spec, Variant
 from harness.tracking.claims import SWEEP_TAG  # marks parent runs; their params record the overrides and seeds used
+from harness.tracking.store import quiet_downloads
 
 METRIC_COLUMNS = list(FINALS)  # the runs.csv metric columns, in harness.metrics's order
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
@@ -289,7 +288,7 @@ def metric_histories(
 def run_samples(client: MlflowClient, run_id: str) -> dict[str, str | None]:
     """samples/before.txt and samples/after.txt of a run (None where it logged none)."""
     found = {"before": None, "after": None}
-    with tempfile.TemporaryDirectory() as tmp, _quiet_downloads():
+    with tempfile.TemporaryDirectory() as tmp, quiet_downloads():
         try:
             folder = Path(client.download_artifacts(run_id, "samples", tmp))
         except Exception:  # no samples folder: the run failed before sampling
@@ -299,20 +298,6 @@ def run_samples(client: MlflowClient, run_id: str) -> dict[str, str | None]:
             if path.exists():
                 found[name] = path.read_text(encoding="utf-8")
     return found
-
-
-@contextmanager
-def _quiet_downloads():
-    """No 'Downloading artifacts' progress bar per run: a report reads dozens of tiny files."""
-    previous = os.environ.get("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR")
-    os.environ["MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"] = "false"
-    try:
-        yield
-    finally:
-        if previous is None:
-            os.environ.pop("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", None)
-        else:
-            os.environ["MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"] = previous
 
 
 # -- markdown ------------------------------------------------------------------------------------------------

@@ -106,6 +106,8 @@ MEANINGS: dict[str, str] = {
     "train.compile": "`torch.compile` the model.",
     "train.threads": "torch's CPU threads; 0 leaves torch's default.",
     "train.checkpoint_interval": "Steps between checkpoints, from which a killed run resumes; 0: none.",
+    "train.log_model": "Log the trained model to MLflow when the run finishes (safetensors weights, config, "
+    "tokenizer), for `harness sample`, `mlflow.pyfunc.load_model` and the registry ([Models](models.md)).",
     "train.stack_seeds": "Train the seeds of one variant as one stacked model, each seed on its own path: `true`, "
     "`false`, or unset for where it was measured faster. See [Speed](speed.md#seeds-stacked).",
     "train.cuda_graphs": "On a CUDA device, capture a whole training step as a CUDA graph and replay it; ignored "

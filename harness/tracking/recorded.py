@@ -29,6 +29,7 @@ from harness.models.registry import build_model
 from harness.spec.keys import IDENTITY_VERSION
 from harness.spec.records import Variant
 from harness.tracking import claims
+from harness.tracking.logged_model import log_model
 from harness.tracking.naming import run_name
 from harness.tracking.store import (
     OUTAGE,
@@ -363,6 +364,17 @@ class _VariantRun:
         retrying(lambda: client.log_table(run_id, data=row, artifact_file=SAMPLES_TABLE))
         self.metrics.log_dict(final, SUMMARY_STEP)
         self.metrics.flush()
+        if config.train.log_model:  # before FINISHED: a finished run has its model (a failure here fails the run)
+            log_model(
+                client,
+                run_id,
+                self.experiment_id,
+                trainer.model,
+                self.corpus.tokenizer,
+                config,
+                self.variant.id,
+                step=config.train.steps,
+            )
         stop_system_metrics(self.monitor)
         retrying(lambda: client.set_terminated(run_id, status="FINISHED"))
         if self.store is not None:

@@ -66,6 +66,9 @@ class TrainConfig:
     # launch per step; 6.7x faster on the seed grid on an H200 (results/bench/grid_gpu.csv). Off by default: the
     # seed grid end to end with graphs in threads took 70.6 s there, over the 60 s set for a default; ignored elsewhere.
     cuda_graphs: bool = field(default=False, metadata=EXECUTION)
+    # A FINISHED run logs its final model as an MLflow model (harness/tracking/logged_model.py): weights
+    # (safetensors), config and tokenizer; false skips it (harness sample and register then have nothing to load).
+    log_model: bool = field(default=True, metadata=EXECUTION)
 
     def problems(self) -> list[tuple[str, str]]:
         found = []

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import math
 import time
+import unicodedata
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
@@ -18,6 +19,7 @@ import torch
 
 from harness.data.corpora import Corpus
 from harness.models.base import CharLanguageModel
+from harness.models.sampling import sample_texts
 from harness.train.checkpoint import CHECKPOINT_KEYS, CheckpointError
 from harness.train.config import MAX_CURVE_POINTS, MIN_EVALUATIONS, TrainConfig
 from harness.train.draws import WindowDraws
@@ -162,15 +164,11 @@ class Trainer:
         finally:
             self.model.train()
 
-    @torch.no_grad()
     def sample(self, tokenizer, prompt: str, max_new_tokens: int) -> str:
-        self.model.eval()
-        try:
-            idx = tokenizer.encode_tensor(prompt).to(self.device).view(1, -1)
-            gen = torch.Generator(device=self.device).manual_seed(self.config.seed)
-            return tokenizer.decode(self.model.generate(idx, max_new_tokens, gen)[0].tolist())
-        finally:
-            self.model.train()
+        """The run's sample: drawn as ``harness sample`` draws it (harness.models.sampling), with the run's seed."""
+        if max_new_tokens == 0:  # sample.max_new_tokens: 0 logs the prompt alone
+            return unicodedata.normalize("NFC", tokenizer.decode(tokenizer.encode_tensor(prompt).tolist()))
+        return sample_texts(self.model, tokenizer, prompt, max_new_tokens, seed=self.config.seed)[0]
 
     # -- checkpoints ----------------------------------------------------------------------------
     def state_dict(self) -> dict:

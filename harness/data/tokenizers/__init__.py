@@ -28,6 +28,14 @@ def tokenizer_cache_dir() -> Path:
     return Path(base) / "nanoko-harness" / "tokenizers"
 
 
+def tokenizer_from_json(data: dict) -> Tokenizer:
+    """The tokenizer a ``Tokenizer.to_json()`` describes (a logged model's ``tokenizer.json``)."""
+    name = data.get("name") if isinstance(data, dict) else None
+    if name not in TOKENIZERS:
+        raise ValueError(f"unknown tokenizer {name!r}; choices: {', '.join(TOKENIZER_CHOICES)}")
+    return TOKENIZERS[name].from_json(data)
+
+
 def build_tokenizer(
     name: str,
     train_text: str,
@@ -75,4 +83,5 @@ __all__ = [
     "chars_per_token",
     "has_hangul",
     "tokenizer_cache_dir",
+    "tokenizer_from_json",
 ]

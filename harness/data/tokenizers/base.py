@@ -38,6 +38,16 @@ class Tokenizer(abc.ABC):
     @abc.abstractmethod
     def decode(self, ids: Iterable[int] | torch.Tensor) -> str: ...
 
+    @abc.abstractmethod
+    def to_json(self) -> dict:
+        """What rebuilds this tokenizer (``tokenizer_from_json``): its name and its vocabulary or merges, as plain
+        JSON data (a logged model keeps it beside its weights; nothing in it is code)."""
+
+    @classmethod
+    @abc.abstractmethod
+    def from_json(cls, data: dict) -> Tokenizer:
+        """The tokenizer ``to_json`` described; a ``ValueError`` naming what is wrong for anything else."""
+
 
 def describe(char: str) -> str:
     """``'é' (U+00E9)``: a character as error messages name it."""

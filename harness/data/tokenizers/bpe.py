@@ -14,6 +14,7 @@ chunks in parallel (Tiny Shakespeare on 2 cores: 0.35-0.45 s instead of 0.8-1.3 
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import tempfile
 from collections.abc import Iterable, Iterator
@@ -125,6 +126,23 @@ class BPETokenizer(Tokenizer):
     @property
     def vocab_size(self) -> int:
         return len(self.token_bytes)
+
+    def to_json(self) -> dict:
+        """The Hugging Face tokenizer file itself, under ``bpe``."""
+        return {"name": self.name, "bpe": json.loads(self.hf.to_str())}
+
+    @classmethod
+    def from_json(cls, data: dict) -> BPETokenizer:
+        bpe = data.get("bpe") if isinstance(data, dict) else None
+        if not isinstance(bpe, dict):
+            raise ValueError(
+                f"tokenizer 'bpe': expected its Hugging Face tokenizer file as an object 'bpe', got {bpe!r}"
+            )
+        try:
+            hf = tokenizers.Tokenizer.from_str(json.dumps(bpe))
+        except Exception as exc:  # the library's own parse error: not a tokenizer file
+            raise ValueError(f"tokenizer 'bpe': not a Hugging Face tokenizer file ({exc})") from None
+        return cls(hf)
 
     def encode_tensor(self, text: str) -> torch.Tensor:
         encodings = self.hf.encode_batch(list(chunks(text)), add_special_tokens=False)

@@ -22,6 +22,13 @@ class ByteTokenizer(Tokenizer):
     def encode_tensor(self, text: str) -> torch.Tensor:
         return torch.from_numpy(np.frombuffer(text.encode("utf-8"), dtype=np.uint8).astype(np.int64))
 
+    def to_json(self) -> dict:
+        return {"name": self.name}
+
+    @classmethod
+    def from_json(cls, data: dict) -> ByteTokenizer:
+        return cls()
+
     def decode(self, ids: Iterable[int] | torch.Tensor) -> str:
         """UTF-8 with ``errors="replace"``: a sample cut inside a character ends in U+FFFD."""
         return as_id_array(ids, 256).astype(np.uint8).tobytes().decode("utf-8", errors="replace")

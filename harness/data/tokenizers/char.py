@@ -32,6 +32,14 @@ def lookup(codes: np.ndarray, codepoints: np.ndarray) -> tuple[np.ndarray, int]:
     return ids, int(np.argmax(unknown)) if unknown.any() else -1
 
 
+def vocabulary_chars(data: dict, name: str) -> str:
+    """The ``chars`` of a char or jamo tokenizer's JSON, checked to be a non-empty string."""
+    chars = data.get("chars") if isinstance(data, dict) else None
+    if not isinstance(chars, str) or not chars:
+        raise ValueError(f"tokenizer {name!r}: expected its vocabulary as a non-empty string 'chars', got {chars!r}")
+    return chars
+
+
 class CharTokenizer(Tokenizer):
     """The write-up's tokenizer: sorted corpus characters plus ``EXTRA_CHARS``, one id each."""
 
@@ -56,6 +64,13 @@ class CharTokenizer(Tokenizer):
         if bad >= 0:
             raise UnknownCharacterError(f"character {describe(text[bad])} is not in the vocabulary")
         return torch.from_numpy(ids)
+
+    def to_json(self) -> dict:
+        return {"name": self.name, "chars": self.chars}
+
+    @classmethod
+    def from_json(cls, data: dict) -> CharTokenizer:
+        return cls(vocabulary_chars(data, cls.name))
 
     def decode(self, ids: Iterable[int] | torch.Tensor) -> str:
         if isinstance(ids, torch.Tensor):

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from harness.data.tokenizers.base import Tokenizer, UnknownCharacterError, as_id_array, describe
-from harness.data.tokenizers.char import EXTRA_CHARS, codes_of, lookup
+from harness.data.tokenizers.char import EXTRA_CHARS, codes_of, lookup, vocabulary_chars
 
 SYLLABLE_FIRST, N_SYLLABLES = 0xAC00, 11172  # '가' .. '힣'
 LEAD_FIRST, VOWEL_FIRST, TAIL_BEFORE = 0x1100, 0x1161, 0x11A7  # a tail index of 0 means no trailing consonant
@@ -117,6 +117,13 @@ class JamoTokenizer(Tokenizer):
                 f"character {describe(text[at])} at position {at}{part} is not in the vocabulary"
             )
         return torch.from_numpy(ids)
+
+    def to_json(self) -> dict:
+        return {"name": self.name, "chars": self.chars}  # the jamo themselves: rebuilding decomposes nothing
+
+    @classmethod
+    def from_json(cls, data: dict) -> JamoTokenizer:
+        return cls(vocabulary_chars(data, cls.name))
 
     def decode(self, ids: Iterable[int] | torch.Tensor) -> str:
         """The characters of ``ids``, syllables recomposed by NFC."""
