@@ -55,7 +55,16 @@ def _ray_node(*args: str, log: Path) -> subprocess.Popen:
         *args,
     ]
     with open(log, "w") as sink:
-        return subprocess.Popen(command, stdout=sink, stderr=subprocess.STDOUT, start_new_session=True)
+        return subprocess.Popen(
+            command, stdout=sink, stderr=subprocess.STDOUT, start_new_session=True, env=_cluster_env(os.environ)
+        )
+
+
+def _cluster_env(environ) -> dict:
+    """The environment without RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER: tests/test_ray.py (or the harness, for a local Ray)
+    sets it to 0 in this process, which keeps a one-machine Ray on loopback but makes ``ray start --address`` refuse
+    a second node (seen when both files ran in one xdist worker)."""
+    return {k: v for k, v in environ.items() if k != "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"}
 
 
 @pytest.fixture
@@ -63,7 +72,7 @@ def two_nodes(tmp_path):
     """A head (1 CPU, resource ``head``) and a second node (1 CPU, resource ``second``); yields the address."""
     port = free_port()
     temp = Path(tempfile.mkdtemp(prefix="ray-", dir="/tmp"))  # Ray's socket paths must stay short
-    env_status = {**os.environ, "RAY_ADDRESS": f"127.0.0.1:{port}"}
+    env_status = {**_cluster_env(os.environ), "RAY_ADDRESS": f"127.0.0.1:{port}"}
     nodes = [
         _ray_node(
             "--head",
@@ -127,7 +136,11 @@ def test_variants_land_on_both_nodes_of_a_two_node_cluster_and_log_through_the_s
     spec.write_text(textwrap.dedent(SPEC), encoding="utf-8")
     work = tmp_path / "driver"
     work.mkdir()
-    env = {**os.environ, "MLFLOW_TRACKING_URI": server.uri, "MLFLOW_ENABLE_SYSTEM_METRICS_LOGGING": "false"}
+    env = {
+        **_cluster_env(os.environ),
+        "MLFLOW_TRACKING_URI": server.uri,
+        "MLFLOW_ENABLE_SYSTEM_METRICS_LOGGING": "false",
+    }
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(Path(__file__).resolve().parents[1]), env.get("PYTHONPATH")]))
     if data_dir:
         env["HARNESS_DATA_DIR"] = str(data_dir)
