@@ -99,8 +99,8 @@ def test_make_builds_its_own_venv_unless_one_is_active():
     fresh = dry_run("VENV=.no-such-venv")
     text = "\n".join(fresh)
     assert "-m venv .no-such-venv" in text
-    # torch first, then the harness with what the tests need (Ray, playwright, mkdocs)
-    assert text.index("torch==2.13.0") < text.index('install -e ".[dev,ray,ui,docs]"')
+    # torch first, then the harness with what the tests need (Ray, playwright, mkdocs, psycopg2, submitit)
+    assert text.index("torch==2.13.0") < text.index('install -e ".[dev,ray,ui,docs,server,slurm]"')
     assert fresh[-1] == ".no-such-venv/bin/python -m pytest -q -n auto"
     cpu_only = "torch==2.13.0 --index-url https://download.pytorch.org/whl/cpu"  # a TORCH=... of one's own
     assert f"pip install {cpu_only}" in "\n".join(dry_run("VENV=.no-such-venv", f"TORCH={cpu_only}"))
