@@ -61,10 +61,14 @@ def _ray_node(*args: str, log: Path) -> subprocess.Popen:
 
 
 def _cluster_env(environ) -> dict:
-    """The environment without RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER: tests/test_ray.py (or the harness, for a local Ray)
-    sets it to 0 in this process, which keeps a one-machine Ray on loopback but makes ``ray start --address`` refuse
-    a second node (seen when both files ran in one xdist worker)."""
-    return {k: v for k, v in environ.items() if k != "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"}
+    """The environment of every process of the cluster (nodes, probe, driver): without
+    RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER, which tests/test_ray.py sets to 0 in every xdist worker (it keeps a
+    one-machine Ray on loopback, but ``ray start --address`` then refuses a second node), and with RAY_AUTH_MODE
+    stated: a local ``ray.init()`` earlier in the suite writes ~/.ray/auth_token, after which a new head turns token
+    auth on while its clients, mode unset, send none ("InvalidAuthToken"). All on loopback, so disabled."""
+    env = {k: v for k, v in environ.items() if k != "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"}
+    env["RAY_AUTH_MODE"] = "disabled"
+    return env
 
 
 @pytest.fixture
