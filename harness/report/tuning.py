@@ -18,6 +18,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
+import matplotlib
 import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
@@ -289,10 +290,16 @@ def tuning_figure(result: TuningResult) -> Figure:
     figure = Figure(figsize=(6.4 * panels, 4.4), dpi=DPI, layout="constrained")
     axes = figure.subplots(1, panels, squeeze=False)[0]
     points = result.points
-    finite = points.loc[np.isfinite(points["mean"].astype(float)), "mean"]
-    top = float(finite.max()) if len(finite) else 1.0
+    finite = points.loc[np.isfinite(points["mean"].astype(float)), "mean"].astype(float)
+    # The axis ends at the worst loss at initialisation: a point above it learnt nothing and is drawn at the top
+    # (^), so that one blown-up run does not flatten every curve.
+    top = max(result.initial.values()) if result.initial else (float(finite.max()) if len(finite) else 1.0)
+    shown = points[points["mean"].astype(float) <= top]  # the band of a point drawn at the top is not drawn
+    lows = pd.concat([shown["mean"], shown["ci_low"]]).astype(float).dropna()
+    bottom = float(lows.min()) if len(lows) else 0.0
+    colours = [f"C{i}" for i in range(10)] if points["setting"].nunique() <= 10 else None
     for s, (setting, rows) in enumerate(points.groupby("setting", sort=False)):
-        colour = f"C{s % 10}"
+        colour = colours[s] if colours else matplotlib.colormaps["tab20"](s % 20)
         label = _ascii(setting)
         if tpe:
             rows = rows.sort_values("trial")
@@ -309,8 +316,12 @@ def tuning_figure(result: TuningResult) -> Figure:
             line = line.sort_values(key)
             ok = line[~line["diverged"] & line["complete"]]
             x = ok[key].astype(float) if is_numeric(list(ok[key])) else ok[key].astype(str)
-            ax.plot(x, ok["mean"], marker="o", color=colour, label=label, lw=1.4)
-            spread = ok["ci_low"].notna()
+            ax.plot(x, ok["mean"].clip(upper=top), marker="o", color=colour, label=label, lw=1.4)
+            over = ok[ok["mean"] > top]
+            if len(over):
+                ox = over[key].astype(float) if is_numeric(list(ok[key])) else over[key].astype(str)
+                ax.scatter(ox, [top] * len(over), marker="^", s=60, color=colour)
+            spread = ok["ci_low"].notna() & (ok["mean"] <= top)
             if spread.any():
                 ax.fill_between(
                     x[spread], ok.loc[spread, "ci_low"], ok.loc[spread, "ci_high"], color=colour, alpha=0.15
@@ -333,7 +344,11 @@ def tuning_figure(result: TuningResult) -> Figure:
             ax.set_xscale("log")
         ax.set_xlabel(key)
         ax.set_ylabel(f"{metric}, mean over tuning seeds [{CONFIDENCE:.0%} CI]")
-    axes[0].set_title("o: a variant's choice; x: diverged (drawn at the top)", fontsize=9)
+    if not tpe:
+        span = top - bottom
+        for ax in axes:
+            ax.set_ylim(bottom - 0.03 * span, top + 0.05 * span)
+    axes[0].set_title("o: a variant's choice; x: diverged; ^: above the loss at initialisation", fontsize=9)
     axes[-1].legend(fontsize=7, loc="best")
     return figure
 
