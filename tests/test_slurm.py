@@ -277,7 +277,9 @@ def test_a_task_killed_9_fails_its_variant_in_bounded_time_ctrl_c_cancels_and_a_
     text = out.read_text()
     print(f"kill -9 seen, sweep ended {seen_after:.1f} s after it")
     assert proc.returncode == 1, text
-    assert "without a result" in text and "Traceback" not in text, text
+    # Two ways see the dead task, whichever comes first: SLURM lists the task ended with no result file, or its
+    # run's heartbeat went stale while SLURM still listed it (seen in a clean-clone CI run under load)
+    assert ("without a result" in text or "went silent" in text) and "Traceback" not in text, text
     failed = MlflowClient(server.uri).get_run(run.info.run_id)
     assert failed.info.status == "FAILED" and "ended (failed) without a result" in failed.data.tags["error"]
     assert seen_after < 60, text  # 3 polls of 2 s after SLURM's own report, plus a loaded machine's slack
