@@ -1460,9 +1460,7 @@ def _convergence_beside_metrics(table: pd.DataFrame) -> pd.DataFrame:
 def _tuning_files(
     tuning: tuning_report.TuningResult,
     frame: pd.DataFrame,
-    seed: str | None,
     spec: Spec,
-    factors: list[str],
     seeds: list[int] | None,
     delta: float | None,
     runs: pd.DataFrame,
@@ -1561,7 +1559,7 @@ def write_report(
         report.files.append(out / name)
     tuning_lines = None
     if tuning is not None:
-        tuning_lines = _tuning_files(tuning, frame, seed, spec, factors, seeds, delta, runs, untuned, out, report)
+        tuning_lines = _tuning_files(tuning, frame, spec, seeds, delta, runs, untuned, out, report)
     tokenizer_view = tokenizers.tokenizer_table(frame) if tokenizers.varies_tokenizer(frame) else None
     if tokenizer_view is not None:
         tokenizer_view.to_csv(out / "tokenizers.csv", index=False)
