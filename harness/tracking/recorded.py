@@ -222,6 +222,7 @@ class _VariantRun:
         self.run_id = ""
         self.heartbeat = self.metrics = self.monitor = self.bar = self.trainer = None
         self.stop_reason: str | None = None
+        self.killed = False
         self.corpus = self.before = None
 
     def claim(self) -> VariantResult | None:
@@ -383,7 +384,12 @@ class _VariantRun:
 
     def fail(self, exc: BaseException) -> VariantResult:
         """Close the run FAILED with why (and the traceback as error.txt). A tuning run that diverged is a
-        result, not a failure: it closes FINISHED with the tag ``diverged`` (a rerun does not train it again)."""
+        result, not a failure: it closes FINISHED with the tag ``diverged`` (a rerun does not train it again).
+        An error raised while a Ctrl-C unwound (``interrupted_by``) is the Ctrl-C: the run closes KILLED and
+        KeyboardInterrupt is raised again."""
+        if interrupted_by(exc):
+            self.kill()
+            raise KeyboardInterrupt from exc
         if self.phase == "tune" and isinstance(exc, DivergedError):
             return self.diverged(exc)
         stop_system_metrics(self.monitor)
@@ -407,6 +413,9 @@ class _VariantRun:
         return VariantResult(self.variant.id, run_id, "FINISHED", {}, f"diverged: {exc}")
 
     def kill(self) -> None:
+        if self.killed:  # closed KILLED already (a Ctrl-C seen by ``fail``, then by the caller)
+            return
+        self.killed = True
         stop_system_metrics(self.monitor)
         _close(self.client, self.metrics, self.run_id, "KILLED", self.stop_reason or "interrupted (Ctrl-C)", None)
 
@@ -416,6 +425,24 @@ class _VariantRun:
             self.heartbeat.stop()
         if self.bar is not None:
             self.bar.close()
+
+
+def interrupted_by(exc: BaseException) -> bool:
+    """Whether ``exc`` was raised while a KeyboardInterrupt unwound (one is in its ``__context__`` chain).
+
+    A library's clean-up can replace a Ctrl-C with its own error: SIGINT landing in ``torch.vmap`` between its
+    ``try`` and its nesting increment makes the ``finally`` pop an empty stack, and the KeyboardInterrupt comes
+    out as "RuntimeError: !dynamicLayerStack.empty() INTERNAL ASSERT FAILED". That is still a Ctrl-C, and the
+    run it stopped is KILLED (with its checkpoint kept for the rerun), not FAILED.
+    """
+    seen: set[int] = set()
+    link: BaseException | None = exc
+    while link is not None and id(link) not in seen:
+        if isinstance(link, KeyboardInterrupt):
+            return True
+        seen.add(id(link))
+        link = link.__cause__ or link.__context__
+    return False
 
 
 def progress_off(show_progress: bool) -> bool | None:
@@ -498,6 +525,8 @@ def run_stacked(variants: list[Variant], *, threads: int = 0, **options) -> list
             except KeyboardInterrupt:
                 raise
             except Exception as exc:  # the stack itself failed (out of memory...): every seed in it did
+                if interrupted_by(exc):  # a Ctrl-C that a library's clean-up turned into its own error
+                    raise KeyboardInterrupt from exc
                 outcomes = [exc] * len(fresh)
             for run, outcome in zip(fresh, outcomes, strict=True):
                 results[run.variant.id] = run.conclude(trainers[run.variant.id], outcome, stack)
