@@ -284,8 +284,8 @@ def test_exception_in_one_variant_does_not_stop_the_others(tmp_path, mlflow_stor
     assert client.get_run(outcome.parent_run_id).info.status == "FAILED"
 
 
-def _workers(pid: int) -> list[int]:
-    """The --jobs worker processes of ``pid`` (Linux /proc), oldest first; not multiprocessing's tracker."""
+def _children(pid: int) -> list[tuple[int, bytes]]:
+    """The child processes of ``pid`` (Linux /proc) with their command lines."""
     found = []
     for entry in os.listdir("/proc"):
         if entry.isdigit():
@@ -296,8 +296,20 @@ def _workers(pid: int) -> list[int]:
                     cmdline = f.read()
             except (OSError, ValueError, IndexError):
                 continue
-            if ppid == pid and b"spawn_main" in cmdline:
-                found.append(int(entry))
+            if ppid == pid:
+                found.append((int(entry), cmdline))
+    return found
+
+
+def _workers(pid: int) -> list[int]:
+    """The --jobs worker processes of the sweep ``pid``, oldest first: the children of its forkserver (or, where
+    workers are spawned, its own spawned children); not multiprocessing's resource tracker."""
+    found = []
+    for child, cmdline in _children(pid):
+        if b"spawn_main" in cmdline:
+            found.append(child)
+        elif b"forkserver" in cmdline:
+            found.extend(worker for worker, _ in _children(child))
     return sorted(found)
 
 
@@ -362,3 +374,66 @@ def test_worker_killed_by_the_os_fails_only_its_variant(tmp_path, data_dir):
     failed = next(r for r in runs if r.info.status == "FAILED")
     assert "worker process died (exit code -9)" in failed.data.tags["error"]
     assert "worker process died" in out and "Traceback" not in out
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not os.path.isdir("/proc"), reason="finds worker processes through /proc")
+def test_a_sweep_killed_alone_leaves_its_workers_to_close_their_runs_killed_and_exit(tmp_path, data_dir):
+    """kill -9 of the sweep process only (not its group, as an OOM killer picks one process): each --jobs worker
+    sees the sweep gone, closes its run KILLED and exits, and no forkserver is left behind."""
+    spec = _spec(
+        tmp_path,
+        """
+        name: sweep-killed
+        base:
+          data: {dataset: tinyshakespeare}
+          train: {steps: 200000, eval_interval: 100, device: cpu}
+          sample: {max_new_tokens: 5}
+        grid:
+          train.batch_size: [16, 32]
+    """,
+    )
+    env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}"}
+    if data_dir:
+        env["HARNESS_DATA_DIR"] = str(data_dir)
+    command = [sys.executable, "-m", "harness", "run", str(spec), "--jobs", "2", "--no-progress"]
+    command += ["--results-dir", str(tmp_path / "results")]
+    proc = subprocess.Popen(
+        command, cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
+    )
+    left: list[int] = []
+    try:
+        deadline = time.monotonic() + 600
+        while len(_runs_or_none(env["MLFLOW_TRACKING_URI"], "sweep-killed", "RUNNING")) < 2:  # both are training
+            assert proc.poll() is None and time.monotonic() < deadline, "the workers did not start"
+            time.sleep(0.1)
+        server = [child for child, cmdline in _children(proc.pid) if b"forkserver" in cmdline]
+        workers = _workers(proc.pid)
+        assert len(workers) == 2, workers
+        proc.kill()  # the sweep alone
+        proc.wait()
+        deadline = time.monotonic() + 60
+        while any(_alive(pid) for pid in workers + server) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        left = [pid for pid in workers + server if _alive(pid)]
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)  # whatever is left of the group
+    assert not left, f"still running 60 s after the sweep was killed: {left}"
+    runs = _runs(env["MLFLOW_TRACKING_URI"], "sweep-killed")
+    assert [(r.info.status, r.data.tags["error"]) for r in runs] == [("KILLED", "interrupted (Ctrl-C)")] * 2
+
+
+def _runs_or_none(uri: str, name: str, status: str) -> list:
+    try:
+        return [r for r in _runs(uri, name) if r.info.status == status]
+    except Exception:  # the store or the experiment does not exist yet
+        return []
+
+
+def _alive(pid: int) -> bool:
+    """Whether ``pid`` runs (a zombie, dead but not yet reaped by its new parent, does not)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False

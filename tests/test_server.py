@@ -73,12 +73,10 @@ def server(tmp_path):
             time.sleep(0.5)
         yield uri, artifacts
     finally:
-        os.killpg(proc.pid, signal.SIGTERM)  # the server and its workers: the group this fixture started
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
+        # The server and its workers (the group this fixture started), killed: its store is thrown away, and a
+        # graceful stop waits on this process's idle keep-alive connections (13 s in CI).
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
         log.close()
 
 
