@@ -317,21 +317,8 @@ def _workers(pid: int) -> list[int]:
 @pytest.mark.skipif(not os.path.isdir("/proc"), reason="finds worker processes through /proc")
 def test_worker_killed_by_the_os_fails_only_its_variant(tmp_path, data_dir):
     """kill -9 of one --jobs worker (as the OOM killer would): its run ends FAILED with why; the other finishes."""
-    spec = _spec(
-        tmp_path,
-        """
-        name: worker-crash
-        base:
-          data: {dataset: tinyshakespeare}
-          train: {steps: 4000, eval_interval: 100, checkpoint_interval: 200, device: cpu}
-          sample: {max_new_tokens: 5}
-        grid:
-          train.batch_size: [16, 32]
-    """,
-    )
-    env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}"}
-    if data_dir:
-        env["HARNESS_DATA_DIR"] = str(data_dir)
+    spec = _two_worker_spec(tmp_path, "worker-crash", "steps: 4000, eval_interval: 100, checkpoint_interval: 200")
+    env = _store_env(tmp_path, data_dir)
     ckpt = tmp_path / "ckpt"
     proc = subprocess.Popen(
         [
@@ -381,21 +368,8 @@ def test_worker_killed_by_the_os_fails_only_its_variant(tmp_path, data_dir):
 def test_a_sweep_killed_alone_leaves_its_workers_to_close_their_runs_killed_and_exit(tmp_path, data_dir):
     """kill -9 of the sweep process only (not its group, as an OOM killer picks one process): each --jobs worker
     sees the sweep gone, closes its run KILLED and exits, and no forkserver is left behind."""
-    spec = _spec(
-        tmp_path,
-        """
-        name: sweep-killed
-        base:
-          data: {dataset: tinyshakespeare}
-          train: {steps: 200000, eval_interval: 100, device: cpu}
-          sample: {max_new_tokens: 5}
-        grid:
-          train.batch_size: [16, 32]
-    """,
-    )
-    env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}"}
-    if data_dir:
-        env["HARNESS_DATA_DIR"] = str(data_dir)
+    spec = _two_worker_spec(tmp_path, "sweep-killed", "steps: 200000, eval_interval: 100")
+    env = _store_env(tmp_path, data_dir)
     command = [sys.executable, "-m", "harness", "run", str(spec), "--jobs", "2", "--no-progress"]
     command += ["--results-dir", str(tmp_path / "results")]
     proc = subprocess.Popen(
@@ -421,6 +395,27 @@ def test_a_sweep_killed_alone_leaves_its_workers_to_close_their_runs_killed_and_
     assert not left, f"still running 60 s after the sweep was killed: {left}"
     runs = _runs(env["MLFLOW_TRACKING_URI"], "sweep-killed")
     assert [(r.info.status, r.data.tags["error"]) for r in runs] == [("KILLED", "interrupted (Ctrl-C)")] * 2
+
+
+def _two_worker_spec(tmp_path, name: str, train: str):
+    """Two bigram variants on Tiny Shakespeare (batch 16 and 32): one per --jobs 2 worker."""
+    body = f"""
+        name: {name}
+        base:
+          data: {{dataset: tinyshakespeare}}
+          train: {{{train}, device: cpu}}
+          sample: {{max_new_tokens: 5}}
+        grid:
+          train.batch_size: [16, 32]
+    """
+    return _spec(tmp_path, body)
+
+
+def _store_env(tmp_path, data_dir) -> dict[str, str]:
+    env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}"}
+    if data_dir:
+        env["HARNESS_DATA_DIR"] = str(data_dir)
+    return env
 
 
 def _runs_or_none(uri: str, name: str, status: str) -> list:
