@@ -125,3 +125,53 @@ def test_a_server_cut_off_mid_answer_is_an_outage_and_a_refused_call_is_not():
     answered = "API request to endpoint /api/2.0/mlflow/runs/get failed with error code 404 != 200. Response body: ''"
     assert is_unreachable(MlflowException(cut)) and is_unreachable(MlflowException(refused))
     assert not is_unreachable(MlflowException(answered))
+
+
+# What a SLURM task got back from the PostgreSQL-backed server in CI when another task logged the same new corpus
+# a moment before it (abridged: the SQL statement and its parameters followed).
+POSTGRES_DATASET_RACE = (
+    "BAD_REQUEST: (psycopg2.errors.UniqueViolation) duplicate key value violates unique constraint "
+    '"dataset_pk"\nDETAIL:  Key (experiment_id, name, digest)=(1, tinyshakespeare/train, '
+    "86c4e6aa9db7c042ec79f339dcb96d42b007) already exists.\n\n[SQL: INSERT INTO datasets (dataset_uuid, ...)]"
+)
+
+
+@pytest.mark.parametrize(
+    "message",
+    [POSTGRES_DATASET_RACE, "(sqlite3.IntegrityError) UNIQUE constraint failed: datasets.experiment_id, ..."],
+    ids=["postgres", "sqlite"],
+)
+def test_a_lost_race_to_register_a_corpus_is_repeated_in_each_databases_words(message):
+    from mlflow.exceptions import RestException
+
+    from harness.tracking.store import log_dataset_inputs
+
+    class FirstInsertLoses:
+        calls = 0
+
+        def log_inputs(self, run_id, datasets):
+            self.calls += 1
+            if self.calls == 1:
+                raise RestException({"error_code": "BAD_REQUEST", "message": message})
+
+    client = FirstInsertLoses()
+    log_dataset_inputs(client, "run", [])
+    assert client.calls == 2
+
+
+def test_another_integrity_error_while_logging_a_corpus_is_not_repeated():
+    from mlflow.exceptions import RestException
+
+    from harness.tracking.store import log_dataset_inputs
+
+    class Refuses:
+        calls = 0
+
+        def log_inputs(self, run_id, datasets):
+            self.calls += 1
+            raise RestException({"error_code": "BAD_REQUEST", "message": 'violates foreign key constraint "fk_run"'})
+
+    client = Refuses()
+    with pytest.raises(RestException, match="foreign key"):
+        log_dataset_inputs(client, "run", [])
+    assert client.calls == 1

@@ -18,7 +18,7 @@ _MODULES = {
         "tracking_uri",
         "check_tracking_reachable",
         "LOST_WRITE_RACES",
-        "DATASET_RACE",
+        "DATASET_RACES",
         "retrying",
         "store_template_dir",
         "create_sqlite_store",

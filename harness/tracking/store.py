@@ -86,9 +86,14 @@ def check_tracking_reachable(uri: str, timeout_s: float = 5.0) -> None:
 LOST_WRITE_RACES = ("locked",)
 """Store errors that mean "another writer was first": the same call, repeated, succeeds."""
 
-DATASET_RACE = "unique constraint failed: datasets"
+DATASET_RACES = (
+    "unique constraint failed: datasets",  # SQLite
+    '"dataset_pk"',  # PostgreSQL, seen in CI: duplicate key value violates unique constraint "dataset_pk"
+    "duplicate entry",  # MySQL and MariaDB word it "Duplicate entry '...' for key ..." (not run here)
+)
 """MLflow registers a dataset by check-then-insert; two runs logging one new corpus at once make the second
-insert fail. Repeated, the call finds the row the other run wrote and links to it."""
+insert fail, each database in its own words (matched lowercased; only ``log_inputs`` retries on them). Repeated,
+the call finds the row the other run wrote and links to it."""
 
 
 class InterruptsHeld:
@@ -354,7 +359,7 @@ def create_sqlite_store(database: Path) -> None:
 
 def log_dataset_inputs(client: MlflowClient, run_id: str, inputs: list[DatasetInput]) -> None:
     """``client.log_inputs``, safe when several runs log the same new dataset at the same moment."""
-    retrying(lambda: client.log_inputs(run_id, datasets=inputs), races=(*LOST_WRITE_RACES, DATASET_RACE))
+    retrying(lambda: client.log_inputs(run_id, datasets=inputs), races=(*LOST_WRITE_RACES, *DATASET_RACES))
 
 
 def default_artifact_location(uri: str, name: str) -> str | None:
