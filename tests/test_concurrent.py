@@ -14,7 +14,6 @@ import subprocess
 import sys
 import textwrap
 import time
-import uuid
 from collections import Counter
 from pathlib import Path
 
@@ -169,18 +168,11 @@ DATASET_LOGGER = textwrap.dedent("""
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("store", ["sqlite", "postgres"])
-def test_runs_logging_one_new_corpus_at_the_same_instant_all_link_to_it(tmp_path, data_dir, store, request):
-    """MLflow registers a dataset by check-then-insert, so the loser of the race used to FAIL its variant. Each
-    database words the lost race its own way: SQLite's "UNIQUE constraint failed", and behind the PostgreSQL
-    server (make server DB=postgres) 'duplicate key ... "dataset_pk"', which failed a SLURM task in CI."""
-    if store == "postgres":
-        uri = request.getfixturevalue("team_server").uri  # skips, saying why, where PostgreSQL cannot run
-        name = f"datasets-race-{uuid.uuid4().hex[:8]}"  # the session's server: an experiment of its own
-    else:
-        uri, name = f"sqlite:///{tmp_path / 'mlflow.db'}", "datasets"
+def test_runs_logging_one_new_corpus_at_the_same_instant_all_link_to_it(tmp_path, data_dir):
+    """MLflow registers a dataset by check-then-insert, so the loser of the race used to FAIL its variant."""
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     client = MlflowClient(uri)
-    experiment_id = experiment_id_for(client, name)
+    experiment_id = experiment_id_for(client, "datasets")
     start_at = time.time() + 10  # after every interpreter has imported mlflow and read the corpus
     env = _env(tmp_path, data_dir)
     procs = [
