@@ -241,6 +241,26 @@ def test_a_live_claim_is_skipped_and_a_stale_one_taken_over(tmp_path, mlflow_sto
     assert mine[runs.OWNER_TAG] == f"{socket.gethostname()}:{os.getpid()}" and mine[runs.CLAIM_TAG] == "won"
 
 
+def test_ctrl_c_between_creating_a_run_and_holding_its_claim_closes_that_run_killed(
+    tmp_path, mlflow_store, data_dir, monkeypatch
+):
+    """The claim creates the run first, then contends for the variant: a Ctrl-C in between (in CI: a sweep killed
+    while its workers were claiming) used to leave that run RUNNING, without an error, until a rerun's takeover."""
+    spec = load_spec(_write(tmp_path, SPEC.format(name="claim-ctrl-c", steps=20, every=0)))
+    variant = expand(spec)[0]
+    client = MlflowClient(mlflow_store)
+    experiment_id = experiment_id_for(client, spec.name)
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(runs, "_contend", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        run_variant(variant, experiment_id=experiment_id, data_dir=data_dir, show_progress=False)
+    (run,) = client.search_runs([experiment_id])
+    assert (run.info.status, run.data.tags.get("error")) == ("KILLED", "interrupted (Ctrl-C)")
+
+
 def test_a_sweep_closes_a_stale_parent_and_skips_what_runs_elsewhere(tmp_path, mlflow_store, data_dir, monkeypatch):
     monkeypatch.setenv("HARNESS_STALE_AFTER_S", "60")
     spec = load_spec(_write(tmp_path, SPEC.format(name="parents", steps=20, every=0)))

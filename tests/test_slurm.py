@@ -285,10 +285,12 @@ def test_a_task_killed_9_fails_its_variant_in_bounded_time_ctrl_c_cancels_and_a_
     print(f"kill -9 seen, sweep ended {seen_after:.1f} s after it")
     assert proc.returncode == 1, text
     # Two ways see the dead task, whichever comes first: SLURM lists the task ended with no result file, or its
-    # run's heartbeat went stale while SLURM still listed it (seen in a clean-clone CI run under load)
-    assert ("without a result" in text or "went silent" in text) and "Traceback" not in text, text
+    # run's owner is gone (one node: its pid no longer exists) while SLURM still lists it (seen in clean-clone CI
+    # runs under load); the run's error says which
+    seen = ("ended (failed) without a result", "went silent: its process is gone")
+    assert any(way in text for way in seen) and "Traceback" not in text, text
     failed = MlflowClient(server.uri).get_run(run.info.run_id)
-    assert failed.info.status == "FAILED" and "ended (failed) without a result" in failed.data.tags["error"]
+    assert failed.info.status == "FAILED" and any(way in failed.data.tags["error"] for way in seen), failed.data.tags
     assert seen_after < 60, text  # 3 polls of 2 s after SLURM's own report, plus a loaded machine's slack
 
     # Ctrl-C of the driver: scancel of the array, the run closed KILLED by its task

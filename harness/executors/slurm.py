@@ -40,6 +40,7 @@ from harness.tracking.claims import (
     describe_owner,
     heartbeat_interval_s,
     is_live,
+    owner_gone,
     variant_runs,
 )
 from harness.tracking.recorded import VariantResult, run_unit
@@ -312,5 +313,7 @@ class SlurmExecutor:
         for variant in unit:
             for run in variant_runs(client, experiment_id, variant, "RUNNING"):
                 if run.data.tags.get(DRIVER_TAG) == parent and not is_live(run):
+                    if owner_gone(run):  # on this machine (a one-node cluster): its process has ended
+                        return f"its process is gone ({describe_owner(run)})"
                     return f"no heartbeat from {describe_owner(run)}"
         return None
