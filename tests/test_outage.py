@@ -8,6 +8,7 @@ SIGTERM meanwhile ends it within ``CLOSE_WAIT_S``, not after MLflow's minutes of
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -150,3 +151,55 @@ def test_a_server_that_stays_away_ends_the_sweep_in_bounded_time_naming_what_was
     assert "interrupted while the tracking server was not answering" in text, text
     assert "could not record 2 variant(s)" in text and "Traceback" not in text, text
     assert term_took < CLOSE_WAIT_S + 15, text
+
+
+CLAIM_THEN_OUTAGE = textwrap.dedent("""
+    import os, signal, sys, time
+    from harness.spec.expansion import expand
+    from harness.spec.parsing import load_spec
+    from harness.tracking import claims
+    from harness.tracking.recorded import run_variant
+    from harness.tracking.store import experiment_id_for
+    from mlflow.tracking import MlflowClient
+
+    spec, server_group = load_spec(sys.argv[1]), int(sys.argv[2])
+    experiment_id = experiment_id_for(MlflowClient(os.environ["MLFLOW_TRACKING_URI"]), spec.name)
+    interrupted_at = []
+
+    def contend(*args, **kwargs):  # the run is created; now the server dies, and Ctrl-C comes while the claim waits
+        os.killpg(server_group, signal.SIGKILL)
+        interrupted_at.append(time.monotonic())
+        raise KeyboardInterrupt
+
+    claims._contend = contend
+    try:
+        run_variant(expand(spec)[0], experiment_id=experiment_id, show_progress=False)
+    except KeyboardInterrupt:
+        print(f"stopped {time.monotonic() - interrupted_at[0]:.1f} s after Ctrl-C")
+""")
+
+
+@pytest.mark.slow
+def test_ctrl_c_while_claiming_as_the_server_dies_stops_within_the_closing_wait(server, tmp_path, data_dir):
+    """Closing the run a claim created, after Ctrl-C, waits for a silent server at most CLOSE_WAIT_S, not
+    HARNESS_SERVER_WAIT_S (seen in CI: a SIGTERM'd sweep that did not end in 120 s)."""
+    spec = tmp_path / "claim-outage.yaml"
+    spec.write_text(textwrap.dedent(SPEC.format(name="claim-outage", steps=20)), encoding="utf-8")
+    env = {**os.environ, "MLFLOW_TRACKING_URI": server.uri, "HARNESS_SERVER_WAIT_S": "300"}
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(Path(__file__).resolve().parents[1]), env.get("PYTHONPATH")]))
+    if data_dir:
+        env["HARNESS_DATA_DIR"] = str(data_dir)
+    done = subprocess.run(
+        [sys.executable, "-c", CLAIM_THEN_OUTAGE, str(spec), str(server.proc.pid)],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=400,
+    )
+    server.proc.wait()
+    server.proc = None
+    took = re.search(r"stopped ([\d.]+) s after Ctrl-C", done.stdout)
+    assert took, done.stdout + done.stderr
+    print(took.group(0))
+    assert float(took.group(1)) < CLOSE_WAIT_S + 10, done.stdout

@@ -255,10 +255,11 @@ class _VariantRun:
                 log=tqdm_write,
             )
         except KeyboardInterrupt:  # between creating our run and holding the claim: close what we left open
-            for run_id in created:
-                with contextlib.suppress(Exception):  # a run lost to a rival is closed already, with why
-                    if retrying(lambda run_id=run_id: client.get_run(run_id)).info.status == "RUNNING":
-                        claims.close_run(client, run_id, "KILLED", "interrupted (Ctrl-C)")
+            with closing():  # a silent server (the claim may have been waiting for it) holds this up CLOSE_WAIT_S
+                for run_id in created:
+                    with contextlib.suppress(Exception):  # a run lost to a rival is closed already, with why
+                        if retrying(lambda run_id=run_id: client.get_run(run_id)).info.status == "RUNNING":
+                            claims.close_run(client, run_id, "KILLED", "interrupted (Ctrl-C)")
             raise
         if claim.skip:
             return VariantResult(variant.id, claim.run_id, "SKIPPED", {}, claim.skip)
