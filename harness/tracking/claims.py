@@ -297,9 +297,13 @@ def claim_variant(
         if live:
             return Claim(live[0].info.run_id, skip=f"running elsewhere: {describe_owner(live[0])}")
         mine = create_run()
-        won, rival = _contend(client, experiment_id, variant, mine)
-        if won:
-            return _take_over(client, experiment_id, variant, mine, load_checkpoint, driver, log)
+        try:
+            won, rival = _contend(client, experiment_id, variant, mine)
+            if won:
+                return _take_over(client, experiment_id, variant, mine, load_checkpoint, driver, log)
+        except KeyboardInterrupt:  # between creating our run and holding the claim: it would stay RUNNING
+            close_run(client, mine, "KILLED", "interrupted (Ctrl-C)")  # waits CLOSE_WAIT_S at most
+            raise
         retrying(lambda mine=mine: client.set_tag(mine, CLAIM_TAG, "lost"))
         close_run(
             client, mine, "KILLED", f"lost the claim to run {rival.info.run_id} ({rival.data.tags.get(OWNER_TAG, '?')})"

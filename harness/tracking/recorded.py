@@ -5,7 +5,6 @@ its MLflow run, with params, datasets, curves, samples and a config artifact, an
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import os
@@ -230,37 +229,26 @@ class _VariantRun:
         """Claim the variant in the store (harness/tracking/claims.py); a VariantResult SKIPPED when it is not ours."""
 
         client = self.client
-        created: list[str] = []
 
         def create_run() -> str:
             claim_tags = {**self.tags, **claims.owner_tags(), claims.CLAIM_TAG: "pending"}
-            run_id = retrying(
+            return retrying(
                 lambda: client.create_run(self.experiment_id, run_name=self.name, tags=claim_tags)
             ).info.run_id
-            created.append(run_id)
-            return run_id
 
         store, variant = self.store, self.variant
         # Resume only from the run's own checkpoint: restarting at step 0 inside a run that already holds
         # metrics would log its steps twice, so without one a stale run is closed and a new one started.
-        try:
-            claim = claims.claim_variant(
-                client,
-                self.experiment_id,
-                variant,
-                create_run,
-                driver=self.parent_run_id,
-                load_checkpoint=(lambda rid: store.load(rid, variant)) if store else (lambda rid: None),
-                finished_before_ms=self.finished_before_ms,
-                log=tqdm_write,
-            )
-        except KeyboardInterrupt:  # between creating our run and holding the claim: close what we left open
-            with closing():  # a silent server (the claim may have been waiting for it) holds this up CLOSE_WAIT_S
-                for run_id in created:
-                    with contextlib.suppress(Exception):  # a run lost to a rival is closed already, with why
-                        if retrying(lambda run_id=run_id: client.get_run(run_id)).info.status == "RUNNING":
-                            claims.close_run(client, run_id, "KILLED", "interrupted (Ctrl-C)")
-            raise
+        claim = claims.claim_variant(
+            client,
+            self.experiment_id,
+            variant,
+            create_run,
+            driver=self.parent_run_id,
+            load_checkpoint=(lambda rid: store.load(rid, variant)) if store else (lambda rid: None),
+            finished_before_ms=self.finished_before_ms,
+            log=tqdm_write,
+        )
         if claim.skip:
             return VariantResult(variant.id, claim.run_id, "SKIPPED", {}, claim.skip)
         self.run_id, self.saved = claim.run_id, claim.saved
@@ -537,9 +525,7 @@ def run_stacked(variants: list[Variant], *, threads: int = 0, **options) -> list
             except KeyboardInterrupt:
                 raise
             except Exception as exc:  # the stack itself failed (out of memory...): every seed in it did
-                if interrupted_by(exc):  # a Ctrl-C that a library's clean-up turned into its own error
-                    raise KeyboardInterrupt from exc
-                outcomes = [exc] * len(fresh)
+                outcomes = [exc] * len(fresh)  # (an error that was a Ctrl-C: ``fail`` raises it again)
             for run, outcome in zip(fresh, outcomes, strict=True):
                 results[run.variant.id] = run.conclude(trainers[run.variant.id], outcome, stack)
         for run in alone:
