@@ -15,7 +15,7 @@ import textwrap
 import time
 
 import pytest
-from conftest import EXPERIMENTS
+from conftest import EXPERIMENTS, kill_group
 from mlflow.tracking import MlflowClient
 
 from harness.cli import main
@@ -391,7 +391,7 @@ def test_a_sweep_killed_alone_leaves_its_workers_to_close_their_runs_killed_and_
             time.sleep(0.2)
         left = [pid for pid in workers + server if _alive(pid)]
     finally:
-        os.killpg(proc.pid, signal.SIGKILL)  # whatever is left of the group
+        kill_group(proc.pid)  # whatever is left of the group: nothing, when the test passes
     assert not left, f"still running 60 s after the sweep was killed: {left}"
     runs = _runs(env["MLFLOW_TRACKING_URI"], "sweep-killed")
     assert [(r.info.status, r.data.tags.get("error")) for r in runs] == [("KILLED", "interrupted (Ctrl-C)")] * 2

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import PROJECT_ROOT
+from conftest import PROJECT_ROOT, kill_group
 from mlflow.tracking import MlflowClient
 
 from harness.cli import main
@@ -485,11 +485,11 @@ def test_mlflow_models_serve_answers_invocations_over_loopback(in_store, tmp_pat
         status, answer = post(base + "/invocations", {"inputs": ["안녕"], "params": {"temperature": 0.0}})
         assert status == 400 and "temperature must be a number > 0" in answer["message"]
     finally:
-        os.killpg(proc.pid, signal.SIGTERM)  # the server and its workers: the group this test started
+        kill_group(proc.pid, signal.SIGTERM)  # the server and its workers: the group this test started
         try:
             proc.wait(timeout=30)
         except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
+            kill_group(proc.pid)
             proc.wait()
 
 

@@ -20,6 +20,7 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+from conftest import kill_group
 
 ROOT = Path(__file__).resolve().parents[1]
 README = ROOT / "README.md"
@@ -92,11 +93,11 @@ def _serve_until_it_answers(words: list[str], project: Path, env: dict[str, str]
                 time.sleep(1)
         raise AssertionError(f"make ui did not answer in 120 s:\n{log.read_text()}")
     finally:
-        os.killpg(server.pid, signal.SIGTERM)
+        kill_group(server.pid, signal.SIGTERM)
         try:
             server.wait(timeout=30)
         except subprocess.TimeoutExpired:
-            os.killpg(server.pid, signal.SIGKILL)
+            kill_group(server.pid)
             server.wait()
 
 

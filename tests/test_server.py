@@ -7,7 +7,6 @@ reaches it only through ``MLFLOW_TRACKING_URI=http://...``, as workers on other 
 from __future__ import annotations
 
 import os
-import signal
 import socket
 import subprocess
 import sys
@@ -15,7 +14,7 @@ import time
 import urllib.request
 
 import pytest
-from conftest import EXPERIMENTS
+from conftest import EXPERIMENTS, kill_group
 from mlflow.tracking import MlflowClient
 
 from harness.cli import main
@@ -75,7 +74,7 @@ def server(tmp_path):
     finally:
         # The server and its workers (the group this fixture started), killed: its store is thrown away, and a
         # graceful stop waits on this process's idle keep-alive connections (13 s in CI).
-        os.killpg(proc.pid, signal.SIGKILL)
+        kill_group(proc.pid)
         proc.wait()
         log.close()
 
