@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import signal
 from pathlib import Path
 
 if os.environ.get("PYTEST_XDIST_WORKER"):  # one core per worker (make test): torch's intra-op threads would contend
@@ -22,20 +21,6 @@ SHARED_DATA = PROJECT_ROOT.parent / "shared" / "data"
 
 # Few steps on the CPU: enough to see a loss move, fast enough for every variant of a grid.
 SHRINK = {"train.steps": 40, "train.eval_interval": 10, "train.device": "cpu", "sample.max_new_tokens": 20}
-
-
-def kill_group(pgid: int, sig: int = signal.SIGKILL) -> None:
-    """Signal what is left of a process group a test started; a group already empty is fine.
-
-    A group whose members have all exited and been reaped no longer exists, and ``os.killpg`` then raises
-    ProcessLookupError. Whether the last members are reaped at once depends on the machine's init (CI's reaps
-    orphans at once; a container's may leave them zombies, which still count as members), so cleanup must not
-    rely on either.
-    """
-    try:
-        os.killpg(pgid, sig)
-    except ProcessLookupError:
-        pass
 
 
 @pytest.fixture(scope="session")

@@ -6,8 +6,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -16,15 +14,10 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+from subprocesses import free_port, kill_group
 
 ROOT = Path(__file__).resolve().parents[1]
 POSTGRES = ROOT / "scripts" / "postgres.sh"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def postgres_missing() -> str | None:
@@ -90,10 +83,7 @@ class TrackingServer:
         """Kill -9 the server and its workers (the group make started), as a crash would; the database stays."""
         if self.proc is None:
             return
-        try:
-            os.killpg(self.proc.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
+        kill_group(self.proc.pid)
         self.proc.wait()
         self.proc = None
 

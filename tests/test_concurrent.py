@@ -20,6 +20,7 @@ from pathlib import Path
 import pytest
 from conftest import EXPERIMENTS, shrink_args
 from mlflow.tracking import MlflowClient
+from subprocesses import harness_env
 
 from harness.spec.expansion import expand, parse_overrides
 from harness.spec.parsing import load_spec
@@ -47,11 +48,7 @@ def _write(tmp_path: Path, text: str) -> Path:
 
 
 def _env(tmp_path: Path, data_dir, **more) -> dict:
-    env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}", **more}
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(Path(__file__).resolve().parents[1]), env.get("PYTHONPATH")]))
-    if data_dir:
-        env["HARNESS_DATA_DIR"] = str(data_dir)
-    return env
+    return harness_env(f"sqlite:///{tmp_path / 'mlflow.db'}", data_dir, **more)
 
 
 def _command(spec: Path, tmp_path: Path, *extra: str) -> list[str]:

@@ -15,8 +15,9 @@ import textwrap
 import time
 
 import pytest
-from conftest import EXPERIMENTS, kill_group
+from conftest import EXPERIMENTS
 from mlflow.tracking import MlflowClient
+from subprocesses import harness_env, kill_group
 
 from harness.cli import main
 from harness.spec.expansion import expand
@@ -412,10 +413,7 @@ def _two_worker_spec(tmp_path, name: str, train: str):
 
 
 def _store_env(tmp_path, data_dir) -> dict[str, str]:
-    env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}"}
-    if data_dir:
-        env["HARNESS_DATA_DIR"] = str(data_dir)
-    return env
+    return harness_env(f"sqlite:///{tmp_path / 'mlflow.db'}", data_dir)
 
 
 def _training(uri: str, name: str) -> list:

@@ -23,8 +23,8 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import PROJECT_ROOT, kill_group
 from mlflow.tracking import MlflowClient
+from subprocesses import free_port, harness_env, kill_group
 
 from harness.cli import main
 from harness.data.tokenizers import build_tokenizer, tokenizer_from_json
@@ -78,11 +78,6 @@ base:
   model: {kind: bigram}
   train: {steps: 10, eval_interval: 10, device: cpu, batch_size: 16, context_length: 8, log_model: false}
 """
-
-
-def project_path() -> str:
-    """PYTHONPATH for a fresh process: this checkout's harness first, as the tests import it."""
-    return os.pathsep.join(filter(None, [str(PROJECT_ROOT), os.environ.get("PYTHONPATH")]))
 
 
 def run_cli(*argv: str) -> tuple[int, str, str]:
@@ -366,7 +361,7 @@ def test_pyfunc_predict_in_a_fresh_process_equals_harness_sample(in_store):
         "default = model.predict(['안녕', '오늘'])\n"
         "print(json.dumps({'texts': list(texts), 'default': list(default)}))\n"
     )
-    env = {**os.environ, "MLFLOW_TRACKING_URI": uri, "PYTHONPATH": project_path()}
+    env = harness_env(uri, None)
     proc = subprocess.run(
         [sys.executable, "-c", script], cwd=root, env=env, capture_output=True, text=True, timeout=300
     )
@@ -426,14 +421,6 @@ def test_a_run_with_no_model_exits_2_saying_why(in_store):
 # -- serving -----------------------------------------------------------------------------------------------------
 
 
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def post(url: str, body: dict) -> tuple[int, dict]:
     request = urllib.request.Request(
         url, json.dumps(body).encode("utf-8"), {"Content-Type": "application/json"}, method="POST"
@@ -451,7 +438,7 @@ def test_mlflow_models_serve_answers_invocations_over_loopback(in_store, tmp_pat
     run_id = variant_runs(client, "models")["kind=ffn,seed=1"].info.run_id
     port = free_port()
     log = open(tmp_path / "serve.log", "w")
-    env = {**os.environ, "MLFLOW_TRACKING_URI": uri, "PYTHONPATH": project_path()}
+    env = harness_env(uri, None)
     env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])  # MLflow execs uvicorn
     mlflow_cli = [sys.executable, "-m", "mlflow", "models", "serve", "-m", f"runs:/{run_id}/model"]
     proc = subprocess.Popen(

@@ -7,7 +7,6 @@ SIGTERM meanwhile ends it within ``CLOSE_WAIT_S``, not after MLflow's minutes of
 
 from __future__ import annotations
 
-import os
 import re
 import signal
 import subprocess
@@ -19,6 +18,7 @@ from pathlib import Path
 import pytest
 from mlflow.tracking import MlflowClient
 from servers import TrackingServer
+from subprocesses import harness_env
 
 from harness.tracking.store import CLOSE_WAIT_S
 
@@ -46,16 +46,13 @@ def server(tmp_path):
 def _sweep(tmp_path: Path, name: str, steps: int, uri: str, data_dir, wait_s: float) -> tuple[subprocess.Popen, Path]:
     spec = tmp_path / f"{name}.yaml"
     spec.write_text(textwrap.dedent(SPEC.format(name=name, steps=steps)), encoding="utf-8")
-    env = {
-        **os.environ,
-        "MLFLOW_TRACKING_URI": uri,
-        "HARNESS_HEARTBEAT_S": "1",
-        "HARNESS_SERVER_WAIT_S": str(wait_s),
-        "MLFLOW_ENABLE_SYSTEM_METRICS_LOGGING": "false",
-    }
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(Path(__file__).resolve().parents[1]), env.get("PYTHONPATH")]))
-    if data_dir:
-        env["HARNESS_DATA_DIR"] = str(data_dir)
+    env = harness_env(
+        uri,
+        data_dir,
+        HARNESS_HEARTBEAT_S="1",
+        HARNESS_SERVER_WAIT_S=str(wait_s),
+        MLFLOW_ENABLE_SYSTEM_METRICS_LOGGING="false",
+    )
     out = tmp_path / f"{name}.out"
     command = [sys.executable, "-m", "harness", "run", str(spec), "--no-progress", "--results-dir", str(tmp_path / "r")]
     with open(out, "w") as sink:
@@ -185,10 +182,7 @@ def test_ctrl_c_while_claiming_as_the_server_dies_stops_within_the_closing_wait(
     HARNESS_SERVER_WAIT_S (seen in CI: a SIGTERM'd sweep that did not end in 120 s)."""
     spec = tmp_path / "claim-outage.yaml"
     spec.write_text(textwrap.dedent(SPEC.format(name="claim-outage", steps=20)), encoding="utf-8")
-    env = {**os.environ, "MLFLOW_TRACKING_URI": server.uri, "HARNESS_SERVER_WAIT_S": "300"}
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(Path(__file__).resolve().parents[1]), env.get("PYTHONPATH")]))
-    if data_dir:
-        env["HARNESS_DATA_DIR"] = str(data_dir)
+    env = harness_env(server.uri, data_dir, HARNESS_SERVER_WAIT_S="300")
     done = subprocess.run(
         [sys.executable, "-c", CLAIM_THEN_OUTAGE, str(spec), str(server.proc.pid)],
         cwd=tmp_path,

@@ -6,7 +6,6 @@ The count is exact: each run must hold what train.py's schedule says it logged.
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 import textwrap
@@ -15,6 +14,7 @@ from collections import Counter
 import pytest
 from conftest import EXPERIMENTS
 from mlflow.tracking import MlflowClient
+from subprocesses import harness_env
 
 from harness.spec.expansion import expand, with_seeds
 from harness.spec.parsing import load_spec
@@ -54,9 +54,7 @@ def test_four_workers_into_sqlite_lose_no_run_and_no_point(tmp_path, data_dir):
     overrides = {"train.steps": 200, "train.eval_interval": 5, "sample.max_new_tokens": 10}
     spec = EXPERIMENTS / "smoke.yaml"
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    env = {**os.environ, "MLFLOW_TRACKING_URI": uri}
-    if data_dir:
-        env["HARNESS_DATA_DIR"] = str(data_dir)
+    env = harness_env(uri, data_dir)
     proc = subprocess.run(
         [
             sys.executable,

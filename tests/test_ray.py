@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 from mlflow.tracking import MlflowClient
+from subprocesses import harness_env
 
 from harness.cli import main
 from harness.executors.ray import absolute_uri, wants_gpu
@@ -96,9 +97,7 @@ def ray_cluster():
 
 
 def _sweep(tmp_path: Path, spec: Path, address: str, data_dir) -> tuple[list[str], dict]:
-    env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}"}
-    if data_dir:
-        env["HARNESS_DATA_DIR"] = str(data_dir)
+    env = harness_env(f"sqlite:///{tmp_path / 'mlflow.db'}", data_dir)
     command = [
         sys.executable,
         "-m",

@@ -6,7 +6,6 @@ PostgreSQL-backed tracking server (``make server DB=postgres``), never a shared 
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import shutil
@@ -20,7 +19,7 @@ from pathlib import Path
 
 import pytest
 from mlflow.tracking import MlflowClient
-from servers import free_port
+from subprocesses import free_port, harness_env, kill_group
 
 pytestmark = pytest.mark.skipif(shutil.which("ray") is None and not (Path(sys.prefix) / "bin" / "ray").exists(),
                                 reason="Ray is not installed (pip install -e '.[ray]')")  # fmt: skip
@@ -104,15 +103,13 @@ def two_nodes(tmp_path):
         # Both nodes asked to stop at once; a node still up after 5 s (the second one took the whole 15 s it was
         # once given, in CI) is killed with its group: the cluster is thrown away.
         for node in reversed(nodes):
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(node.pid, signal.SIGTERM)
+            kill_group(node.pid, signal.SIGTERM)
         deadline = time.monotonic() + 5
         for node in reversed(nodes):
             try:
                 node.wait(timeout=max(0.1, deadline - time.monotonic()))
             except subprocess.TimeoutExpired:
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(node.pid, signal.SIGKILL)
+                kill_group(node.pid)
                 node.wait()
         shutil.rmtree(temp, ignore_errors=True)
 
@@ -145,14 +142,7 @@ def test_variants_land_on_both_nodes_of_a_two_node_cluster_and_log_through_the_s
     spec.write_text(textwrap.dedent(SPEC), encoding="utf-8")
     work = tmp_path / "driver"
     work.mkdir()
-    env = {
-        **_cluster_env(os.environ),
-        "MLFLOW_TRACKING_URI": server.uri,
-        "MLFLOW_ENABLE_SYSTEM_METRICS_LOGGING": "false",
-    }
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(Path(__file__).resolve().parents[1]), env.get("PYTHONPATH")]))
-    if data_dir:
-        env["HARNESS_DATA_DIR"] = str(data_dir)
+    env = _cluster_env(harness_env(server.uri, data_dir, MLFLOW_ENABLE_SYSTEM_METRICS_LOGGING="false"))
     command = [sys.executable, "-m", "harness", "run", str(spec), "--executor", "ray", "--ray-address", two_nodes]
     proc = subprocess.run(
         [*command, "--no-progress", "--results-dir", str(tmp_path / "results")],

@@ -12,7 +12,6 @@ import re
 import shlex
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -20,7 +19,7 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-from conftest import kill_group
+from subprocesses import free_port, kill_group
 
 ROOT = Path(__file__).resolve().parents[1]
 README = ROOT / "README.md"
@@ -47,12 +46,6 @@ def test_the_readme_is_short_and_its_links_resolve():
     assert "docs/ko/" in text.split("\n## ", 1)[0]  # the Korean quick start, linked from the first screen
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _shrunk(command: str) -> list[str]:
     words = shlex.split(command)
     assert words[0] == "make", f"the quick start's {command!r} is not a make command: teach this test to run it"
@@ -68,7 +61,7 @@ def _env(project: Path, data_dir: Path) -> dict[str, str]:
         VIRTUAL_ENV=sys.prefix,  # this env, as an activated one: make installs nothing
         PYTHONPATH=str(ROOT),  # this checkout's harness, run from the scratch copy
         HARNESS_DATA_DIR=str(data_dir),
-        PORT=str(_free_port()),
+        PORT=str(free_port()),
     )
     env.pop("MLFLOW_TRACKING_URI", None)  # the default: mlflow.db in the folder make runs from
     return env

@@ -19,6 +19,7 @@ from pathlib import Path
 import pytest
 import torch
 from mlflow.tracking import MlflowClient
+from subprocesses import harness_env
 
 from harness.data.corpora import load_corpus
 from harness.models.registry import build_model
@@ -239,10 +240,7 @@ def test_a_stale_run_without_its_checkpoint_is_closed_and_a_new_run_started(tmp_
 
 
 def _env(tmp_path: Path, data_dir) -> dict:
-    env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}"}
-    if data_dir:
-        env["HARNESS_DATA_DIR"] = str(data_dir)
-    return env
+    return harness_env(f"sqlite:///{tmp_path / 'mlflow.db'}", data_dir)
 
 
 def _command(spec: Path, tmp_path: Path, *extra: str) -> list[str]:

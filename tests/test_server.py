@@ -6,27 +6,20 @@ reaches it only through ``MLFLOW_TRACKING_URI=http://...``, as workers on other 
 
 from __future__ import annotations
 
-import os
-import socket
 import subprocess
 import sys
 import time
 import urllib.request
 
 import pytest
-from conftest import EXPERIMENTS, kill_group
+from conftest import EXPERIMENTS
 from mlflow.tracking import MlflowClient
+from subprocesses import free_port, harness_env, kill_group
 
 from harness.cli import main
 from harness.tracking.recorded import wrap
 
 SHORT = ["train.steps=20", "train.eval_interval=10", "sample.max_new_tokens=10"]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture
@@ -82,9 +75,7 @@ def server(tmp_path):
 @pytest.mark.slow
 def test_smoke_grid_against_a_real_tracking_server(server, tmp_path, data_dir):
     uri, artifacts = server
-    env = {**os.environ, "MLFLOW_TRACKING_URI": uri}
-    if data_dir:
-        env["HARNESS_DATA_DIR"] = str(data_dir)
+    env = harness_env(uri, data_dir)
     work = tmp_path / "work"
     work.mkdir()
     proc = subprocess.run(

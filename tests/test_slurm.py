@@ -21,6 +21,7 @@ import pytest
 from conftest import EXPERIMENTS
 from mlflow.tracking import MlflowClient
 from servers import postgres_missing
+from subprocesses import harness_env
 
 from harness.cli import main
 from harness.spec.expansion import expand, parse_overrides
@@ -101,18 +102,14 @@ def test_a_local_sqlite_store_or_a_bad_request_is_refused_before_any_run(flags, 
 
 
 def _env(server, data_dir) -> dict:
-    env = {
-        **os.environ,
-        "SLURM_CONF": str(CONF),
-        "MLFLOW_TRACKING_URI": server.uri,
-        "HARNESS_HEARTBEAT_S": "1",
-        "HARNESS_STALE_AFTER_S": "10",
-        "MLFLOW_ENABLE_SYSTEM_METRICS_LOGGING": "false",
-    }
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
-    if data_dir:
-        env["HARNESS_DATA_DIR"] = str(data_dir)
-    return env
+    return harness_env(
+        server.uri,
+        data_dir,
+        SLURM_CONF=str(CONF),
+        HARNESS_HEARTBEAT_S="1",
+        HARNESS_STALE_AFTER_S="10",
+        MLFLOW_ENABLE_SYSTEM_METRICS_LOGGING="false",
+    )
 
 
 def _command(spec: Path, tmp_path: Path, *extra: str) -> list[str]:

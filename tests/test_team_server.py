@@ -6,7 +6,6 @@ train every variant exactly once, and every artifact reaches the server over HTT
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -15,6 +14,7 @@ import pytest
 from conftest import EXPERIMENTS, shrink_args
 from mlflow.tracking import MlflowClient
 from servers import postgres_missing
+from subprocesses import harness_env
 from test_concurrent import _assert_trained_once
 
 from harness.spec.expansion import expand, parse_overrides
@@ -26,11 +26,8 @@ pytestmark = pytest.mark.skipif(postgres_missing() is not None, reason=postgres_
 def _worker_env(home: Path, uri: str, data_dir) -> dict:
     """A worker's environment: its own HOME and temporary folder, the store only as a URL."""
     home.mkdir(parents=True, exist_ok=True)
-    env = {**os.environ, "MLFLOW_TRACKING_URI": uri, "HOME": str(home), "TMPDIR": str(home)}
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(Path(__file__).resolve().parents[1]), env.get("PYTHONPATH")]))
+    env = harness_env(uri, data_dir, HOME=str(home), TMPDIR=str(home))
     env.pop("XDG_CACHE_HOME", None)
-    if data_dir:
-        env["HARNESS_DATA_DIR"] = str(data_dir)
     return env
 
 
