@@ -138,7 +138,7 @@ def test_offline_without_a_data_folder_the_tests_say_where_to_put_the_corpora(tm
     end with the harness's own message, not with the socket.gaierror of the failed download."""
     project = tmp_path / "clone"
     (project / "tests").mkdir(parents=True)
-    for name in ("conftest.py", "servers.py", "test_data.py"):
+    for name in ("conftest.py", "servers.py", "subprocesses.py", "test_data.py"):  # conftest and what it imports
         shutil.copy(Path(__file__).with_name(name), project / "tests" / name)
     (tmp_path / "offline.py").write_text(OFFLINE_PLUGIN, encoding="utf-8")
     env = {k: v for k, v in os.environ.items() if k not in ("HARNESS_DATA_DIR", "PYTEST_XDIST_WORKER")}
