@@ -120,8 +120,8 @@ report: $(READY) ## rebuild results/<name>/ for SPEC from the local MLflow store
 	$(PYTHON) -m harness report $(SPEC)
 
 ui: $(READY) ## the MLflow UI on the local store; prints the runs table's address
-	@$(PYTHON) -c "from harness.tracking import runs_url, experiment_id_for; from harness.spec import load_spec; \
-	  from mlflow.tracking import MlflowClient; c = MlflowClient('sqlite:///mlflow.db'); \
+	@$(PYTHON) -c "from harness.tracking import runs_url, open_store; from harness.spec import load_spec; \
+	  c = open_store('sqlite:///mlflow.db'); \
 	  e = c.get_experiment_by_name(load_spec('$(SPEC)').name); \
 	  print('runs of $(SPEC):', runs_url('http://127.0.0.1:$(PORT)', e.experiment_id) if e else 'none yet (make ablations)')" 2>/dev/null || true
 	$(PYTHON) -m mlflow ui --backend-store-uri sqlite:///mlflow.db --host 127.0.0.1 --port $(PORT)

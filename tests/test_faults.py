@@ -13,6 +13,7 @@ import subprocess
 import sys
 import textwrap
 import time
+from pathlib import Path
 
 import pytest
 from conftest import EXPERIMENTS
@@ -373,14 +374,16 @@ def test_a_sweep_killed_alone_leaves_its_workers_to_close_their_runs_killed_and_
     env = _store_env(tmp_path, data_dir)
     command = [sys.executable, "-m", "harness", "run", str(spec), "--jobs", "2", "--no-progress"]
     command += ["--results-dir", str(tmp_path / "results")]
-    proc = subprocess.Popen(
-        command, cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
-    )
+    log = tmp_path / "sweep.log"
+    with open(log, "w") as out:  # a file, not a pipe: no one reads it while the sweep runs
+        proc = subprocess.Popen(
+            command, cwd=tmp_path, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+        )
     left: list[int] = []
     try:
         deadline = time.monotonic() + 600
         while len(_training(env["MLFLOW_TRACKING_URI"], "sweep-killed")) < 2:  # both past their claims, training
-            assert proc.poll() is None and time.monotonic() < deadline, "the workers did not start"
+            assert proc.poll() is None and time.monotonic() < deadline, f"the workers did not start:\n{log.read_text()}"
             time.sleep(0.1)
         server = [child for child, cmdline in _children(proc.pid) if b"forkserver" in cmdline]
         workers = _workers(proc.pid)
@@ -417,7 +420,10 @@ def _store_env(tmp_path, data_dir) -> dict[str, str]:
 
 
 def _training(uri: str, name: str) -> list:
-    """The RUNNING runs of experiment ``name`` that have logged an evaluation past step 0."""
+    """The RUNNING runs of experiment ``name`` that have logged an evaluation past step 0. The store is read once
+    the sweep has made it: a client opened first would migrate the new file itself, as a second program."""
+    if not Path(uri.removeprefix("sqlite:///")).exists():
+        return []
     try:
         running = [r for r in _runs(uri, name) if r.info.status == "RUNNING"]
         client = MlflowClient(uri)

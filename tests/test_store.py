@@ -1,11 +1,15 @@
 """A new SQLite store is a copy of an empty one MLflow migrated once: the same schema, the same Default experiment.
-Ctrl-C during a store write leaves the store unlocked."""
+A store another program is migrating is waited for, never replaced. Ctrl-C during a store write leaves the store
+unlocked."""
 
 from __future__ import annotations
 
 import signal
 import sqlite3
+import subprocess
+import sys
 import threading
+import time
 
 import pytest
 import sqlalchemy
@@ -13,7 +17,14 @@ from mlflow.entities import Metric
 from mlflow.tracking import MlflowClient
 
 from harness.tracking.claims import open_store
-from harness.tracking.store import retrying, store_template_dir
+from harness.tracking.store import (
+    await_migration,
+    create_sqlite_store,
+    empty_store_template,
+    retrying,
+    schema_revision,
+    store_template_dir,
+)
 
 
 def schema(database) -> tuple[dict, list]:
@@ -55,6 +66,81 @@ def test_an_existing_store_is_opened_as_it_is(tmp_path, monkeypatch):
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     first = open_store(uri).create_experiment("kept")
     assert open_store(uri).get_experiment(first).name == "kept"
+
+
+def test_a_store_mlflow_is_still_migrating_is_waited_for_and_both_programs_work(tmp_path, monkeypatch):
+    """``mlflow ui`` (or ``make ui``, or a notebook) started with a first sweep: MLflow's own migrations of the new
+    file run for about 1.5 s, and a sweep that opened it meanwhile failed on the half-made schema ("no such column:
+    spans.dimension_attributes") or made the other program's migration fail. Seen in CI as a sweep that exited 1
+    before training while a test polled the same new store."""
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    monkeypatch.chdir(tmp_path)
+    head = schema_revision(empty_store_template())
+    database = tmp_path / "mlflow.db"
+    uri = f"sqlite:///{database}"
+    other = subprocess.Popen(
+        [sys.executable, "-c", f"from mlflow import MlflowClient; MlflowClient({uri!r}).search_experiments()"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        while not database.exists():  # SQLite makes the file as MLflow's first migration begins
+            assert other.poll() is None, other.stdout.read()
+            time.sleep(0.002)
+        met = schema_revision(database)
+        client = open_store(uri)
+        experiment = client.create_experiment("after-the-migration")
+        run_id = client.create_run(experiment).info.run_id
+        client.log_metric(run_id, "loss", 1.0)
+        assert client.get_run(run_id).data.metrics == {"loss": 1.0}
+        out, _ = other.communicate(timeout=120)
+    finally:
+        other.kill()
+        other.wait()
+    assert met != head, "the test did not meet the migration under way"
+    assert other.returncode == 0, out
+    assert schema_revision(database) == head
+
+
+def test_a_file_another_program_made_meanwhile_is_kept_not_replaced(tmp_path, monkeypatch):
+    """Between open_store's look and its copy of the template, another program may create the file."""
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    database = tmp_path / "mlflow.db"
+    with sqlite3.connect(database) as theirs:
+        theirs.execute("CREATE TABLE theirs (x)")
+    theirs.close()
+    create_sqlite_store(database)
+    with sqlite3.connect(database) as db:
+        tables = [name for (name,) in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")]
+    db.close()
+    assert tables == ["theirs"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["cache", "mlflow.db"], "no scratch copy is left behind"
+
+
+def test_an_older_store_that_no_one_migrates_is_left_to_mlflow_after_a_bounded_wait(tmp_path, monkeypatch):
+    """A store from an older MLflow stays at its revision: the wait ends once it has not changed for settle_s, and
+    MLflow's own message (how to upgrade it) follows."""
+    from alembic.script import ScriptDirectory
+    from mlflow.exceptions import MlflowException
+    from mlflow.store.db.utils import _get_alembic_config
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    database = tmp_path / "mlflow.db"
+    uri = f"sqlite:///{database}"
+    create_sqlite_store(database)
+    head = schema_revision(database)
+    older = ScriptDirectory.from_config(_get_alembic_config(uri)).get_revision(head).down_revision
+    with sqlite3.connect(database) as db:
+        db.execute("UPDATE alembic_version SET version_num = ?", (older,))
+    db.close()
+    started = time.monotonic()
+    await_migration(database, settle_s=0.5)
+    waited = time.monotonic() - started
+    assert 0.5 <= waited < 10, waited
+    assert schema_revision(database) == older
+    with pytest.raises(MlflowException, match="out-of-date database schema"):
+        MlflowClient(uri).search_experiments()
 
 
 def _ctrl_c_inside(statement_start: str):

@@ -35,7 +35,7 @@ from mlflow.entities import RunTag
 from mlflow.tracking import MlflowClient
 from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
 
-from harness.tracking.store import closing, create_sqlite_store, retrying
+from harness.tracking.store import await_migration, closing, create_sqlite_store, retrying
 
 SWEEP_TAG = "harness.sweep"  # marks parent runs; their params record the overrides and seeds used
 OWNER_TAG = "harness.owner"  # HOST:PID of the process that trains (or drives) the run now
@@ -61,7 +61,8 @@ def stale_after_s() -> float:
 
 def open_store(uri: str) -> MlflowClient:
     """A client for ``uri``. A new SQLite file is created (its tables migrated) by one process at a time:
-    two sweeps that open a fresh store together would otherwise both migrate it, and one fails."""
+    two sweeps that open a fresh store together would otherwise both migrate it, and one fails. A store that
+    another program is migrating (``mlflow ui`` started at the same moment) is waited for."""
     if not uri.startswith("sqlite:///"):
         return MlflowClient(uri)
     try:
@@ -75,6 +76,7 @@ def open_store(uri: str) -> MlflowClient:
         try:
             if not database.exists():
                 create_sqlite_store(database)
+            await_migration(database)
             return MlflowClient(uri)
         finally:
             fcntl.flock(lock, fcntl.LOCK_UN)

@@ -5,6 +5,7 @@ same code serves the main process, worker processes and Ray tasks.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import getpass
 import os
@@ -327,17 +328,10 @@ def store_template_dir() -> Path:
     return Path(base) / "nanoko-harness" / "mlflow"
 
 
-def create_sqlite_store(database: Path) -> None:
-    """A new SQLite store as a copy of an empty one that MLflow migrated once, instead of its ~60 alembic
-    migrations on every new file (1.3-2.4 s on 2 cores; every test store and first sweep paid it).
-
-    The template is made once per MLflow version in ``store_template_dir()``, written to a temporary file and
-    renamed, so processes that race to make it never see half of one. In the copy, the Default experiment's
-    artifact location is set to what MLflow itself would have written here (``./mlruns/0`` of this folder).
-    """
+def empty_store_template() -> Path:
+    """The empty SQLite store MLflow migrated once (made on first use, one per MLflow version)."""
     import mlflow
     from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
-    from mlflow.utils.uri import append_to_uri_path, resolve_uri_if_local
 
     template = store_template_dir() / f"empty-{mlflow.__version__}.db"
     if not template.is_file():
@@ -346,15 +340,66 @@ def create_sqlite_store(database: Path) -> None:
         store = SqlAlchemyStore(f"sqlite:///{scratch}", str(template.parent / "unused-artifacts"))
         store.engine.dispose()
         os.replace(scratch, template)
+    return template
+
+
+def create_sqlite_store(database: Path) -> None:
+    """A new SQLite store as a copy of an empty one that MLflow migrated once, instead of its ~60 alembic
+    migrations on every new file (1.3-2.4 s on 2 cores; every test store and first sweep paid it).
+
+    The template is made once per MLflow version in ``store_template_dir()``, written to a temporary file and
+    renamed, so processes that race to make it never see half of one. In the copy, the Default experiment's
+    artifact location is set to what MLflow itself would have written here (``./mlruns/0`` of this folder).
+    The copy is hard-linked into place, so a file that another program created meanwhile is kept, not replaced.
+    """
+    from mlflow.utils.uri import append_to_uri_path, resolve_uri_if_local
+
     scratch = database.with_name(f"{database.name}.{os.getpid()}.tmp")
-    shutil.copyfile(template, scratch)
+    shutil.copyfile(empty_store_template(), scratch)
     with sqlite3.connect(scratch) as db:
         db.execute(
             "UPDATE experiments SET artifact_location = ? WHERE experiment_id = 0",
             (append_to_uri_path(resolve_uri_if_local("./mlruns"), "0"),),
         )
     db.close()
-    os.replace(scratch, database)
+    try:  # never over a file another program (``mlflow ui``, a notebook) created since the caller looked
+        os.link(scratch, database)
+    except FileExistsError:
+        pass
+    except OSError:  # a filesystem without hard links
+        if not database.exists():
+            os.replace(scratch, database)
+    finally:
+        scratch.unlink(missing_ok=True)
+
+
+def schema_revision(database: Path) -> str | None:
+    """The alembic revision a SQLite store's schema is at; None while it has none (or cannot be read yet)."""
+    try:
+        with contextlib.closing(sqlite3.connect(f"{database.resolve().as_uri()}?mode=ro", uri=True, timeout=5)) as db:
+            row = db.execute("SELECT version_num FROM alembic_version").fetchone()
+    except sqlite3.Error:  # no such table yet, or the file is locked by a migration
+        return None
+    return row[0] if row else None
+
+
+def await_migration(database: Path, settle_s: float = 10.0) -> None:
+    """Returns once the SQLite store ``database`` is at MLflow's current schema, or once its schema has stopped
+    changing for ``settle_s`` seconds (an older store: MLflow then says how to upgrade it).
+
+    Another program that opened the new file first (``mlflow ui``, ``make ui``, a notebook's ``MlflowClient``)
+    migrates it for about 1.5 s; MLflow opened meanwhile fails on a half-made schema ("no such column"), and a
+    second migration fails the first.
+    """
+    head = schema_revision(empty_store_template())
+    last, since = schema_revision(database), time.monotonic()
+    while last != head:
+        time.sleep(0.1)
+        current = schema_revision(database)
+        if current != last:
+            last, since = current, time.monotonic()
+        elif time.monotonic() - since > settle_s:
+            return
 
 
 def log_dataset_inputs(client: MlflowClient, run_id: str, inputs: list[DatasetInput]) -> None:
