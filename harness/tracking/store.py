@@ -387,7 +387,7 @@ def await_migration(database: Path, settle_s: float = 10.0) -> None:
     """Returns once the SQLite store ``database`` is at MLflow's current schema, or once its schema has stopped
     changing for ``settle_s`` seconds (an older store: MLflow then says how to upgrade it).
 
-    Another program that opened the new file first (``mlflow ui``, ``make ui``, a notebook's ``MlflowClient``)
+    Another program that opened the new file first (``mlflow ui``, a notebook's ``MlflowClient``)
     migrates it for about 1.5 s; MLflow opened meanwhile fails on a half-made schema ("no such column"), and a
     second migration fails the first.
     """
