@@ -329,7 +329,9 @@ def store_template_dir() -> Path:
 
 
 def empty_store_template() -> Path:
-    """The empty SQLite store MLflow migrated once (made on first use, one per MLflow version)."""
+    """The empty SQLite store MLflow migrated once, made on first use, one per MLflow version, in
+    ``store_template_dir()``. It is written to a temporary file and renamed, so processes that race to make it
+    never see half of one."""
     import mlflow
     from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
 
@@ -347,10 +349,9 @@ def create_sqlite_store(database: Path) -> None:
     """A new SQLite store as a copy of an empty one that MLflow migrated once, instead of its ~60 alembic
     migrations on every new file (1.3-2.4 s on 2 cores; every test store and first sweep paid it).
 
-    The template is made once per MLflow version in ``store_template_dir()``, written to a temporary file and
-    renamed, so processes that race to make it never see half of one. In the copy, the Default experiment's
-    artifact location is set to what MLflow itself would have written here (``./mlruns/0`` of this folder).
-    The copy is hard-linked into place, so a file that another program created meanwhile is kept, not replaced.
+    In the copy of ``empty_store_template()``, the Default experiment's artifact location is set to what MLflow
+    itself would have written here (``./mlruns/0`` of this folder). The copy is hard-linked into place, so a file
+    that another program created meanwhile is kept, not replaced.
     """
     from mlflow.utils.uri import append_to_uri_path, resolve_uri_if_local
 
